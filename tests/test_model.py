@@ -1,0 +1,277 @@
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+import torchvision
+from safetensors.torch import save_file
+from torch.nn import functional as F
+
+from modeling_resnet_cbam import CBAM, ResNetCBAMConfig, ResNetCBAMForImageClassification, ResNetCBAMModel
+from training.groups import GROUPS, count_by_group, group_of
+
+
+def tiny_input(config: ResNetCBAMConfig, batch: int = 2) -> torch.Tensor:
+    return torch.randn(batch, config.num_channels, config.image_size, config.image_size)
+
+
+@pytest.mark.parametrize("placement", ["stage", "block"])
+@pytest.mark.parametrize("stem, size, final", [("cifar", 32, 4), ("imagenet", 64, 2)])
+def test_output_shapes(stem, size, final, placement):
+    config = ResNetCBAMConfig(stem=stem, cbam_placement=placement, image_size=size, num_labels=7)
+    model = ResNetCBAMForImageClassification(config).eval()
+    out = model(tiny_input(config), labels=torch.tensor([0, 6]), output_attentions=True, output_hidden_states=True)
+    assert out.logits.shape == (2, 7)
+    assert out.loss.ndim == 0
+    expected_cbams = 4 if placement == "stage" else sum(config.depths)
+    assert len(out.channel_attentions) == len(out.spatial_attentions) == len(model.cbam_names) == expected_cbams
+    assert out.spatial_attentions[-1].shape == (2, 1, final, final)
+    assert out.channel_attentions[-1].shape == (2, 512)
+    assert all(0 <= t.min() and t.max() <= 1 for t in out.spatial_attentions + out.channel_attentions)
+    assert [h.shape[1] for h in out.hidden_states] == [64, 64, 128, 256, 512]
+    base = ResNetCBAMModel(config).eval()(tiny_input(config))
+    assert base.last_hidden_state.shape == (2, 512, final, final) and base.pooler_output.shape == (2, 512)
+    assert base.channel_attentions is None
+
+
+def test_resnet34_depths_build():
+    config = ResNetCBAMConfig(depths=[3, 4, 6, 3])
+    model = ResNetCBAMForImageClassification(config)
+    assert len(model.resnet_cbam.backbone.layer3) == 6
+    assert model(tiny_input(config)).logits.shape == (2, 10)
+
+
+def test_cbam_matches_the_formulas():
+    cbam = CBAM(channels=8, reduction=2, kernel_size=3)
+    x = torch.randn(3, 8, 5, 6)
+    w1, w2 = cbam.channel.mlp[0].weight, cbam.channel.mlp[2].weight
+    assert w1.shape == (4, 8) and w2.shape == (8, 4) and cbam.channel.mlp[0].bias is None
+
+    def mlp(v):
+        return torch.relu(v @ w1.T) @ w2.T
+
+    channel = torch.sigmoid(mlp(x.mean(dim=(2, 3))) + mlp(x.amax(dim=(2, 3))))
+    refined = x * channel[:, :, None, None]
+    pooled = torch.stack([refined.mean(dim=1), refined.amax(dim=1)], dim=1)
+    spatial = torch.sigmoid(F.conv2d(pooled, cbam.spatial.conv.weight, padding=1))
+    expected = refined * spatial
+
+    out, channel_weights, spatial_map = cbam(x)
+    torch.testing.assert_close(out, expected)
+    torch.testing.assert_close(channel_weights.flatten(1), channel)
+    torch.testing.assert_close(spatial_map, spatial)
+    assert cbam.spatial.conv.weight.shape == (1, 2, 3, 3) and cbam.spatial.conv.bias is None
+
+
+def test_default_model_has_the_seeds_parameter_counts():
+    model = ResNetCBAMForImageClassification(ResNetCBAMConfig())
+    counts = count_by_group(model)
+    assert sum(counts.values()) == sum(p.numel() for p in model.parameters()) == 11_217_874
+    assert counts["cbam"] + counts["head"] == 49_042
+    assert counts["cbam"] + counts["head"] + counts["layer3"] + counts["layer4"] == 10_542_482
+    assert set(counts) == set(GROUPS)
+    assert "resnet_cbam.backbone.layer1.0.conv1.weight" in model.state_dict()
+    assert all(
+        "cbam" in name and any(s in name for s in ("layer1", "layer2", "layer3", "layer4"))
+        for name in model.state_dict()
+        if group_of(name) == "cbam"
+    )
+
+
+def test_block_placement_names_cbam_inside_blocks():
+    model = ResNetCBAMForImageClassification(ResNetCBAMConfig(cbam_placement="block"))
+    assert model.cbam_names[0] == "resnet_cbam.backbone.layer1.0.cbam"
+    assert group_of("resnet_cbam.backbone.layer1.0.cbam.spatial.conv.weight") == "cbam"
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("stem", "tiny"),
+        ("cbam_placement", "head"),
+        ("depths", [2, 2, 2]),
+        ("cbam_kernel_size", 4),
+        ("cbam_reduction", 0),
+    ],
+)
+def test_config_rejects_bad_values_by_name(field, value):
+    with pytest.raises(ValueError, match=field):
+        ResNetCBAMConfig(**{field: value})
+
+
+def saved_model(tmp_path, **config_fields):
+    config = ResNetCBAMConfig(id2label={i: name for i, name in enumerate("abc")}, **config_fields)
+    model = ResNetCBAMForImageClassification(config)
+    with torch.no_grad():  # make BN statistics non-trivial so that a reload that re-initialised them would show
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.1, 0.1)
+                module.running_var.uniform_(0.5, 1.5)
+    model.eval().save_pretrained(tmp_path / "model")
+    return model, tmp_path / "model"
+
+
+def test_save_and_reload_are_identical(tmp_path):
+    model, folder = saved_model(tmp_path)
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "config.json",
+        "configuration_resnet_cbam.py",
+        "model.safetensors",
+        "modeling_resnet_cbam.py",
+        "preprocessor_config.json",
+    ]
+    auto_map = json.loads((folder / "config.json").read_text())["auto_map"]
+    assert set(auto_map) == {"AutoConfig", "AutoModel", "AutoModelForImageClassification"}
+    reloaded = ResNetCBAMForImageClassification.from_pretrained(folder).eval()
+    original, again = model.state_dict(), reloaded.state_dict()
+    assert original.keys() == again.keys()
+    assert all(torch.equal(original[k], again[k]) for k in original)
+    x = tiny_input(model.config)
+    assert torch.equal(model(x).logits, reloaded(x).logits)
+    assert reloaded.config.id2label == {0: "a", 1: "b", 2: "c"}
+    processor = json.loads((folder / "preprocessor_config.json").read_text())
+    assert processor["image_processor_type"] == "BitImageProcessor"
+    assert processor["crop_size"] == {"height": 32, "width": 32}
+    assert processor["image_mean"] == pytest.approx([0.4914, 0.4822, 0.4465])
+
+
+STANDALONE_LOAD = textwrap.dedent("""
+    import importlib.abc, json, sys
+    class BlockProject(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in ("modeling_resnet_cbam", "training"):
+                raise ImportError(f"the project package {name} must not be needed")
+    sys.meta_path.insert(0, BlockProject())
+    import numpy as np, torch
+    from PIL import Image
+    from transformers import AutoModel, AutoModelForImageClassification, pipeline
+    folder, x_file = sys.argv[1], sys.argv[2]
+    try:
+        import modeling_resnet_cbam
+        raise SystemExit("the project package is importable: the test proves nothing")
+    except ImportError:
+        pass
+    x = torch.load(x_file)
+    classifier = AutoModelForImageClassification.from_pretrained(folder, trust_remote_code=True).eval()
+    base = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
+    classify = pipeline("image-classification", model=folder, trust_remote_code=True)
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (45, 37), dtype=np.uint8))  # grayscale
+    with torch.no_grad():
+        print(json.dumps({
+            "classifier": type(classifier).__name__, "base": type(base).__name__,
+            "logits": classifier(x).logits.tolist(), "pooled": base(x).pooler_output.tolist(),
+            "pipeline": classify(image, top_k=3),
+        }))
+""")
+
+
+def test_saved_folder_loads_alone_with_auto_classes_and_pipeline(tmp_path):
+    model, folder = saved_model(tmp_path)
+    x = tiny_input(model.config)
+    torch.save(x, tmp_path / "x.pt")
+    env = {"HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
+    done = subprocess.run(
+        [sys.executable, "-c", STANDALONE_LOAD, str(folder), str(tmp_path / "x.pt")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert (result["classifier"], result["base"]) == ("ResNetCBAMForImageClassification", "ResNetCBAMModel")
+    with torch.no_grad():
+        torch.testing.assert_close(torch.tensor(result["logits"]), model(x).logits)
+        torch.testing.assert_close(torch.tensor(result["pooled"]), model.resnet_cbam(x).pooler_output)
+    assert {p["label"] for p in result["pipeline"]} == {"a", "b", "c"}
+    assert sum(p["score"] for p in result["pipeline"]) == pytest.approx(1.0, abs=1e-4)
+
+
+def backbone_of(model):
+    return model.resnet_cbam.backbone.state_dict()
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+def test_backbone_import_from_a_torchvision_file(tmp_path, suffix):
+    reference = torchvision.models.resnet18(weights=None).state_dict()
+    path = tmp_path / f"resnet18{suffix}"
+    torch.save(reference, path) if suffix == ".pth" else save_file(reference, path)
+    model = ResNetCBAMForImageClassification(ResNetCBAMConfig())
+    report = model.load_backbone_weights(path)
+    own = backbone_of(model)
+    expected = [k for k in reference if not k.startswith("fc.") and k != "conv1.weight"]
+    assert sorted(report.loaded) == sorted(f"resnet_cbam.backbone.{k}" for k in expected)
+    assert all(torch.equal(own[k], reference[k]) for k in expected)
+    assert not torch.equal(own["conv1.weight"][:, :, :3, :3], reference["conv1.weight"][:, :, :3, :3])
+    assert sorted(report.skipped) == ["fc.bias", "fc.weight"]
+    assert "resnet_cbam.backbone.conv1.weight" in report.new
+    assert {"classifier.weight", "classifier.bias"} <= set(report.new)
+    cbam_tensors = [k for k in model.state_dict() if group_of(k) == "cbam"]
+    assert set(cbam_tensors) <= set(report.new)
+    assert len(report.new) == len(cbam_tensors) + 3
+    assert f"{len(expected)} tensors loaded" in str(report)
+
+
+def test_imagenet_stem_loads_the_7x7_conv(tmp_path):
+    reference = torchvision.models.resnet18(weights=None).state_dict()
+    torch.save(reference, tmp_path / "r18.pth")
+    model = ResNetCBAMForImageClassification(ResNetCBAMConfig(stem="imagenet", image_size=64))
+    report = model.load_backbone_weights(tmp_path / "r18.pth")
+    assert torch.equal(backbone_of(model)["conv1.weight"], reference["conv1.weight"])
+    assert "resnet_cbam.backbone.conv1.weight" in report.loaded
+
+
+@pytest.mark.parametrize(
+    "architecture, first_mismatch", [("resnet34", "layer1.2.conv1.weight"), ("resnet50", "layer1.0.conv1.weight")]
+)
+def test_wrong_architecture_names_the_first_mismatching_tensor(tmp_path, architecture, first_mismatch):
+    torch.save(getattr(torchvision.models, architecture)(weights=None).state_dict(), tmp_path / "w.pth")
+    model = ResNetCBAMForImageClassification(ResNetCBAMConfig())
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match=rf"'{first_mismatch}'.*another architecture"):
+        model.load_backbone_weights(tmp_path / "w.pth")
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items()), "a failed import changed weights"
+
+
+def test_resnet18_file_into_resnet34_names_the_missing_tensor(tmp_path):
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), tmp_path / "w.pth")
+    model = ResNetCBAMModel(ResNetCBAMConfig(depths=[3, 4, 6, 3]))
+    with pytest.raises(ValueError, match="no tensor for 'layer1.2.conv1.weight'"):
+        model.load_backbone_weights(tmp_path / "w.pth")
+
+
+def test_torchvision_source_reads_torchvisions_cache(tmp_path, monkeypatch):
+    """Up to the network: the file torchvision would download is put where it looks first."""
+    weights = torchvision.models.ResNet18_Weights.IMAGENET1K_V1
+    reference = torchvision.models.resnet18(weights=None).state_dict()
+    checkpoints = tmp_path / "hub" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    torch.save(reference, checkpoints / weights.url.rsplit("/", 1)[-1])
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    model = ResNetCBAMForImageClassification(ResNetCBAMConfig())
+    report = model.load_backbone_weights("torchvision")
+    assert torch.equal(backbone_of(model)["layer4.1.bn2.weight"], reference["layer4.1.bn2.weight"])
+    assert len(report.loaded) == len(reference) - 3
+
+
+def test_timm_hub_id_reads_the_hub_cache(tmp_path, monkeypatch):
+    """Up to the network: a timm repo laid out in the Hub cache as hf_hub_download leaves it, read offline."""
+    import huggingface_hub.constants
+
+    reference = torchvision.models.resnet18(weights=None).state_dict()  # timm ResNets share torchvision's names
+    reference = {k: v for k, v in reference.items() if not k.endswith("num_batches_tracked")}  # timm files omit them
+    repo = tmp_path / "models--timm--resnet18.a1_in1k"
+    commit = "0" * 40
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    (repo / "snapshots" / commit).mkdir(parents=True)
+    save_file(reference, repo / "snapshots" / commit / "model.safetensors")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    model = ResNetCBAMForImageClassification(ResNetCBAMConfig())
+    report = model.load_backbone_weights("timm/resnet18.a1_in1k")
+    assert torch.equal(backbone_of(model)["layer2.0.downsample.0.weight"], reference["layer2.0.downsample.0.weight"])
+    assert sorted(report.skipped) == ["fc.bias", "fc.weight"]
