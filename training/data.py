@@ -104,6 +104,7 @@ def load_image_data(args: DataArguments, seed: int = 42) -> ImageData:
     raw = _load_source(args)
     if "train" not in raw:
         raise DataError(f"{_source_name(args)} has no train split (splits: {', '.join(raw) or 'none'})")
+    _require_rows(raw)
     image_column = _pick_column(raw["train"], args.image_column_name, IMAGE_COLUMNS, "image")
     label_column = _pick_column(raw["train"], args.label_column_name, LABEL_COLUMNS, "label")
     raw = DatasetDict({name: split.add_column(ROW, range(len(split))) for name, split in raw.items()})
@@ -113,12 +114,11 @@ def load_image_data(args: DataArguments, seed: int = 42) -> ImageData:
         _check_labels(split, name, label_column, len(label_names))
     splits = _train_validation_test(raw, args.validation_split, label_column, seed)
     splits = _limit(splits, args, seed)
-    for name, split in splits.items():
-        if len(split) == 0:
-            raise DataError(f"the {name} split is empty")
+    _require_rows(splits)
     splits = DatasetDict({name: s.cast_column(image_column, ImageFeature(decode=False)) for name, s in splits.items()})
     if args.verify_images:
         splits = verify_images(splits, image_column, skip_bad=args.skip_bad_images)
+        _require_rows(splits)
     native_size = decode_image(splits["train"][0][image_column], "train", 0).size
     size = args.image_size or SEED_IMAGE_SIZE
     default_mean, default_std = (CIFAR_MEAN, CIFAR_STD) if size == SEED_IMAGE_SIZE else (IMAGENET_MEAN, IMAGENET_STD)
@@ -136,11 +136,24 @@ def load_image_data(args: DataArguments, seed: int = 42) -> ImageData:
     return data
 
 
+def _require_rows(splits: DatasetDict) -> None:
+    for name, split in splits.items():
+        if len(split) == 0:
+            raise DataError(f"the {name} split is empty")
+
+
 def _source_name(args: DataArguments) -> str:
     return args.train_dir or args.dataset_name
 
 
 def _load_source(args: DataArguments) -> DatasetDict:
+    try:
+        return _load_splits(args)
+    except (FileNotFoundError, ValueError) as error:  # datasets' own words say what is missing or empty
+        raise DataError(f"cannot load {_source_name(args)}: {error}") from error
+
+
+def _load_splits(args: DataArguments) -> DatasetDict:
     if args.train_dir:
         splits = {"train": load_dataset("imagefolder", data_dir=args.train_dir, split="train")}
         if args.validation_dir:
@@ -228,7 +241,7 @@ def _limit(splits: DatasetDict, args: DataArguments, seed: int) -> DatasetDict:
     out = {}
     for name, split in splits.items():
         limit = args.max_train_samples if name == "train" else args.max_eval_samples
-        out[name] = split.shuffle(seed=seed).select(range(min(limit, len(split)))) if limit else split
+        out[name] = split if limit is None else split.shuffle(seed=seed).select(range(min(limit, len(split))))
     return DatasetDict(out)
 
 

@@ -1,0 +1,58 @@
+"""Tiny synthetic data and models made inside the tests."""
+
+import io
+from pathlib import Path
+
+import numpy as np
+from datasets import ClassLabel, Dataset, DatasetDict, Features
+from datasets import Image as ImageFeature
+from PIL import Image
+
+NAMES = ["cat", "dog", "ship", "truck"]
+
+
+def random_image(size=(32, 32), mode="RGB", seed=0) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).convert(mode)
+
+
+def image_bytes(image: Image.Image, fmt="PNG") -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def truncated_jpeg() -> bytes:
+    return image_bytes(random_image(), "JPEG")[:300]
+
+
+def tiny_dataset(
+    n_per_class=10, size=(32, 32), names=NAMES, image_column="img", label_column="label", modes=("RGB",), seed=0
+) -> Dataset:
+    images, labels = [], []
+    for index in range(n_per_class * len(names)):
+        images.append(random_image(size, modes[index % len(modes)], seed=seed + index))
+        labels.append(index % len(names))
+    features = Features({image_column: ImageFeature(), label_column: ClassLabel(names=names)})
+    return Dataset.from_dict({image_column: images, label_column: labels}, features=features)
+
+
+def hub_layout_folder(root: Path, splits: dict[str, Dataset]) -> Path:
+    """A folder laid out as a Hub dataset repo (data/<split>-00000-of-00001.parquet), loadable with load_dataset."""
+    (root / "data").mkdir(parents=True, exist_ok=True)
+    for name, split in splits.items():
+        split.to_parquet(root / "data" / f"{name}-00000-of-00001.parquet")
+    return root
+
+
+def image_folder(root: Path, n_per_class=4, names=NAMES, size=(40, 30), fmt="JPEG") -> Path:
+    for c, name in enumerate(names):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(n_per_class):
+            random_image(size, seed=100 * c + i).save(root / name / f"{i}.{fmt.lower()}", format=fmt)
+    return root
+
+
+def saved_to_disk(root: Path, splits: dict[str, Dataset]) -> Path:
+    DatasetDict(splits).save_to_disk(root)
+    return root
