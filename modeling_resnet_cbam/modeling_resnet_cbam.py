@@ -218,6 +218,7 @@ class ResNetCBAMPreTrainedModel(PreTrainedModel):
     main_input_name = "pixel_values"
     input_modalities = ("image",)
     _no_split_modules = ["BasicBlock", "CBAM"]
+    accepts_loss_kwargs = False  # the loss is a per-batch mean: the Trainer scales it for gradient accumulation
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module):
