@@ -1,6 +1,10 @@
 """Tiny synthetic data and models made inside the tests."""
 
 import io
+import json
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -56,3 +60,48 @@ def image_folder(root: Path, n_per_class=4, names=NAMES, size=(40, 30), fmt="JPE
 def saved_to_disk(root: Path, splits: dict[str, Dataset]) -> Path:
     DatasetDict(splits).save_to_disk(root)
     return root
+
+
+STANDALONE_LOAD = textwrap.dedent("""
+    import importlib.abc, json, sys
+    class BlockProject(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in ("modeling_resnet_cbam", "training"):
+                raise ImportError(f"the project package {name} must not be needed")
+    sys.meta_path.insert(0, BlockProject())
+    import numpy as np, torch
+    from PIL import Image
+    from transformers import AutoModel, AutoModelForImageClassification, pipeline
+    folder, x_file = sys.argv[1], sys.argv[2]
+    try:
+        import modeling_resnet_cbam
+        raise SystemExit("the project package is importable: the test proves nothing")
+    except ImportError:
+        pass
+    x = torch.load(x_file)
+    classifier = AutoModelForImageClassification.from_pretrained(folder, trust_remote_code=True).eval()
+    base = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
+    classify = pipeline("image-classification", model=folder, trust_remote_code=True)
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (45, 37), dtype=np.uint8))  # grayscale
+    with torch.no_grad():
+        print(json.dumps({
+            "classifier": type(classifier).__name__, "base": type(base).__name__,
+            "logits": classifier(x).logits.tolist(), "pooled": base(x).pooler_output.tolist(),
+            "pipeline": classify(image, top_k=3),
+        }))
+""")
+
+
+def load_alone(folder: Path, x_file: Path, workdir: Path) -> dict:
+    """Load a saved folder in a fresh process where the project's packages cannot be imported."""
+    env = {"HF_HOME": str(workdir / "hf"), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
+    done = subprocess.run(
+        [sys.executable, "-c", STANDALONE_LOAD, str(folder), str(x_file)],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])

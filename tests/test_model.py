@@ -1,11 +1,9 @@
 import json
-import subprocess
-import sys
-import textwrap
 
 import pytest
 import torch
 import torchvision
+from helpers import load_alone
 from safetensors.torch import save_file
 from torch.nn import functional as F
 
@@ -137,51 +135,11 @@ def test_save_and_reload_are_identical(tmp_path):
     assert processor["image_mean"] == pytest.approx([0.4914, 0.4822, 0.4465])
 
 
-STANDALONE_LOAD = textwrap.dedent("""
-    import importlib.abc, json, sys
-    class BlockProject(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in ("modeling_resnet_cbam", "training"):
-                raise ImportError(f"the project package {name} must not be needed")
-    sys.meta_path.insert(0, BlockProject())
-    import numpy as np, torch
-    from PIL import Image
-    from transformers import AutoModel, AutoModelForImageClassification, pipeline
-    folder, x_file = sys.argv[1], sys.argv[2]
-    try:
-        import modeling_resnet_cbam
-        raise SystemExit("the project package is importable: the test proves nothing")
-    except ImportError:
-        pass
-    x = torch.load(x_file)
-    classifier = AutoModelForImageClassification.from_pretrained(folder, trust_remote_code=True).eval()
-    base = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
-    classify = pipeline("image-classification", model=folder, trust_remote_code=True)
-    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (45, 37), dtype=np.uint8))  # grayscale
-    with torch.no_grad():
-        print(json.dumps({
-            "classifier": type(classifier).__name__, "base": type(base).__name__,
-            "logits": classifier(x).logits.tolist(), "pooled": base(x).pooler_output.tolist(),
-            "pipeline": classify(image, top_k=3),
-        }))
-""")
-
-
 def test_saved_folder_loads_alone_with_auto_classes_and_pipeline(tmp_path):
     model, folder = saved_model(tmp_path)
     x = tiny_input(model.config)
     torch.save(x, tmp_path / "x.pt")
-    env = {"HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
-    done = subprocess.run(
-        [sys.executable, "-c", STANDALONE_LOAD, str(folder), str(tmp_path / "x.pt")],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result = load_alone(folder, tmp_path / "x.pt", tmp_path)
     assert (result["classifier"], result["base"]) == ("ResNetCBAMForImageClassification", "ResNetCBAMModel")
     with torch.no_grad():
         torch.testing.assert_close(torch.tensor(result["logits"]), model(x).logits)

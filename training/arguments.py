@@ -61,6 +61,8 @@ class FinetuneTrainingArguments(TrainingArguments):
     dataloader_persistent_workers: bool = True
 
     def __post_init__(self):
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available():
+            self.use_cpu = True  # launched as DDP on a machine without GPUs: CPU processes over gloo (MULTI_CPU)
         if self.dataloader_num_workers == 0:
             self.dataloader_persistent_workers = False  # torch refuses persistent workers without workers
         self.dataloader_pin_memory = self.dataloader_pin_memory and torch.cuda.is_available()

@@ -44,7 +44,7 @@ def finetune_main(argv: list[str] | None = None) -> int:
     try:
         trainer, data = build_trainer(model_args, data_args, stage_args, training_args)
     except (ScheduleError, DataError, FileNotFoundError) as error:
-        logger.error("%s", error)
+        print(f"error: {error}", file=sys.stderr)
         return 2
     result = train_and_evaluate(trainer, data, training_args.resume_from_checkpoint)
     split = result.metrics["eval_split"]

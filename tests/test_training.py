@@ -1,0 +1,285 @@
+"""The staged recipe's guarantees, on a tiny model and dataset: lrs, frozen bits, Adam resets, resume, DDP."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import hub_layout_folder, load_alone, tiny_dataset
+from safetensors.torch import load_file
+from tiny_run import TINY as TINY_FLAGS
+from tiny_run import run
+
+from modeling_resnet_cbam import ResNetCBAMConfig, ResNetCBAMForImageClassification
+from training.callbacks import StageCallback
+from training.cli import finetune_main, parse
+from training.groups import GROUPS
+from training.stages import override, recipe
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_RUN = ROOT / "tests" / "tiny_run.py"
+STEPS_PER_EPOCH = 4  # 32 training images, batch 8
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("data") / "ds"
+    return hub_layout_folder(folder, {"train": tiny_dataset(10, size=(16, 16))})
+
+
+def flags(dataset: Path, output_dir: Path, *more: str) -> list[str]:
+    return ["--dataset_name", str(dataset), "--validation_split", "8", "--output_dir", str(output_dir), *more]
+
+
+def assert_follows_schedule(steps: list[dict], schedule, distributed: bool = False) -> None:
+    plan = schedule.in_steps(STEPS_PER_EPOCH // (2 if distributed else 1))
+    assert [s["step"] for s in steps] == list(range(plan.last_step))
+    for record in steps:
+        step, stage = record["step"], schedule.stages[record["stage"]]
+        assert record["lrs"] == {g: plan.lr(g, step) for g in GROUPS}, f"step {step}"
+        first = plan.first_steps[record["stage"]]
+        assert record["adam_step"] == step - first + 1, f"Adam state not reset exactly at step {first}"
+        for group in GROUPS:
+            trained = group in stage.lrs
+            assert record["changed"][group] == trained, f"step {step}: {group} changed={record['changed'][group]}"
+            if not distributed:
+                assert record["requires_grad"][group] == trained
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(dataset, tmp_path_factory):
+    output_dir = tmp_path_factory.mktemp("run") / "out"
+    result, recorder = run(flags(dataset, output_dir, "--save_strategy", "steps", "--save_steps", "1"))
+    return output_dir, result, recorder
+
+
+def test_every_step_follows_the_schedule(uninterrupted):
+    _, result, recorder = uninterrupted
+    assert_follows_schedule(recorder.steps, result.trainer.schedule)
+
+
+def test_frozen_batchnorm_statistics_move_with_the_seed_policy(uninterrupted):
+    _, _, recorder = uninterrupted
+    assert recorder.steps[0]["running_stats_changed"]["layer1"], "bn_policy=train: frozen layers' BN stats update"
+
+
+def test_bn_policy_frozen_keeps_frozen_groups_statistics(dataset, tmp_path):
+    _, recorder = run(flags(dataset, tmp_path / "out", "--save_strategy", "no", "--bn_policy", "frozen"))
+    for record in recorder.steps:
+        trained = override(recipe("staged"), epochs=[1, 1, 1]).stages[record["stage"]].lrs
+        for group, changed in record["running_stats_changed"].items():
+            assert changed == (group in trained), f"step {record['step']}: {group} BN stats changed={changed}"
+
+
+def test_one_epoch_entry_per_epoch_in_trainer_state(uninterrupted):
+    output_dir, _, _ = uninterrupted
+    history = json.loads((output_dir / "trainer_state.json").read_text())["log_history"]
+    epochs = [entry for entry in history if "stage" in entry]
+    assert [e["stage"] for e in epochs] == [1, 2, 3] and [e["epoch"] for e in epochs] == [1, 2, 3]
+    for entry in epochs:
+        for key in ("trainable_params", "train_loss", "train_accuracy", "eval_loss", "eval_accuracy", "epoch_time"):
+            assert key in entry
+        assert all(f"lr_{group}" in entry for group in GROUPS)
+    assert epochs[0]["lr_layer1"] == 0 and epochs[2]["lr_layer1"] == pytest.approx(1e-5)
+    assert epochs[0]["trainable_params"] < epochs[1]["trainable_params"] < epochs[2]["trainable_params"]
+    assert sum("loss" in e and "stage" not in e and "train_runtime" not in e for e in history) == 12  # every step
+
+
+def test_output_folder_loads_alone_and_results_are_written(uninterrupted, tmp_path):
+    output_dir, result, _ = uninterrupted
+    torch.save(torch.randn(2, 3, 16, 16), tmp_path / "x.pt")
+    loaded = load_alone(output_dir, tmp_path / "x.pt", tmp_path)
+    assert loaded["classifier"] == "ResNetCBAMForImageClassification"
+    assert {p["label"] for p in loaded["pipeline"]} <= {"cat", "dog", "ship", "truck"}
+    results = json.loads((output_dir / "all_results.json").read_text())
+    assert results["eval_split"] == "validation"
+    confusion = torch.tensor(results["validation_confusion_matrix"])
+    assert confusion.sum() == 8 and results["validation_accuracy"] == confusion.trace().item() / 8
+
+
+def final_weights(output_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(output_dir / "model.safetensors")
+
+
+def assert_same_weights(a: Path, b: Path) -> None:
+    first, second = final_weights(a), final_weights(b)
+    assert first.keys() == second.keys()
+    different = [k for k in first if not torch.equal(first[k], second[k])]
+    assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
+
+
+@pytest.mark.parametrize("checkpoint", [4, 6], ids=["at-a-stage-boundary", "in-the-middle-of-a-stage"])
+def test_resume_ends_with_the_uninterrupted_weights(uninterrupted, dataset, tmp_path, checkpoint):
+    output_dir, result, recorder = uninterrupted
+    resumed, resumed_recorder = run(
+        flags(
+            dataset,
+            tmp_path / "out",
+            "--save_strategy",
+            "no",
+            "--resume_from_checkpoint",
+            str(output_dir / f"checkpoint-{checkpoint}"),
+        )
+    )
+    assert_same_weights(output_dir, tmp_path / "out")
+    assert resumed_recorder.steps == recorder.steps[checkpoint:]
+
+
+def test_a_killed_run_resumes_from_its_last_checkpoint(uninterrupted, dataset, tmp_path):
+    output_dir, _, _ = uninterrupted
+    command = [
+        sys.executable,
+        str(TINY_RUN),
+        str(tmp_path / "rec"),
+        "--kill_after_save",
+        "6",
+        "--",
+        *flags(dataset, tmp_path / "out", "--save_strategy", "steps", "--save_steps", "1"),
+    ]
+    killed = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert (tmp_path / "out" / "checkpoint-6").is_dir() and not (tmp_path / "out" / "checkpoint-7").exists()
+    run(flags(dataset, tmp_path / "out", "--save_strategy", "no", "--resume_from_checkpoint", "last"))
+    assert_same_weights(output_dir, tmp_path / "out")
+
+
+def accelerate_launch(*args: str) -> list[str]:
+    return [sys.executable, "-m", "accelerate.commands.launch", *args]
+
+
+def test_ddp_on_two_processes_keeps_ranks_identical_and_follows_the_schedule(dataset, tmp_path):
+    command = accelerate_launch(
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        str(TINY_RUN),
+        str(tmp_path / "rec"),
+        "--",
+        *flags(dataset, tmp_path / "out", "--save_strategy", "no"),
+    )
+    done = subprocess.run(
+        command, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    ranks = [json.loads(Path(f"{tmp_path / 'rec'}.rank{r}").read_text()) for r in (0, 1)]
+    assert [r["world_size"] for r in ranks] == [2, 2]
+    assert ranks[0]["checksums"] == ranks[1]["checksums"]
+    assert "all 2 ranks hold identical parameters after the stage ending at step 6" in done.stdout + done.stderr
+    for rank in ranks:
+        assert_follows_schedule(rank["steps"], override(recipe("staged"), epochs=[1, 1, 1]), distributed=True)
+
+
+def test_ddp_rank_mismatch_stops_the_run_with_a_clear_error(dataset, tmp_path):
+    command = accelerate_launch(
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        str(TINY_RUN),
+        str(tmp_path / "rec"),
+        "--perturb_rank",
+        "1",
+        "--",
+        *flags(dataset, tmp_path / "out", "--save_strategy", "no"),
+    )
+    done = subprocess.run(
+        command, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
+    assert done.returncode != 0
+    assert "DDP ranks hold different parameters after the stage ending at step 2: groups head differ" in done.stderr
+
+
+def test_accelerate_launch_on_one_process_runs_the_script(dataset, tmp_path):
+    command = accelerate_launch(
+        "--num_processes",
+        "1",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        str(ROOT / "scripts" / "finetune.py"),
+        *flags(dataset, tmp_path / "out"),
+        *TINY_FLAGS,
+    )
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Stage 3/3 (epochs 3-3, everything)" in done.stdout
+    assert (tmp_path / "out" / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize(
+    "recipe_name, expected",
+    [("seed-exact", [49_042, 10_542_482, 11_217_874]), ("staged", [50_898, 10_544_338, 11_217_874])],
+)
+def test_trainable_parameters_per_stage_of_the_default_model(recipe_name, expected):
+    model = ResNetCBAMForImageClassification(ResNetCBAMConfig())
+    callback = StageCallback(recipe(recipe_name))
+    callback.distributed = False
+    counts = []
+    for index in range(3):
+        callback._apply(index, model)
+        counts.append(sum(p.numel() for p in model.parameters() if p.requires_grad))
+        assert counts[-1] == callback.trainable_params
+    assert counts == expected
+
+
+@pytest.mark.parametrize(
+    "bad_flags, message",
+    [
+        (["--stage_epochs", "5,15"], "--stage_epochs gives 2 values for 3 stages"),
+        (["--stage_lrs", "1e-3,0,1e-5"], "stage 2: the lr of stem must be a positive number, got 0.0"),
+        (
+            ["--stage_epochs", "1,1,1", "--num_train_epochs", "5"],
+            "the stages last 1+1+1=3 epochs but --num_train_epochs",
+        ),
+        (["--recipe", "gradual"], "unknown recipe 'gradual'"),
+        (["--max_steps", "10"], "stages are in epochs"),
+    ],
+)
+def test_schedule_errors_come_before_any_loading(tmp_path, capsys, bad_flags, message):
+    code = finetune_main(["--dataset_name", str(tmp_path / "absent"), "--output_dir", str(tmp_path), *bad_flags])
+    assert code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_stages_file_errors_name_the_stage(tmp_path, capsys):
+    stages = tmp_path / "stages.json"
+    stages.write_text(json.dumps([{"epochs": 2, "lr": {"cbam": 1e-3, "head": 1e-3, "neck": 1e-3}}]))
+    assert finetune_main(["--stages_file", str(stages), "--dataset_name", str(tmp_path / "absent")]) == 2
+    assert "stage 1: unknown group 'neck'; the groups are stem, layer1" in capsys.readouterr().err
+
+
+def test_stages_file_with_differential_rates(dataset, tmp_path):
+    stages = tmp_path / "stages.json"
+    new, pretrained = {g: 1e-3 for g in ("stem", "cbam", "head")}, {f"layer{i}": 1e-5 for i in range(1, 5)}
+    stages.write_text(json.dumps([{"epochs": 2, "lr": {**new, **pretrained}}]))
+    result, recorder = run(
+        flags(dataset, tmp_path / "out", "--save_strategy", "no", "--stages_file", str(stages), "--stage_epochs", "2")
+    )
+    assert recorder.steps[0]["lrs"] == {**new, **pretrained}
+    assert len(recorder.steps) == 8 and recorder.steps[-1]["adam_step"] == 8
+
+
+def test_defaults_are_the_seed_recipe():
+    _, data_args, stage_args, training_args = parse([])
+    assert training_args.max_grad_norm == 0 and training_args.per_device_train_batch_size == 64
+    assert training_args.remove_unused_columns is False
+    assert stage_args.recipe == "staged" and stage_args.bn_policy == "train"
+    assert data_args.dataset_name == "uoft-cs/cifar10"
+    assert recipe("staged").total_epochs == 50
