@@ -7,8 +7,11 @@ import transformers
 from transformers import HfArgumentParser
 
 from training.arguments import FinetuneTrainingArguments, ModelArguments, StageArguments
+from training.card import write_model_card
 from training.data import DataArguments, DataError
-from training.run import build_trainer, train_and_evaluate
+from training.hub import HubError, check_push_access, push_folder
+from training.plots import plot_confusion_matrix, plot_training
+from training.run import RunResult, build_trainer, train_and_evaluate
 from training.stages import ScheduleError
 
 logger = logging.getLogger("finetune")
@@ -41,18 +44,45 @@ def finetune_main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     setup_logging(training_args)
+    push = training_args.push_to_hub
+    training_args.push_to_hub = False  # the finished folder is pushed once, below, never checkpoints mid-run
     try:
+        if push and training_args.should_save:
+            hub = (training_args.hub_model_id, training_args.hub_token, training_args.hub_private_repo)
+            repo = check_push_access(*hub)
+            logger.info("the Hub accepts pushes to %s", repo)
         trainer, data = build_trainer(model_args, data_args, stage_args, training_args)
-    except (ScheduleError, DataError, FileNotFoundError) as error:
+    except (ScheduleError, DataError, HubError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     result = train_and_evaluate(trainer, data, training_args.resume_from_checkpoint)
     split = result.metrics["eval_split"]
-    logger.info(
-        "final %s accuracy %.2f%% after %.0f s of training; model in %s",
-        split,
-        100 * result.metrics[f"{split}_accuracy"],
-        result.train_seconds,
-        result.output_dir,
-    )
+    logger.info("final %s accuracy %.2f%% after %.0f s of training; model in %s", split,
+                100 * result.metrics[f"{split}_accuracy"], result.train_seconds, result.output_dir)
+    if not trainer.is_world_process_zero():
+        return 0
+    write_outputs(result, data, model_args, data_args, stage_args)
+    if push:
+        try:
+            url = push_folder(result.output_dir, training_args.hub_model_id, training_args.hub_token)
+        except Exception as error:  # the folder is complete on disk: nothing is lost
+            print(f"error: the push to {training_args.hub_model_id} failed ({error}); the model is saved in "
+                  f"{result.output_dir}: push it with `python scripts/push.py {result.output_dir} "
+                  f"--hub_model_id {training_args.hub_model_id}`", file=sys.stderr)
+            return 1
+        logger.info("pushed to %s", url)
     return 0
+
+
+def write_outputs(result: RunResult, data, model_args, data_args, stage_args) -> None:
+    """Plots and the model card, beside the saved model."""
+    trainer, metrics = result.trainer, result.metrics
+    plots = result.output_dir / "plots"
+    plot_training(trainer.state.log_history, trainer.schedule.first_epochs(), plots)
+    split = metrics["eval_split"]
+    plot_confusion_matrix(metrics[f"{split}_confusion_matrix"], data.label_names, plots / "confusion_matrix.png",
+                          title=f"Confusion matrix ({split}, accuracy {100 * metrics[f'{split}_accuracy']:.2f}%)")
+    card = write_model_card(result.output_dir, model=trainer.model, trainer_args=trainer.args,
+                            schedule=trainer.schedule, stage_args=stage_args, data_args=data_args,
+                            model_args=model_args, data=data, metrics=metrics)
+    logger.info("plots in %s, model card %s", plots, card)

@@ -8,6 +8,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 
 def denormalize(pixel_values: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
@@ -35,6 +36,93 @@ def save_image_grid(
         axis.set_title(label, fontsize=9)
     if title:
         figure.suptitle(title)
+    figure.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
+def step_losses(log_history: list[dict]) -> tuple[list[int], list[float]]:
+    """The training loss of every logged step (the Trainer's `loss` entries)."""
+    entries = [e for e in log_history if "loss" in e and "step" in e]
+    return [e["step"] for e in entries], [e["loss"] for e in entries]
+
+
+def epoch_entries(log_history: list[dict]) -> list[dict]:
+    """The one summary entry per epoch that StagedTrainer logs (it carries `stage`)."""
+    return [e for e in log_history if "stage" in e and "eval_loss" in e]
+
+
+def plot_training(log_history: list[dict], stage_first_epochs: list[int], out_dir: str | Path) -> list[Path]:
+    """loss.png (every logged step) and curves.png (accuracy and loss per epoch, stage boundaries marked)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    steps, losses = step_losses(log_history)
+    figure, axis = plt.subplots(figsize=(8, 4))
+    axis.plot(steps, losses, linewidth=1)
+    axis.set(xlabel="optimizer step", ylabel="training loss", title="Training loss of every logged step")
+    axis.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(out_dir / "loss.png", dpi=100)
+    plt.close(figure)
+
+    epochs = epoch_entries(log_history)
+    x = [e["epoch"] for e in epochs]
+    figure, (accuracy_axis, loss_axis) = plt.subplots(1, 2, figsize=(12, 4.5))
+    accuracy_axis.plot(x, [100 * e["train_accuracy"] for e in epochs], "o-", label="train")
+    accuracy_axis.plot(x, [100 * e["eval_accuracy"] for e in epochs], "o-", label="validation")
+    loss_axis.plot(x, [e["train_loss"] for e in epochs], "o-", label="train")
+    loss_axis.plot(x, [e["eval_loss"] for e in epochs], "o-", label="validation")
+    for axis, name in ((accuracy_axis, "accuracy (%)"), (loss_axis, "loss")):
+        for index, first in enumerate(stage_first_epochs[1:], start=2):
+            axis.axvline(first + 0.5, color="grey", linestyle="--", linewidth=1)
+            axis.text(
+                first + 0.6,
+                0.98,
+                f"stage {index}",
+                transform=axis.get_xaxis_transform(),
+                va="top",
+                fontsize=8,
+                color="grey",
+            )
+        axis.set(xlabel="epoch", ylabel=name, title=f"{name.split(' ')[0].capitalize()} per epoch")
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axis.grid(alpha=0.3)
+        axis.legend()
+    figure.tight_layout()
+    figure.savefig(out_dir / "curves.png", dpi=100)
+    plt.close(figure)
+    return [out_dir / "loss.png", out_dir / "curves.png"]
+
+
+def plot_confusion_matrix(
+    matrix: Sequence[Sequence[int]], labels: Sequence[str], path: str | Path, title: str = "Confusion matrix"
+) -> Path:
+    """Counts with rows = true class, columns = predicted class, each cell annotated."""
+    matrix = torch.tensor(matrix)
+    size = max(5.0, 0.6 * len(labels) + 2)
+    figure, axis = plt.subplots(figsize=(size, size))
+    image = axis.imshow(matrix.numpy(), cmap="Blues")
+    axis.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
+    axis.set_yticks(range(len(labels)), labels)
+    axis.set(xlabel="predicted", ylabel="true", title=title)
+    threshold = matrix.max().item() / 2
+    if len(labels) <= 30:
+        for (row, column), count in zip(
+            torch.cartesian_prod(torch.arange(len(labels)), torch.arange(len(labels))), matrix.flatten(), strict=True
+        ):
+            axis.text(
+                column.item(),
+                row.item(),
+                str(count.item()),
+                ha="center",
+                va="center",
+                fontsize=8,
+                color="white" if count.item() > threshold else "black",
+            )
+    figure.colorbar(image, ax=axis, fraction=0.046, pad=0.04)
     figure.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
