@@ -61,6 +61,11 @@ def test_the_split_is_seeded_and_a_count_works(tmp_path):
     assert len(rows[0]) == 8 and rows[0] == rows[1] and rows[0] != rows[2]
 
 
+def test_too_small_a_train_split_to_stratify_is_a_clear_error(tmp_path):
+    with pytest.raises(DataError, match="cannot carve a stratified validation split \\(0.1\\) out of 8 training"):
+        load(tmp_path, {"train": tiny_dataset(2)})
+
+
 def test_own_validation_and_test_splits_are_used(tmp_path):
     splits = {"train": tiny_dataset(), "validation": tiny_dataset(2, seed=50), "test": tiny_dataset(3, seed=90)}
     data = load(tmp_path, splits)

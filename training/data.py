@@ -230,7 +230,11 @@ def _train_validation_test(raw: DatasetDict, validation_split: str, label_column
                 f"--validation_split must be a fraction in (0, 1) or a count below the train size, "
                 f"got {validation_split}"
             )
-        carved = raw["train"].train_test_split(test_size=size, stratify_by_column=label_column, seed=seed)
+        try:
+            carved = raw["train"].train_test_split(test_size=size, stratify_by_column=label_column, seed=seed)
+        except ValueError as error:  # too few images per class to stratify
+            raise DataError(f"cannot carve a stratified validation split ({validation_split}) out of "
+                            f"{len(raw['train'])} training images: {error}") from error
         splits = {"train": carved["train"], "validation": carved["test"]}
     if "test" in raw:
         splits["test"] = raw["test"]

@@ -129,3 +129,39 @@ def plot_confusion_matrix(
     figure.savefig(path, dpi=100)
     plt.close(figure)
     return path
+
+
+def plot_attention(image: torch.Tensor, attentions: Sequence, path: str | Path, title: str = "",
+                   top_channels: int = 8) -> Path:
+    """The input, each CBAM's spatial map overlaid on it, and each CBAM's strongest channel weights below.
+
+    `image` is (H, W, 3) in [0, 1]; each attention has `.name`, `.spatial` (H, W) in [0, 1] and `.channel` (C,).
+    """
+    columns = 1 + len(attentions)
+    figure, axes = plt.subplots(2, columns, figsize=(2.6 * columns, 5.4), squeeze=False,
+                                gridspec_kw={"height_ratios": [1.1, 1]})
+    axes[0][0].imshow(image.numpy(), interpolation="nearest")
+    axes[0][0].set_title("input", fontsize=9)
+    axes[1][0].axis("off")
+    for column, attention in enumerate(attentions, start=1):
+        axis = axes[0][column]
+        axis.imshow(image.numpy(), interpolation="nearest")
+        overlay = axis.imshow(attention.spatial.numpy(), cmap="jet", alpha=0.5, vmin=0, vmax=1)
+        axis.set_title(f"{attention.name}\nspatial", fontsize=8)
+        weights, channels = attention.channel.topk(min(top_channels, attention.channel.numel()))
+        bars = axes[1][column]
+        bars.barh(range(len(weights)), weights.numpy()[::-1], color="tab:orange")
+        bars.set_yticks(range(len(weights)), [str(c) for c in channels.tolist()[::-1]], fontsize=7)
+        bars.set_xlim(0, 1)
+        bars.set_title("strongest channels", fontsize=8)
+        bars.tick_params(axis="x", labelsize=7)
+    for axis in axes[0]:
+        axis.axis("off")
+    figure.colorbar(overlay, ax=list(axes[0]), fraction=0.02, pad=0.01)
+    if title:
+        figure.suptitle(title, fontsize=10)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path

@@ -1,0 +1,53 @@
+"""What CBAM attends to: per image, the input, each CBAM's spatial map overlaid on it, and its strongest channels.
+
+    python scripts/attention_maps.py --model outputs/resnet-cbam photo.jpg more_photos/ --out_dir attention/
+
+Uses the model's own `output_attentions=True` outputs (no hooks). Writes <out_dir>/<image name>_attention.png.
+"""
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image
+from transformers import HfArgumentParser
+
+from training.inference import cbam_attention, image_files, load_model
+from training.plots import denormalize, plot_attention
+
+
+@dataclass
+class AttentionArguments:
+    model: str = field(metadata={"help": "A model folder or Hub id (loaded with trust_remote_code)."})
+    out_dir: str = field(default="attention_maps", metadata={"help": "Where the PNG files go."})
+    top_channels: int = field(default=8, metadata={"help": "Channel weights shown per CBAM."})
+    device: str | None = field(default=None, metadata={"help": "cuda or cpu (default: cuda when present)."})
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, paths = HfArgumentParser(AttentionArguments).parse_known_args(argv)
+    if not paths:
+        print("error: give image files or folders", file=sys.stderr)
+        return 2
+    model, processor = load_model(args.model, args.device)
+    failed = 0
+    for file in image_files(paths):
+        try:
+            with Image.open(file) as image:
+                pixel_values = processor(image.convert("RGB"), return_tensors="pt")["pixel_values"][0]
+        except Exception as error:
+            print(f"{file}: cannot read: {error}", file=sys.stderr)
+            failed += 1
+            continue
+        attentions = cbam_attention(model, pixel_values)
+        logits = model(pixel_values[None].to(model.device)).logits[0]
+        label = model.config.id2label[int(logits.argmax())]
+        shown = denormalize(pixel_values, processor.image_mean, processor.image_std)
+        out = plot_attention(shown, attentions, Path(args.out_dir) / f"{file.stem}_attention.png",
+                             title=f"{file.name}: predicted {label}", top_channels=args.top_channels)
+        print(f"{file}: {out}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

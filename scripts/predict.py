@@ -1,0 +1,53 @@
+"""Top-k labels for image files and folders with a trained model (a local folder or a Hub id).
+
+    python scripts/predict.py --model outputs/resnet-cbam photo.jpg more_photos/ --top_k 3 --json predictions.json
+
+Any size and mode of image works: it is prepared as the model's preprocessor_config.json says. A file that cannot
+be read is reported by name, the others still get predictions, and the exit code is 1 at the end.
+"""
+
+import json
+import sys
+from dataclasses import asdict, dataclass, field
+
+from transformers import HfArgumentParser
+
+from training.inference import image_files, load_model, predict_files
+
+
+@dataclass
+class PredictArguments:
+    model: str = field(metadata={"help": "A model folder or Hub id (loaded with trust_remote_code)."})
+    top_k: int = field(default=3, metadata={"help": "Labels shown per image."})
+    json: str | None = field(default=None, metadata={"help": "Write [{image, predictions: [{label, score}]}]."})
+    batch_size: int = field(default=64, metadata={"help": "Images per forward pass."})
+    num_workers: int = field(default=2, metadata={"help": "Processes decoding images."})
+    device: str | None = field(default=None, metadata={"help": "cuda or cpu (default: cuda when present)."})
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, paths = HfArgumentParser(PredictArguments).parse_known_args(argv)
+    if not paths or any(p.startswith("--") for p in paths):
+        print(f"error: give image files or folders (unknown arguments: {[p for p in paths if p.startswith('--')]})",
+              file=sys.stderr)
+        return 2
+    model, processor = load_model(args.model, args.device)
+    files = image_files(paths)
+    results, failed = [], 0
+    for result in predict_files(model, processor, files, args.top_k, args.batch_size, args.num_workers):
+        results.append(result)
+        if result.error:
+            failed += 1
+            print(f"{result.image}: cannot read: {result.error}", file=sys.stderr)
+        else:
+            print(f"{result.image}: " + ", ".join(f"{p['label']} {p['score']:.3f}" for p in result.predictions))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump([{k: v for k, v in asdict(r).items() if v is not None} for r in results], f, indent=2)
+    if failed:
+        print(f"{failed} of {len(files)} images could not be read", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,120 @@
+"""Using a trained model: predict, evaluate on a split, attention maps; on a saved random model and made images."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import hub_layout_folder, random_image, tiny_dataset, truncated_jpeg
+from PIL import Image
+
+from modeling_resnet_cbam import ResNetCBAMConfig, ResNetCBAMForImageClassification
+from training.inference import cbam_attention, image_files, load_model, match_labels, predict_files
+
+ROOT = Path(__file__).resolve().parents[1]
+NAMES = ["cat", "dog", "ship", "truck"]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("model") / "model"
+    config = ResNetCBAMConfig(depths=[1, 1, 1, 1], image_size=16, id2label=dict(enumerate(NAMES)))
+    ResNetCBAMForImageClassification(config).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("images")
+    random_image((40, 30), "RGB", seed=1).save(folder / "rgb.png")
+    random_image((17, 23), "L", seed=2).save(folder / "gray.png")
+    random_image((64, 20), "RGBA", seed=3).save(folder / "rgba.png")
+    random_image((33, 33), "P", seed=4).save(folder / "palette.gif")
+    (folder / "sub").mkdir()
+    random_image((16, 16), "RGB", seed=5).save(folder / "sub" / "small.jpg")
+    (folder / "corrupt.jpg").write_bytes(truncated_jpeg())
+    (folder / "notes.txt").write_text("not an image")
+    return folder
+
+
+def run_script(name: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "scripts" / name), *args], capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_predictions_are_distributions_that_agree_with_the_forward_pass(model_dir, images):
+    model, processor = load_model(str(model_dir), "cpu")
+    files = image_files([images])
+    assert [f.name for f in files] == ["corrupt.jpg", "gray.png", "palette.gif", "rgb.png", "rgba.png", "small.jpg"]
+    results = list(predict_files(model, processor, files, top_k=4, batch_size=2, num_workers=0, progress=False))
+    assert [r.image for r in results] == [str(f) for f in files]
+    assert results[0].error and "corrupt.jpg" in results[0].image and results[0].predictions is None
+    for result, file in zip(results[1:], files[1:], strict=True):
+        scores = [p["score"] for p in result.predictions]
+        assert sorted(p["label"] for p in result.predictions) == sorted(NAMES)
+        assert sum(scores) == pytest.approx(1.0, abs=1e-5) and scores == sorted(scores, reverse=True)
+        with Image.open(file) as image:
+            pixels = processor(image.convert("RGB"), return_tensors="pt")["pixel_values"]
+        assert pixels.shape == (1, 3, 16, 16)
+        with torch.no_grad():
+            expected = model(pixels).logits.softmax(-1)[0]
+        for prediction in result.predictions:
+            assert prediction["score"] == pytest.approx(expected[NAMES.index(prediction["label"])].item(), abs=1e-5)
+
+
+def test_predict_script_reports_the_bad_file_and_still_predicts_the_rest(model_dir, images, tmp_path):
+    done = run_script("predict.py", "--model", str(model_dir), str(images), "--top_k", "2", "--json",
+                      str(tmp_path / "p.json"), "--num_workers", "1")
+    assert done.returncode == 1
+    assert "corrupt.jpg: cannot read" in done.stderr and "1 of 6 images could not be read" in done.stderr
+    written = json.loads((tmp_path / "p.json").read_text())
+    assert len(written) == 6 and sum("predictions" in entry for entry in written) == 5
+    assert all(len(entry["predictions"]) == 2 for entry in written if "predictions" in entry)
+    assert f"{images / 'rgb.png'}: " in done.stdout
+
+
+def test_evaluate_model_accuracy_equals_a_direct_computation(model_dir, tmp_path):
+    dataset = hub_layout_folder(tmp_path / "ds", {"train": tiny_dataset(10, size=(16, 16)),
+                                                  "test": tiny_dataset(5, size=(16, 16), seed=70)})
+    done = run_script("evaluate_model.py", "--model", str(model_dir), "--dataset_name", str(dataset),
+                      "--json", str(tmp_path / "e.json"), "--plot", str(tmp_path / "cm.png"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads((tmp_path / "e.json").read_text())
+    model, processor = load_model(str(model_dir), "cpu")
+    test = tiny_dataset(5, size=(16, 16), seed=70)
+    pixels = torch.cat([processor(row["img"], return_tensors="pt")["pixel_values"] for row in test])
+    with torch.no_grad():
+        predicted = model(pixels).logits.argmax(-1)
+    direct = (predicted == torch.tensor(test["label"])).float().mean().item()
+    assert result["images"] == 20 and result["accuracy"] == pytest.approx(direct)
+    assert f"accuracy {100 * direct:.2f}%" in done.stdout and "confusion matrix" in done.stdout
+    assert (tmp_path / "cm.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_label_names_are_matched_by_name_and_a_mismatch_is_clear(model_dir, tmp_path):
+    assert match_labels(["truck", "cat", "dog", "ship"], dict(enumerate(NAMES))) == [3, 0, 1, 2]
+    dataset = hub_layout_folder(tmp_path / "ds", {"train": tiny_dataset(10, names=["cat", "dog", "ship", "plane"]),
+                                                  "test": tiny_dataset(2, names=["cat", "dog", "ship", "plane"])})
+    done = run_script("evaluate_model.py", "--model", str(model_dir), "--dataset_name", str(dataset))
+    assert done.returncode == 2
+    assert "labels and the model's differ: only in the dataset: plane; only in the model: truck" in done.stderr
+
+
+def test_attention_maps_are_in_range_and_written_as_png(model_dir, images, tmp_path):
+    model, processor = load_model(str(model_dir), "cpu")
+    with Image.open(images / "rgb.png") as image:
+        pixels = processor(image.convert("RGB"), return_tensors="pt")["pixel_values"][0]
+    attentions = cbam_attention(model, pixels)
+    assert [a.name for a in attentions] == ["cbam.layer1", "cbam.layer2", "cbam.layer3", "cbam.layer4"]
+    for attention, channels in zip(attentions, (64, 128, 256, 512), strict=True):
+        assert attention.spatial.shape == (16, 16) and attention.channel.shape == (channels,)
+        assert 0 <= attention.spatial.min() and attention.spatial.max() <= 1
+        assert 0 <= attention.channel.min() and attention.channel.max() <= 1
+    done = run_script("attention_maps.py", "--model", str(model_dir), str(images / "rgb.png"),
+                      str(images / "gray.png"), "--out_dir", str(tmp_path / "maps"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    for name in ("rgb", "gray"):
+        with Image.open(tmp_path / "maps" / f"{name}_attention.png") as png:
+            assert png.format == "PNG" and png.size[0] > 600
