@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 import torch
 from transformers import TrainingArguments
 
+from training.speed import bf16_is_fast
+
 
 def default_num_workers() -> int:
     """DataLoader workers per process: the cores this process may use, less one for the training loop itself."""
@@ -39,6 +41,10 @@ class StageArguments:
     bn_policy: str = field(
         default="train", metadata={"help": "train (frozen groups' BatchNorm statistics update, as the seed) or frozen."}
     )
+    scale_lr_with_batch: bool = field(
+        default=False, metadata={"help": "Multiply every stage's lr by (global batch / 64): the linear scaling rule "
+                                 "for running the recipe at a larger batch."}
+    )
 
 
 @dataclass
@@ -59,6 +65,17 @@ class FinetuneTrainingArguments(TrainingArguments):
     remove_unused_columns: bool = False  # the image column must reach the set_transform
     dataloader_num_workers: int = field(default_factory=default_num_workers)
     dataloader_persistent_workers: bool = True
+    bf16: bool | None = field(
+        default=None, metadata={"help": "bf16 autocast with fp32 master weights. Default: on where the hardware "
+                                "computes bf16 natively (Ampere+ GPUs, CPUs with AVX512-BF16 or AMX)."}
+    )
+    channels_last: bool | None = field(
+        default=None, metadata={"help": "channels_last memory format. Default: on with bf16 or on a GPU."}
+    )
+    data_on_device: bool | None = field(
+        default=None, metadata={"help": "Decode small images (<= 64x64) once into a tensor on the training device "
+                                "and augment there with kornia: no PIL work per step. Default: on with a GPU."}
+    )
 
     def __post_init__(self):
         if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available():
@@ -66,4 +83,13 @@ class FinetuneTrainingArguments(TrainingArguments):
         if self.dataloader_num_workers == 0:
             self.dataloader_persistent_workers = False  # torch refuses persistent workers without workers
         self.dataloader_pin_memory = self.dataloader_pin_memory and torch.cuda.is_available()
+        gpu = torch.cuda.is_available() and not self.use_cpu
+        if self.bf16 is None:
+            self.bf16 = bf16_is_fast(self.use_cpu)
+        if self.bf16 and not gpu:
+            self.use_cpu = True  # the Trainer only takes bf16 on a CPU when told the CPU is the device
+        if self.channels_last is None:
+            self.channels_last = self.bf16 or gpu
+        if self.data_on_device is None:
+            self.data_on_device = gpu
         super().__post_init__()

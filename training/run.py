@@ -17,10 +17,13 @@ from training import stages as stage_schedule
 from training.arguments import FinetuneTrainingArguments, ModelArguments, StageArguments
 from training.callbacks import ChanceLevelWarning, RankConsistencyCallback, StageCallback
 from training.data import DataArguments, ImageData, load_image_data
+from training.device_data import DeviceData
 from training.metrics import classification_metrics, compute_accuracy
+from training.speed import describe
 from training.trainer import StagedTrainer
 
 logger = logging.getLogger(__name__)
+SEED_BATCH = 64
 
 
 @dataclass
@@ -93,22 +96,32 @@ def build_trainer(
         )
     schedule = build_schedule(stage_args, training_args.num_train_epochs)
     training_args.num_train_epochs = schedule.total_epochs
+    if stage_args.scale_lr_with_batch:
+        batch = training_args.per_device_train_batch_size * training_args.world_size
+        schedule = stage_schedule.scale_lrs(schedule, batch * training_args.gradient_accumulation_steps / SEED_BATCH)
     stage_callback = StageCallback(schedule, stage_args.bn_policy)
     with training_args.main_process_first(desc="loading the dataset"):
         data = load_image_data(data_args, seed=training_args.seed)
     torch.manual_seed(training_args.seed)  # the new modules' initialisation is reproducible
     model = build_model(model_args, data)
     model.requires_grad_(True)  # DDP only all-reduces what requires grad when it wraps the model
+    if training_args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    device_data = DeviceData(data, data_args.augment) if training_args.data_on_device else None
+    splits = device_data.splits if device_data else data.splits
+    logger.info("speed settings: %s%s", describe(training_args.bf16, training_args.channels_last, training_args.device),
+                ", data on the device" if device_data else f", {training_args.dataloader_num_workers} loader workers")
     trainer = StagedTrainer(
         model=model,
         args=training_args,
-        train_dataset=data.splits["train"],
-        eval_dataset=data.splits["validation"],
+        train_dataset=splits["train"],
+        eval_dataset=splits["validation"],
         data_collator=default_data_collator,
         compute_metrics=compute_accuracy,
         callbacks=[*extra_callbacks, stage_callback, RankConsistencyCallback(schedule), ChanceLevelWarning()],
         schedule=schedule,
         stage_callback=stage_callback,
+        device_data=device_data,
     )
     return trainer, data
 
@@ -132,7 +145,8 @@ def train_and_evaluate(trainer: StagedTrainer, data: ImageData, resume: str | No
     trainer.save_model(args.output_dir)
     trainer.save_state()
     split = data.eval_split
-    prediction = trainer.predict(data.splits[split], metric_key_prefix=split)
+    splits = trainer.device_data.splits if trainer.device_data else data.splits
+    prediction = trainer.predict(splits[split], metric_key_prefix=split)
     final = classification_metrics().compute(
         predictions=prediction.predictions.argmax(-1),
         references=prediction.label_ids,

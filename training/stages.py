@@ -149,6 +149,12 @@ def override(schedule: Schedule, epochs: list[int] | None = None, lrs: list[floa
     return Schedule(tuple(stages))
 
 
+def scale_lrs(schedule: Schedule, factor: float) -> Schedule:
+    """Every lr times `factor` (the linear scaling rule for a batch `factor` times the seed's)."""
+    stages = (Stage(s.epochs, {g: lr * factor for g, lr in s.lrs.items()}, s.name) for s in schedule.stages)
+    return Schedule(tuple(stages))
+
+
 def from_json(path: str | Path) -> Schedule:
     """Stages from a JSON list. Each stage: {"epochs": 5, "lr": {"cbam": 1e-3, "head": 1e-3}} or
     {"epochs": 5, "train": ["cbam", "head"], "lr": 1e-3}; "train": "all" means every group."""

@@ -21,10 +21,11 @@ class StagedTrainer(Trainer):
       parameter count and the epoch time, to the log entry of each epoch's evaluation.
     """
 
-    def __init__(self, *args, schedule: Schedule, stage_callback: StageCallback, **kwargs):
+    def __init__(self, *args, schedule: Schedule, stage_callback: StageCallback, device_data=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.schedule = schedule
         self.stage_callback = stage_callback
+        self.device_data = device_data
         self._epoch_totals = None
         self._epoch_started = time.perf_counter()
 
@@ -42,6 +43,22 @@ class StagedTrainer(Trainer):
             lambdas = [_lr_of(plan, group["group"]) for group in optimizer.param_groups]
             self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
         return self.lr_scheduler
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        return super().training_step(model, self._model_inputs(inputs, train=True), num_items_in_batch)
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        return super().prediction_step(model, self._model_inputs(inputs, train=False), prediction_loss_only,
+                                       ignore_keys)
+
+    def _model_inputs(self, inputs: dict, train: bool) -> dict:
+        """Device-resident images gathered and augmented; pixel_values in the memory format of the weights."""
+        inputs = self._prepare_inputs(inputs)
+        if self.device_data is not None:
+            inputs = self.device_data.inputs(inputs, train)
+        if self.args.channels_last:
+            inputs["pixel_values"] = inputs["pixel_values"].contiguous(memory_format=torch.channels_last)
+        return inputs
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
