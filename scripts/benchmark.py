@@ -1,0 +1,45 @@
+"""Throughput of this project's training path against the seed's plain PyTorch loop, measured in one run.
+
+    python scripts/benchmark.py --dataset_name ../shared/datasets/cifar10 --steps 30 --json bench.json
+    python scripts/benchmark.py --steps 30 --bf16 false --channels_last false     # any finetune.py flag applies
+
+Prints a table and writes --json: step_img_s (train step on tensors in memory, the project's speed settings),
+step_fp32_img_s (the same in fp32, NCHW), data_img_s (the data path alone), plain_loop_img_s (the seed's loop:
+fp32, default DataLoader, Adam, batch 64, data included), trainer_img_s (scripts/finetune.py's path, data
+included), speedup_vs_plain, eval_img_s. Figures, not pass/fail: compare ratios measured in one run.
+"""
+
+import json
+import sys
+from dataclasses import dataclass, field
+
+from transformers import HfArgumentParser
+
+from training.benchmark import run_benchmark
+
+
+@dataclass
+class BenchmarkArguments:
+    dataset_name: str | None = field(default=None, metadata={"help": "Real data (e.g. the CIFAR-10 copy); "
+                                                            "default: synthetic 32x32 images."})
+    steps: int = field(default=30, metadata={"help": "Measured steps per path (after the warm-up)."})
+    warmup: int = field(default=3, metadata={"help": "Steps run before measuring."})
+    eval_images: int = field(default=1024, metadata={"help": "Images evaluated for eval_img_s."})
+    json: str | None = field(default=None, metadata={"help": "Write the figures as JSON."})
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, extra = HfArgumentParser(BenchmarkArguments).parse_known_args(argv)
+    result = run_benchmark(args.dataset_name, args.steps, args.warmup, args.eval_images, extra)
+    width = max(map(len, result))
+    for key, value in result.items():
+        shown = f"{value:,.1f}" if isinstance(value, float) else str(value)
+        print(f"{key:<{width}}  {shown}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
