@@ -28,7 +28,7 @@ def test_the_folder_holds_model_results_plots_and_card(finished):
     names = {p.name for p in finished.iterdir()}
     assert {"config.json", "model.safetensors", "modeling_resnet_cbam.py", "configuration_resnet_cbam.py",
             "preprocessor_config.json", "README.md", "all_results.json", "trainer_state.json", "plots"} <= names
-    for plot in ("loss.png", "curves.png", "confusion_matrix.png"):
+    for plot in ("loss.png", "curves.png", "confusion_matrix.png", "attention_0.png", "attention_3.png"):
         assert (finished / "plots" / plot).read_bytes()[:4] == b"\x89PNG"
 
 
@@ -53,6 +53,7 @@ def test_the_card_holds_the_runs_real_numbers(finished):
         assert f"| {int(entry['epoch'])} | {entry['stage']} | {100 * entry['train_accuracy']:.2f}% |" in card
     assert "| 2 | 1 | stem, layer3, layer4, cbam, head at lr 0.0001 |" in card
     assert "pipeline_tag: image-classification" in card and "plots/curves.png" in card
+    assert "### Attention maps" in card and "![attention map](plots/attention_0.png)" in card
 
 
 def test_metrics_are_evaluate_metrics_and_match_a_direct_computation():

@@ -10,7 +10,8 @@ from training.arguments import FinetuneTrainingArguments, ModelArguments, StageA
 from training.card import write_model_card
 from training.data import DataArguments, DataError
 from training.hub import HubError, check_push_access, push_folder
-from training.plots import plot_confusion_matrix, plot_training
+from training.inference import cbam_attention
+from training.plots import denormalize, plot_attention, plot_confusion_matrix, plot_training
 from training.run import RunResult, build_trainer, train_and_evaluate
 from training.stages import ScheduleError
 
@@ -74,6 +75,19 @@ def finetune_main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def plot_attention_examples(model, data, split: str, out_dir, count: int = 4) -> list:
+    """Attention maps of the first images of the evaluation split, for the model card."""
+    model.eval()
+    paths = []
+    for index in range(min(count, len(data.splits[split]))):
+        row = data.splits[split][index]
+        image = denormalize(row["pixel_values"], data.image_mean, data.image_std)
+        title = f"{split} image {index} ({data.label_names[row['labels']]})"
+        paths.append(plot_attention(image, cbam_attention(model, row["pixel_values"]),
+                                    out_dir / f"attention_{index}.png", title=title))
+    return paths
+
+
 def write_outputs(result: RunResult, data, model_args, data_args, stage_args) -> None:
     """Plots and the model card, beside the saved model."""
     trainer, metrics = result.trainer, result.metrics
@@ -82,7 +96,9 @@ def write_outputs(result: RunResult, data, model_args, data_args, stage_args) ->
     split = metrics["eval_split"]
     plot_confusion_matrix(metrics[f"{split}_confusion_matrix"], data.label_names, plots / "confusion_matrix.png",
                           title=f"Confusion matrix ({split}, accuracy {100 * metrics[f'{split}_accuracy']:.2f}%)")
+    attention = plot_attention_examples(trainer.model, data, split, plots)
     card = write_model_card(result.output_dir, model=trainer.model, trainer_args=trainer.args,
                             schedule=trainer.schedule, stage_args=stage_args, data_args=data_args,
-                            model_args=model_args, data=data, metrics=metrics)
+                            model_args=model_args, data=data, metrics=metrics,
+                            attention_maps=[str(path.relative_to(result.output_dir)) for path in attention])
     logger.info("plots in %s, model card %s", plots, card)
