@@ -22,6 +22,7 @@ from training.stages import override, recipe
 ROOT = Path(__file__).resolve().parents[1]
 TINY_RUN = ROOT / "tests" / "tiny_run.py"
 STEPS_PER_EPOCH = 4  # 32 training images, batch 8
+SEED_AUGMENT = ["--augment", "seed"]  # random per-sample augmentation on the device: resume must still be exact
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +53,7 @@ def assert_follows_schedule(steps: list[dict], schedule, distributed: bool = Fal
 @pytest.fixture(scope="module")
 def uninterrupted(dataset, tmp_path_factory):
     output_dir = tmp_path_factory.mktemp("run") / "out"
-    result, recorder = run(flags(dataset, output_dir, "--save_strategy", "steps", "--save_steps", "1"))
+    result, recorder = run(flags(dataset, output_dir, "--save_strategy", "steps", "--save_steps", "1", *SEED_AUGMENT))
     return output_dir, result, recorder
 
 
@@ -122,6 +123,7 @@ def test_resume_ends_with_the_uninterrupted_weights(uninterrupted, dataset, tmp_
             "no",
             "--resume_from_checkpoint",
             str(output_dir / f"checkpoint-{checkpoint}"),
+            *SEED_AUGMENT,
         )
     )
     assert_same_weights(output_dir, tmp_path / "out")
@@ -137,12 +139,12 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(uninterrupted, dataset, t
         "--kill_after_save",
         "6",
         "--",
-        *flags(dataset, tmp_path / "out", "--save_strategy", "steps", "--save_steps", "1"),
+        *flags(dataset, tmp_path / "out", "--save_strategy", "steps", "--save_steps", "1", *SEED_AUGMENT),
     ]
     killed = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert killed.returncode == -9, killed.stderr[-2000:]
     assert (tmp_path / "out" / "checkpoint-6").is_dir() and not (tmp_path / "out" / "checkpoint-7").exists()
-    run(flags(dataset, tmp_path / "out", "--save_strategy", "no", "--resume_from_checkpoint", "last"))
+    run(flags(dataset, tmp_path / "out", "--save_strategy", "no", "--resume_from_checkpoint", "last", *SEED_AUGMENT))
     assert_same_weights(output_dir, tmp_path / "out")
 
 
@@ -283,3 +285,22 @@ def test_defaults_are_the_seed_recipe():
     assert stage_args.recipe == "staged" and stage_args.bn_policy == "train"
     assert data_args.dataset_name == "uoft-cs/cifar10"
     assert recipe("staged").total_epochs == 50
+
+
+def test_the_dataloader_path_follows_the_schedule_and_resumes_exactly(dataset, tmp_path):
+    """The PIL/DataLoader path (images over 64x64, or --data_on_device false): exact resume from the epoch-end
+    checkpoints the recipe saves, with the seed's random augmentations. (A mid-epoch checkpoint resumes exactly
+    only without random augmentation: the Trainer restores the RNG after fetching the first resumed batch.)"""
+    path = ["--data_on_device", "false", "--augment", "seed"]
+    full, recorder = run(flags(dataset, tmp_path / "full", "--save_strategy", "epoch", *path))
+    assert full.trainer.device_data is None
+    assert_follows_schedule(recorder.steps, full.trainer.schedule)
+    for checkpoint in (4, 8):
+        run(flags(dataset, tmp_path / f"resumed{checkpoint}", "--save_strategy", "no", *path,
+                  "--resume_from_checkpoint", str(tmp_path / "full" / f"checkpoint-{checkpoint}")))
+        assert_same_weights(tmp_path / "full", tmp_path / f"resumed{checkpoint}")
+    plain = ["--data_on_device", "false", "--augment", "none"]
+    run(flags(dataset, tmp_path / "plain", "--save_strategy", "steps", "--save_steps", "1", *plain))
+    run(flags(dataset, tmp_path / "plain6", "--save_strategy", "no", *plain,
+              "--resume_from_checkpoint", str(tmp_path / "plain" / "checkpoint-6")))
+    assert_same_weights(tmp_path / "plain", tmp_path / "plain6")

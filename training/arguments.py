@@ -74,7 +74,7 @@ class FinetuneTrainingArguments(TrainingArguments):
     )
     data_on_device: bool | None = field(
         default=None, metadata={"help": "Decode small images (<= 64x64) once into a tensor on the training device "
-                                "and augment there with kornia: no PIL work per step. Default: on with a GPU."}
+                                "and augment there with kornia: no PIL work per step. Default: on for such images."}
     )
 
     def __post_init__(self):
@@ -90,6 +90,4 @@ class FinetuneTrainingArguments(TrainingArguments):
             self.use_cpu = True  # the Trainer only takes bf16 on a CPU when told the CPU is the device
         if self.channels_last is None:
             self.channels_last = self.bf16 or gpu
-        if self.data_on_device is None:
-            self.data_on_device = gpu
         super().__post_init__()

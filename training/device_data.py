@@ -93,13 +93,20 @@ class DeviceData:
         logger.info("device-resident data: %s images decoded once",
                     ", ".join(f"{name} {len(s):,}" for name, s in self.splits.items()))
 
-    def inputs(self, batch: dict, train: bool) -> dict:
-        """{"index", "labels", "store"} on the device -> {"pixel_values", "labels"}, augmented when training."""
+    def inputs(self, batch: dict, train: bool, augment_seed: int | None = None) -> dict:
+        """{"index", "labels", "store"} on the device -> {"pixel_values", "labels"}, augmented when training.
+
+        With `augment_seed`, the augmentation draws from an RNG seeded with it and leaves the global one alone: the
+        trainer seeds it from (seed, step, rank), so a resumed run augments exactly as the uninterrupted one did.
+        """
         if "index" not in batch:
             return batch
         store = self.stores[int(batch["store"][0])].to(batch["index"].device)
         pixels = store.images[batch["index"]].float().div_(255)
         transform = (self.train_transform if train else self.eval_transform).to(pixels.device)
-        with torch.no_grad():
+        devices = [pixels.device] if pixels.device.type == "cuda" else []
+        with torch.no_grad(), torch.random.fork_rng(devices=devices, enabled=augment_seed is not None):
+            if augment_seed is not None:
+                torch.manual_seed(augment_seed)
             pixels = transform(pixels)
         return {"pixel_values": pixels, "labels": batch["labels"]}

@@ -17,7 +17,7 @@ from training import stages as stage_schedule
 from training.arguments import FinetuneTrainingArguments, ModelArguments, StageArguments
 from training.callbacks import ChanceLevelWarning, RankConsistencyCallback, StageCallback
 from training.data import DataArguments, ImageData, load_image_data
-from training.device_data import DeviceData
+from training.device_data import DeviceData, supports_device_data
 from training.metrics import classification_metrics, compute_accuracy
 from training.speed import describe
 from training.trainer import StagedTrainer
@@ -107,7 +107,11 @@ def build_trainer(
     model.requires_grad_(True)  # DDP only all-reduces what requires grad when it wraps the model
     if training_args.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    if training_args.data_on_device is None:  # auto: small images are decoded once, wherever training runs
+        training_args.data_on_device = supports_device_data(data)
     device_data = DeviceData(data, data_args.augment) if training_args.data_on_device else None
+    if device_data:  # the loader only carries indices: workers would add latency, not throughput
+        training_args.dataloader_num_workers, training_args.dataloader_persistent_workers = 0, False
     splits = device_data.splits if device_data else data.splits
     logger.info("speed settings: %s%s", describe(training_args.bf16, training_args.channels_last, training_args.device),
                 ", data on the device" if device_data else f", {training_args.dataloader_num_workers} loader workers")

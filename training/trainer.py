@@ -45,7 +45,16 @@ class StagedTrainer(Trainer):
         return self.lr_scheduler
 
     def training_step(self, model, inputs, num_items_in_batch=None):
+        step = self.state.global_step
+        self._micro_batch = self._micro_batch + 1 if getattr(self, "_micro_step", None) == step else 0
+        self._micro_step = step
         return super().training_step(model, self._model_inputs(inputs, train=True), num_items_in_batch)
+
+    def _augment_seed(self) -> int:
+        """A seed per (run seed, optimizer step, micro-batch, rank): augmentation that resumes exactly."""
+        accumulation = self.args.gradient_accumulation_steps
+        position = self.state.global_step * accumulation + self._micro_batch
+        return (self.args.seed * 1_000_003 + position) * 4096 + self.args.process_index
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         return super().prediction_step(model, self._model_inputs(inputs, train=False), prediction_loss_only,
@@ -55,7 +64,7 @@ class StagedTrainer(Trainer):
         """Device-resident images gathered and augmented; pixel_values in the memory format of the weights."""
         inputs = self._prepare_inputs(inputs)
         if self.device_data is not None:
-            inputs = self.device_data.inputs(inputs, train)
+            inputs = self.device_data.inputs(inputs, train, self._augment_seed() if train else None)
         if self.args.channels_last:
             inputs["pixel_values"] = inputs["pixel_values"].contiguous(memory_format=torch.channels_last)
         return inputs
