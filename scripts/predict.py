@@ -10,6 +10,7 @@ import json
 import sys
 from dataclasses import asdict, dataclass, field
 
+from tqdm.auto import tqdm
 from transformers import HfArgumentParser
 
 from training.inference import image_files, load_model, predict_files
@@ -38,9 +39,10 @@ def main(argv: list[str] | None = None) -> int:
         results.append(result)
         if result.error:
             failed += 1
-            print(f"{result.image}: cannot read: {result.error}", file=sys.stderr)
-        else:
-            print(f"{result.image}: " + ", ".join(f"{p['label']} {p['score']:.3f}" for p in result.predictions))
+            tqdm.write(f"{result.image}: cannot read: {result.error}", file=sys.stderr)
+        else:  # tqdm.write keeps the lines apart from the progress bar
+            tqdm.write(f"{result.image}: " + ", ".join(f"{p['label']} {p['score']:.3f}" for p in result.predictions),
+                       file=sys.stdout)
     if args.json:
         with open(args.json, "w") as f:
             json.dump([{k: v for k, v in asdict(r).items() if v is not None} for r in results], f, indent=2)

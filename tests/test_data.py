@@ -1,6 +1,4 @@
 import json
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -16,6 +14,7 @@ from helpers import (
     image_bytes,
     image_folder,
     random_image,
+    run_script,
     saved_to_disk,
     tiny_dataset,
     truncated_jpeg,
@@ -204,41 +203,14 @@ def test_real_cifar10_copy_slice():
 
 def test_inspect_data_script_writes_facts_and_grid(tmp_path):
     folder = hub_layout_folder(tmp_path / "ds", {"train": tiny_dataset()})
-    done = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "scripts" / "inspect_data.py"),
-            "--dataset_name",
-            str(folder),
-            "--grid",
-            str(tmp_path / "grid.png"),
-            "--json",
-            str(tmp_path / "facts.json"),
-            "--grid_size",
-            "8",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done = run_script("inspect_data.py", "--dataset_name", str(folder), "--grid", str(tmp_path / "grid.png"),
+                      "--json", str(tmp_path / "facts.json"), "--grid_size", "8")
     assert done.returncode == 0, done.stderr[-2000:]
     facts = json.loads((tmp_path / "facts.json").read_text())
     assert facts["splits"] == {"train": 36, "validation": 4} and facts["labels"] == NAMES
     assert len(facts["batch_mean"]) == len(facts["batch_std"]) == 3
+    assert np.isfinite(facts["batch_std"]).all()
     assert (tmp_path / "grid.png").read_bytes()[:4] == b"\x89PNG"
     assert "36 images" in done.stdout and "cat" in done.stdout
-    bad = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "scripts" / "inspect_data.py"),
-            "--dataset_name",
-            str(folder),
-            "--image_column_name",
-            "nope",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    bad = run_script("inspect_data.py", "--dataset_name", str(folder), "--image_column_name", "nope")
     assert bad.returncode == 2 and "the columns are: img, label" in bad.stderr
-    assert np.isfinite(facts["batch_std"]).all()

@@ -1,19 +1,16 @@
 """Using a trained model: predict, evaluate on a split, attention maps; on a saved random model and made images."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import hub_layout_folder, random_image, tiny_dataset, truncated_jpeg
+from helpers import hub_layout_folder, random_image, run_script, tiny_dataset, truncated_jpeg
 from PIL import Image
 
 from modeling_resnet_cbam import ResNetCBAMConfig, ResNetCBAMForImageClassification
 from training.inference import cbam_attention, image_files, load_model, match_labels, predict_files
 
-ROOT = Path(__file__).resolve().parents[1]
 NAMES = ["cat", "dog", "ship", "truck"]
 
 
@@ -37,11 +34,6 @@ def images(tmp_path_factory) -> Path:
     (folder / "corrupt.jpg").write_bytes(truncated_jpeg())
     (folder / "notes.txt").write_text("not an image")
     return folder
-
-
-def run_script(name: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "scripts" / name), *args], capture_output=True, text=True,
-                          timeout=300)
 
 
 def test_predictions_are_distributions_that_agree_with_the_forward_pass(model_dir, images):

@@ -152,25 +152,17 @@ def accelerate_launch(*args: str) -> list[str]:
     return [sys.executable, "-m", "accelerate.commands.launch", *args]
 
 
+def launch_tiny_ddp(dataset: Path, tmp_path: Path, *options: str) -> subprocess.CompletedProcess:
+    """tests/tiny_run.py on two CPU processes, exactly as a user launches DDP."""
+    command = accelerate_launch("--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision",
+                                "no", "--dynamo_backend", "no", str(TINY_RUN), str(tmp_path / "rec"), *options, "--",
+                                *flags(dataset, tmp_path / "out", "--save_strategy", "no"))
+    return subprocess.run(command, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
 def test_ddp_on_two_processes_keeps_ranks_identical_and_follows_the_schedule(dataset, tmp_path):
-    command = accelerate_launch(
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        str(TINY_RUN),
-        str(tmp_path / "rec"),
-        "--",
-        *flags(dataset, tmp_path / "out", "--save_strategy", "no"),
-    )
-    done = subprocess.run(
-        command, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"}
-    )
+    done = launch_tiny_ddp(dataset, tmp_path)
     assert done.returncode == 0, done.stderr[-4000:]
     ranks = [json.loads(Path(f"{tmp_path / 'rec'}.rank{r}").read_text()) for r in (0, 1)]
     assert [r["world_size"] for r in ranks] == [2, 2]
@@ -181,26 +173,7 @@ def test_ddp_on_two_processes_keeps_ranks_identical_and_follows_the_schedule(dat
 
 
 def test_ddp_rank_mismatch_stops_the_run_with_a_clear_error(dataset, tmp_path):
-    command = accelerate_launch(
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        str(TINY_RUN),
-        str(tmp_path / "rec"),
-        "--perturb_rank",
-        "1",
-        "--",
-        *flags(dataset, tmp_path / "out", "--save_strategy", "no"),
-    )
-    done = subprocess.run(
-        command, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"}
-    )
+    done = launch_tiny_ddp(dataset, tmp_path, "--perturb_rank", "1")
     assert done.returncode != 0
     assert "DDP ranks hold different parameters after the stage ending at step 2: groups head differ" in done.stderr
 

@@ -11,6 +11,14 @@ import torch  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 
+def _save(figure, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
 def denormalize(pixel_values: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     """(C, H, W) normalised -> (H, W, C) in [0, 1] for display."""
     mean_t, std_t = torch.tensor(mean)[:, None, None], torch.tensor(std)[:, None, None]
@@ -37,11 +45,7 @@ def save_image_grid(
     if title:
         figure.suptitle(title)
     figure.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-    return path
+    return _save(figure, path)
 
 
 def step_losses(log_history: list[dict]) -> tuple[list[int], list[float]]:
@@ -65,8 +69,7 @@ def plot_training(log_history: list[dict], stage_first_epochs: list[int], out_di
     axis.set(xlabel="optimizer step", ylabel="training loss", title="Training loss of every logged step")
     axis.grid(alpha=0.3)
     figure.tight_layout()
-    figure.savefig(out_dir / "loss.png", dpi=100)
-    plt.close(figure)
+    _save(figure, out_dir / "loss.png")
 
     epochs = epoch_entries(log_history)
     x = [e["epoch"] for e in epochs]
@@ -92,9 +95,7 @@ def plot_training(log_history: list[dict], stage_first_epochs: list[int], out_di
         axis.grid(alpha=0.3)
         axis.legend()
     figure.tight_layout()
-    figure.savefig(out_dir / "curves.png", dpi=100)
-    plt.close(figure)
-    return [out_dir / "loss.png", out_dir / "curves.png"]
+    return [out_dir / "loss.png", _save(figure, out_dir / "curves.png")]
 
 
 def plot_confusion_matrix(
@@ -124,11 +125,7 @@ def plot_confusion_matrix(
             )
     figure.colorbar(image, ax=axis, fraction=0.046, pad=0.04)
     figure.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-    return path
+    return _save(figure, path)
 
 
 def plot_attention(image: torch.Tensor, attentions: Sequence, path: str | Path, title: str = "",
@@ -160,8 +157,4 @@ def plot_attention(image: torch.Tensor, attentions: Sequence, path: str | Path, 
     figure.colorbar(overlay, ax=list(axes[0]), fraction=0.02, pad=0.01)
     if title:
         figure.suptitle(title, fontsize=10)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-    return path
+    return _save(figure, path)
