@@ -3,10 +3,11 @@
     python scripts/benchmark.py --dataset_name ../shared/datasets/cifar10 --steps 30 --json bench.json
     python scripts/benchmark.py --steps 30 --bf16 false --channels_last false     # any finetune.py flag applies
 
-Prints a table and writes --json: step_img_s (train step on tensors in memory, the project's speed settings),
-step_fp32_img_s (the same in fp32, NCHW), data_img_s (the data path alone), plain_loop_img_s (the seed's loop:
-fp32, default DataLoader, Adam, batch 64, data included), trainer_img_s (scripts/finetune.py's path, data
-included), speedup_vs_plain, eval_img_s. Figures, not pass/fail: compare ratios measured in one run.
+Prints a table and writes --json: step_img_s (train step on tensors in memory, the project's speed settings
+and fused Adam), step_fp32_img_s (the seed's step: fp32, NCHW, default Adam), data_img_s (the data path alone),
+plain_loop_img_s (the seed's loop: fp32, default DataLoader, Adam, batch 64, data included), trainer_img_s
+(scripts/finetune.py's path, data included), speedup_vs_plain, eval_img_s. Figures, not pass/fail: compare
+ratios measured in one run.
 """
 
 import json
@@ -33,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     result = run_benchmark(args.dataset_name, args.steps, args.warmup, args.eval_images, extra)
     width = max(map(len, result))
     for key, value in result.items():
-        shown = f"{value:,.1f}" if isinstance(value, float) else str(value)
+        shown = f"{value:,.{2 if abs(value) < 10 else 1}f}" if isinstance(value, float) else str(value)
         print(f"{key:<{width}}  {shown}")
     if args.json:
         with open(args.json, "w") as f:
