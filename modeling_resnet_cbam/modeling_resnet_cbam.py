@@ -25,6 +25,7 @@ logger = logging.getLogger(__name__)
 
 STAGE_NAMES = ("layer1", "layer2", "layer3", "layer4")
 STAGE_WIDTHS = (64, 128, 256, 512)
+WEIGHT_FILE_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
 TORCHVISION_ARCHITECTURES = {(2, 2, 2, 2): "resnet18", (3, 4, 6, 3): "resnet34"}
 # Every entry so that AutoModel and pipeline("image-classification") load either class from one folder.
 AUTO_MAP = {
@@ -314,6 +315,8 @@ def _read_resnet_state_dict(source: str | os.PathLike, depths: list[int]) -> dic
         state_dict = weights.get_state_dict(progress=True)
     elif Path(source).is_file():
         state_dict = _read_file(Path(source))
+    elif source.startswith((".", "/", "~")) or source.count("/") != 1 or source.endswith(WEIGHT_FILE_SUFFIXES):
+        raise FileNotFoundError(f"backbone weights: no file {source} (and it is not a Hub id such as timm/resnet18)")
     else:
         from huggingface_hub import hf_hub_download
 

@@ -233,3 +233,9 @@ def test_timm_hub_id_reads_the_hub_cache(tmp_path, monkeypatch):
     report = model.load_backbone_weights("timm/resnet18.a1_in1k")
     assert torch.equal(backbone_of(model)["layer2.0.downsample.0.weight"], reference["layer2.0.downsample.0.weight"])
     assert sorted(report.skipped) == ["fc.bias", "fc.weight"]
+
+
+def test_a_missing_weights_file_is_named(tmp_path):
+    model = ResNetCBAMForImageClassification(ResNetCBAMConfig())
+    with pytest.raises(FileNotFoundError, match="backbone weights: no file .*missing.pth"):
+        model.load_backbone_weights(tmp_path / "missing.pth")

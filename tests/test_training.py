@@ -225,6 +225,9 @@ def test_trainable_parameters_per_stage_of_the_default_model(recipe_name, expect
         ),
         (["--recipe", "gradual"], "unknown recipe 'gradual'"),
         (["--max_steps", "10"], "stages are in epochs"),
+        (["--cbam_placement", "everywhere"], "cbam_placement must be one of ('stage', 'block'), got 'everywhere'"),
+        (["--depths", "2,2,x,2"], "--depths must be four integers"),
+        (["--bn_policy", "eval"], "bn_policy must be 'train' or 'frozen'"),
     ],
 )
 def test_schedule_errors_come_before_any_loading(tmp_path, capsys, bad_flags, message):

@@ -53,7 +53,7 @@ def finetune_main(argv: list[str] | None = None) -> int:
             repo = check_push_access(*hub)
             logger.info("the Hub accepts pushes to %s", repo)
         trainer, data = build_trainer(model_args, data_args, stage_args, training_args)
-    except (ScheduleError, DataError, HubError, FileNotFoundError) as error:
+    except (ValueError, HubError, FileNotFoundError) as error:  # bad flags, data or weights: said before training
         print(f"error: {error}", file=sys.stderr)
         return 2
     result = train_and_evaluate(trainer, data, training_args.resume_from_checkpoint)

@@ -55,6 +55,18 @@ def _numbers(text: str | None, kind, flag: str) -> list | None:
         raise stage_schedule.ScheduleError(f"{flag}: {error}") from error
 
 
+def architecture(args: ModelArguments) -> dict:
+    """The config fields of the model flags, checked by building a config from them (ValueError naming the field)."""
+    try:
+        depths = [int(d) for d in args.depths.split(",")]
+    except ValueError as error:
+        raise ValueError(f"--depths must be four integers such as 2,2,2,2, got {args.depths!r}") from error
+    fields = dict(depths=depths, stem=args.stem, cbam_placement=args.cbam_placement,
+                  cbam_reduction=args.cbam_reduction, cbam_kernel_size=args.cbam_kernel_size)
+    ResNetCBAMConfig(**fields)
+    return fields
+
+
 def build_model(args: ModelArguments, data: ImageData) -> ResNetCBAMForImageClassification:
     """A model sized for the data (labels, image size, normalisation), with the requested backbone weights."""
     data_fields = dict(
@@ -68,15 +80,7 @@ def build_model(args: ModelArguments, data: ImageData) -> ResNetCBAMForImageClas
         return ResNetCBAMForImageClassification.from_pretrained(
             args.model_name_or_path, ignore_mismatched_sizes=True, **data_fields
         )
-    config = ResNetCBAMConfig(
-        depths=[int(d) for d in args.depths.split(",")],
-        stem=args.stem,
-        cbam_placement=args.cbam_placement,
-        cbam_reduction=args.cbam_reduction,
-        cbam_kernel_size=args.cbam_kernel_size,
-        **data_fields,
-    )
-    model = ResNetCBAMForImageClassification(config)
+    model = ResNetCBAMForImageClassification(ResNetCBAMConfig(**architecture(args), **data_fields))
     if args.backbone_weights.lower() != "none":
         logger.info("%s", model.load_backbone_weights(args.backbone_weights))
     return model
@@ -100,6 +104,7 @@ def build_trainer(
         batch = training_args.per_device_train_batch_size * training_args.world_size
         schedule = stage_schedule.scale_lrs(schedule, batch * training_args.gradient_accumulation_steps / SEED_BATCH)
     stage_callback = StageCallback(schedule, stage_args.bn_policy)
+    architecture(model_args)  # a mistyped model flag fails here, before the data loads
     with training_args.main_process_first(desc="loading the dataset"):
         data = load_image_data(data_args, seed=training_args.seed)
     torch.manual_seed(training_args.seed)  # the new modules' initialisation is reproducible

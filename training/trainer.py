@@ -28,6 +28,7 @@ class StagedTrainer(Trainer):
         self.device_data = device_data
         self._epoch_totals = None
         self._epoch_started = time.perf_counter()
+        self._micro_step, self._micro_batch = None, 0  # which micro-batch of the optimizer step this is
 
     def create_optimizer(self, model=None):
         if self.optimizer is None:
@@ -48,7 +49,7 @@ class StagedTrainer(Trainer):
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         step = self.state.global_step
-        self._micro_batch = self._micro_batch + 1 if getattr(self, "_micro_step", None) == step else 0
+        self._micro_batch = self._micro_batch + 1 if step == self._micro_step else 0
         self._micro_step = step
         return super().training_step(model, self._model_inputs(inputs, train=True), num_items_in_batch)
 
