@@ -13,17 +13,19 @@ from training.hub import HubError, check_push_access, push_folder
 
 @dataclass
 class PushArguments:
-    folder: str = field(metadata={"help": "The output folder of scripts/finetune.py."})
     hub_model_id: str = field(metadata={"help": "The Hub repo, e.g. your-name/resnet-cbam-cifar10."})
     private: bool = field(default=False, metadata={"help": "Create the repo as private if it does not exist."})
     token: str | None = field(default=None, metadata={"help": "A Hub token (default: the logged-in one)."})
 
 
 def main(argv: list[str] | None = None) -> int:
-    (args,) = HfArgumentParser(PushArguments).parse_args_into_dataclasses(argv)
+    args, folders = HfArgumentParser(PushArguments).parse_known_args(argv)
+    if len(folders) != 1 or folders[0].startswith("--"):
+        print(f"error: give one output folder (got {folders})", file=sys.stderr)
+        return 2
     try:
         repo = check_push_access(args.hub_model_id, args.token, args.private)
-        print(f"pushed {args.folder} to {push_folder(args.folder, repo, args.token)}")
+        print(f"pushed {folders[0]} to {push_folder(folders[0], repo, args.token)}")
     except HubError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -1,6 +1,7 @@
 """The command line end to end: output folder with plots and a card holding the run's numbers; Hub push edges."""
 
 import json
+from pathlib import Path
 
 import pytest
 from helpers import hub_layout_folder, tiny_dataset
@@ -105,3 +106,15 @@ def test_push_folder_uploads_the_finished_folder_without_checkpoints(finished, m
     assert calls[0]["ignore_patterns"] == IGNORE and "checkpoint-*" in IGNORE
     with pytest.raises(HubError, match="not a finished model folder: config.json, model.safetensors, README.md"):
         push_folder(finished / "plots", "someone/model")
+
+
+def test_push_script_refuses_without_a_token_and_names_the_reason(finished, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    env.pop("HF_TOKEN", None)
+    done = subprocess.run([sys.executable, str(Path(cli.__file__).parents[1] / "scripts" / "push.py"), str(finished),
+                           "--hub_model_id", "someone/model"], capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 2 and "cannot push to the Hub: no valid token" in done.stderr

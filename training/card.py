@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from training.groups import GROUPS, parameters_by_group
+from training.groups import parameters_by_group
 from training.plots import epoch_entries
 
 TEMPLATE = Path(__file__).resolve().parents[1] / "model_card.md"
@@ -135,7 +135,6 @@ def write_model_card(
         epochs_table=epochs_table,
         per_class=[(name, _percent(value)) for name, value in metrics[f"{split}_per_class_accuracy"].items()],
         attention_maps=list(attention_maps),
-        groups=GROUPS,
     )
     path = output_dir / "README.md"
     card.save(path)
