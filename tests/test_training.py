@@ -280,3 +280,15 @@ def test_the_dataloader_path_follows_the_schedule_and_resumes_exactly(dataset, t
     run(flags(dataset, tmp_path / "plain6", "--save_strategy", "no", *plain,
               "--resume_from_checkpoint", str(tmp_path / "plain" / "checkpoint-6")))
     assert_same_weights(tmp_path / "plain", tmp_path / "plain6")
+
+
+@pytest.mark.parametrize("suffix", [".yaml", ".json"])
+def test_every_flag_can_come_from_one_file(tmp_path, suffix):
+    values = {"dataset_name": "some/dataset", "stage_epochs": "1,2,3", "bn_policy": "frozen", "learning_rate": 0.5,
+              "output_dir": str(tmp_path / "out")}
+    path = tmp_path / f"run{suffix}"
+    path.write_text(json.dumps(values) if suffix == ".json" else "\n".join(f"{k}: {v!r}" for k, v in values.items()))
+    _, data_args, stage_args, training_args = parse([str(path)])
+    assert (data_args.dataset_name, stage_args.stage_epochs) == ("some/dataset", "1,2,3")
+    assert stage_args.bn_policy == "frozen" and training_args.learning_rate == 0.5
+    assert training_args.output_dir == str(tmp_path / "out") and training_args.max_grad_norm == 0
