@@ -69,7 +69,7 @@ def seed_augmentation(size: int, mean, std) -> nn.Module:
         K.RandomCrop((size, size), padding=size // 8),
         K.RandomHorizontalFlip(),
         K.ColorJitter(0.2, 0.2, 0.2, 0.1, p=1.0),
-        K.RandomRotation(15.0, p=1.0),
+        K.RandomRotation(15.0, resample="nearest", p=1.0),  # torchvision's default interpolation, as the seed
         K.Normalize(mean=torch.tensor(mean), std=torch.tensor(std)),
     )
 
