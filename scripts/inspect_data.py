@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     train = data.splits["train"]
-    print(f"source: {data_args.train_dir or data_args.dataset_name}")
+    print(f"source: {data_args.source}")
     print(
         f"columns: image={data.image_column!r} label={data.label_column!r}; "
         f"images {data.native_size[0]}x{data.native_size[1]} -> {data.image_size}x{data.image_size}"

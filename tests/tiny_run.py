@@ -16,7 +16,6 @@ from transformers import TrainerCallback
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from training.callbacks import step_schedule  # noqa: E402
 from training.cli import parse, setup_logging  # noqa: E402
 from training.groups import GROUPS, group_of, parameters_by_group  # noqa: E402
 from training.run import build_trainer, train_and_evaluate  # noqa: E402
@@ -68,7 +67,7 @@ class Recorder(TrainerCallback):
         self.steps.append(
             {
                 "step": step,
-                "stage": step_schedule(self.schedule, state).stage_index(step),
+                "stage": self.schedule.over_steps(state.max_steps).stage_index(step),
                 "lrs": self.lrs,
                 "adam_step": float(optimizer.state[head]["step"]) if head in optimizer.state else None,
                 "changed": {

@@ -11,14 +11,9 @@ from torch import nn
 from transformers import TrainerCallback
 
 from training.groups import GROUPS, group_of, parameters_by_group
-from training.stages import Schedule, StepSchedule
+from training.stages import Schedule
 
 logger = logging.getLogger(__name__)
-
-
-def step_schedule(schedule: Schedule, state) -> StepSchedule:
-    """The schedule in steps, derived from the Trainer's own step count (stages are whole epochs)."""
-    return schedule.in_steps(state.max_steps // schedule.total_epochs)
 
 
 def _set_eval_mode(module: nn.Module, _inputs) -> None:
@@ -46,7 +41,7 @@ class StageCallback(TrainerCallback):
         self._hooks: list = []
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
-        self.plan = step_schedule(self.schedule, state)
+        self.plan = self.schedule.over_steps(state.max_steps)
         self.distributed = args.world_size > 1
         if self.distributed and not all(p.requires_grad for p in model.parameters()):
             raise RuntimeError(
@@ -117,7 +112,7 @@ class RankConsistencyCallback(TrainerCallback):
         self.schedule = schedule
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
-        if args.world_size > 1 and step_schedule(self.schedule, state).is_stage_end(state.global_step):
+        if args.world_size > 1 and self.schedule.over_steps(state.max_steps).is_stage_end(state.global_step):
             check_ranks_agree(model, args.device, f"the stage ending at step {state.global_step}")
 
 

@@ -52,7 +52,7 @@ def write_model_card(
     output_dir = Path(output_dir)
     config = model.config
     split = metrics["eval_split"]
-    dataset = data_args.train_dir or data_args.dataset_name
+    dataset = data_args.source
     model_id = trainer_args.hub_model_id or output_dir.name
     history = json.loads((output_dir / "trainer_state.json").read_text())["log_history"]
     groups = parameters_by_group(model)

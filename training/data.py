@@ -22,6 +22,14 @@ ROW = "__row__"  # the row in the source split, carried along so that errors can
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 SEED_IMAGE_SIZE = 32
+# The seed's augmentation parameters, shared by the PIL path here and the kornia path in device_data.py
+COLOR_JITTER = (0.2, 0.2, 0.2, 0.1)  # brightness, contrast, saturation, hue
+ROTATION_DEGREES = 15
+
+
+def crop_padding(size: int) -> int:
+    """RandomCrop padding: 4 px at the seed's 32 px, in proportion elsewhere."""
+    return size // 8
 
 
 class DataError(ValueError):
@@ -67,6 +75,11 @@ class DataArguments:
     )
     skip_bad_images: bool = field(default=False, metadata={"help": "With verify_images: drop bad images."})
 
+    @property
+    def source(self) -> str:
+        """What the data is read from: the image folder, else the dataset name or folder."""
+        return self.train_dir or self.dataset_name
+
     def __post_init__(self):
         if self.augment not in ("seed", "none"):
             raise DataError(f"--augment must be 'seed' or 'none', got {self.augment!r}")
@@ -103,7 +116,7 @@ def load_image_data(args: DataArguments, seed: int = 42) -> ImageData:
     """Load, check and split the data; set the lazy transforms. Raises DataError naming the split and row."""
     raw = _load_source(args)
     if "train" not in raw:
-        raise DataError(f"{_source_name(args)} has no train split (splits: {', '.join(raw) or 'none'})")
+        raise DataError(f"{args.source} has no train split (splits: {', '.join(raw) or 'none'})")
     _require_rows(raw)
     image_column = _pick_column(raw["train"], args.image_column_name, IMAGE_COLUMNS, "image")
     label_column = _pick_column(raw["train"], args.label_column_name, LABEL_COLUMNS, "label")
@@ -142,15 +155,11 @@ def _require_rows(splits: DatasetDict) -> None:
             raise DataError(f"the {name} split is empty")
 
 
-def _source_name(args: DataArguments) -> str:
-    return args.train_dir or args.dataset_name
-
-
 def _load_source(args: DataArguments) -> DatasetDict:
     try:
         return _load_splits(args)
     except (FileNotFoundError, ValueError) as error:  # datasets' own words say what is missing or empty
-        raise DataError(f"cannot load {_source_name(args)}: {error}") from error
+        raise DataError(f"cannot load {args.source}: {error}") from error
 
 
 def _load_splits(args: DataArguments) -> DatasetDict:
@@ -297,8 +306,8 @@ def build_transforms(data: ImageData, train: bool, augment: str = "seed") -> Cal
     native = data.native_size == (size, size)
     steps: list = []
     if train and augment == "seed":
-        crop = v2.RandomCrop(size, padding=size // 8) if native else v2.RandomResizedCrop(size, antialias=True)
-        steps += [crop, v2.RandomHorizontalFlip(), v2.ColorJitter(0.2, 0.2, 0.2, 0.1), v2.RandomRotation(15)]
+        crop = v2.RandomCrop(size, padding=crop_padding(size)) if native else v2.RandomResizedCrop(size, antialias=True)
+        steps += [crop, v2.RandomHorizontalFlip(), v2.ColorJitter(*COLOR_JITTER), v2.RandomRotation(ROTATION_DEGREES)]
     elif not native:
         steps += [v2.Resize(size, antialias=True), v2.CenterCrop(size)]
     steps += [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(data.image_mean, data.image_std)]

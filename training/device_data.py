@@ -13,7 +13,7 @@ import torch
 from datasets import Dataset
 from torch import nn
 
-from training.data import ROW, DataError, ImageData, decode_image
+from training.data import COLOR_JITTER, ROTATION_DEGREES, ROW, DataError, ImageData, crop_padding, decode_image
 
 logger = logging.getLogger(__name__)
 
@@ -66,10 +66,10 @@ class IndexedSplit(torch.utils.data.Dataset):
 def seed_augmentation(size: int, mean, std) -> nn.Module:
     """The seed's augmentations (torchvision semantics, random per sample), then Normalize, on float [0, 1] input."""
     return K.AugmentationSequential(
-        K.RandomCrop((size, size), padding=size // 8),
+        K.RandomCrop((size, size), padding=crop_padding(size)),
         K.RandomHorizontalFlip(),
-        K.ColorJitter(0.2, 0.2, 0.2, 0.1, p=1.0),
-        K.RandomRotation(15.0, resample="nearest", p=1.0),  # torchvision's default interpolation, as the seed
+        K.ColorJitter(*COLOR_JITTER, p=1.0),
+        K.RandomRotation(float(ROTATION_DEGREES), resample="nearest", p=1.0),  # torchvision's default, as the seed
         K.Normalize(mean=torch.tensor(mean), std=torch.tensor(std)),
     )
 

@@ -117,7 +117,7 @@ def build_trainer(
     device_data = DeviceData(data, data_args.augment) if training_args.data_on_device else None
     if device_data:  # the loader only carries indices: workers would add latency, not throughput
         training_args.dataloader_num_workers, training_args.dataloader_persistent_workers = 0, False
-    splits = device_data.splits if device_data else data.splits
+    splits = trainer_splits(data, device_data)
     logger.info("speed settings: %s%s", describe(training_args.bf16, training_args.channels_last, training_args.device),
                 ", data on the device" if device_data else f", {training_args.dataloader_num_workers} loader workers")
     trainer = StagedTrainer(
@@ -133,6 +133,11 @@ def build_trainer(
         device_data=device_data,
     )
     return trainer, data
+
+
+def trainer_splits(data: ImageData, device_data: DeviceData | None) -> dict:
+    """What the Trainer iterates: index splits over device-resident images, else the transformed datasets."""
+    return device_data.splits if device_data else data.splits
 
 
 def resolve_checkpoint(resume: str | None, output_dir: str) -> str | None:
@@ -154,8 +159,7 @@ def train_and_evaluate(trainer: StagedTrainer, data: ImageData, resume: str | No
     trainer.save_model(args.output_dir)
     trainer.save_state()
     split = data.eval_split
-    splits = trainer.device_data.splits if trainer.device_data else data.splits
-    prediction = trainer.predict(splits[split], metric_key_prefix=split)
+    prediction = trainer.predict(trainer_splits(data, trainer.device_data)[split], metric_key_prefix=split)
     final = classification_metrics().compute(
         predictions=prediction.predictions.argmax(-1),
         references=prediction.label_ids,

@@ -53,6 +53,10 @@ class Schedule:
     def in_steps(self, steps_per_epoch: int) -> "StepSchedule":
         return StepSchedule(self, steps_per_epoch)
 
+    def over_steps(self, total_steps: int) -> "StepSchedule":
+        """The schedule spread over the Trainer's total optimizer steps (stages are whole epochs)."""
+        return self.in_steps(total_steps // self.total_epochs)
+
     def validate(self, num_train_epochs: float | None = None) -> "Schedule":
         if not self.stages:
             raise ScheduleError("the schedule has no stage")

@@ -5,7 +5,7 @@ import time
 import torch
 from transformers import Trainer
 
-from training.callbacks import StageCallback, step_schedule
+from training.callbacks import StageCallback
 from training.groups import GROUPS, parameters_by_group
 from training.stages import Schedule
 
@@ -42,7 +42,7 @@ class StagedTrainer(Trainer):
     def create_scheduler(self, num_training_steps: int, optimizer=None):
         if self.lr_scheduler is None:
             optimizer = optimizer or self.optimizer
-            plan = self.schedule.in_steps(num_training_steps // self.schedule.total_epochs)
+            plan = self.schedule.over_steps(num_training_steps)
             lambdas = [_lr_of(plan, group["group"]) for group in optimizer.param_groups]
             self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
         return self.lr_scheduler
@@ -98,7 +98,7 @@ class StagedTrainer(Trainer):
         self._epoch_totals = None
         now, started = time.perf_counter(), self._epoch_started
         self._epoch_started = now
-        plan = step_schedule(self.schedule, self.state)
+        plan = self.schedule.over_steps(self.state.max_steps)
         step = max(self.state.global_step - 1, 0)
         summary = {
             "stage": plan.stage_index(step) + 1,
