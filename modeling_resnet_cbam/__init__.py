@@ -5,6 +5,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
 from .configuration_resnet_cbam import ResNetCBAMConfig
 from .modeling_resnet_cbam import (
     CBAM,
+    PARAMETER_GROUPS,
     BackboneLoadReport,
     ChannelAttention,
     ResNetCBAMForImageClassification,
@@ -19,6 +20,7 @@ AutoModelForImageClassification.register(ResNetCBAMConfig, ResNetCBAMForImageCla
 
 __all__ = [
     "CBAM",
+    "PARAMETER_GROUPS",
     "BackboneLoadReport",
     "ChannelAttention",
     "ResNetCBAMConfig",

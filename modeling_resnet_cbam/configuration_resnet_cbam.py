@@ -11,7 +11,7 @@ CBAM_PLACEMENTS = ("stage", "block")
 class ResNetCBAMConfig(PreTrainedConfig):
     r"""
     Configuration of [`ResNetCBAMModel`] and [`ResNetCBAMForImageClassification`]: a torchvision-style ResNet
-    built from basic blocks, with CBAM attention. The defaults give the seed's CIFAR-10 ResNet18-CBAM
+    built from basic blocks, with CBAM attention. The defaults give a CIFAR-10 ResNet18-CBAM
     (11,217,874 parameters).
 
     Args:
@@ -27,7 +27,7 @@ class ResNetCBAMConfig(PreTrainedConfig):
         cbam_kernel_size (`int`, *optional*, defaults to 7):
             Kernel size k of the spatial-attention convolution (2 -> 1 channels, padding k // 2); must be odd.
         cbam_placement (`str`, *optional*, defaults to `"stage"`):
-            `"stage"`: one CBAM after the output of each of layer1..layer4 (the seed).
+            `"stage"`: one CBAM after the output of each of layer1..layer4.
             `"block"`: one CBAM inside every basic block, on the residual branch before the addition (the CBAM
             paper's reference code).
         stem (`str`, *optional*, defaults to `"cifar"`):

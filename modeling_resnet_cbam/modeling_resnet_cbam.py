@@ -24,6 +24,8 @@ from .configuration_resnet_cbam import ResNetCBAMConfig
 logger = logging.getLogger(__name__)
 
 STAGE_NAMES = ("layer1", "layer2", "layer3", "layer4")
+# The parts a training schedule can freeze or give their own learning rate, in forward order.
+PARAMETER_GROUPS = ("stem", *STAGE_NAMES, "cbam", "head")
 STAGE_WIDTHS = (64, 128, 256, 512)
 WEIGHT_FILE_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
 TORCHVISION_ARCHITECTURES = {(2, 2, 2, 2): "resnet18", (3, 4, 6, 3): "resnet34"}
@@ -226,7 +228,7 @@ class ResNetCBAMPreTrainedModel(PreTrainedModel):
         # torchvision's ResNet init; the transformers `init` functions skip tensors already loaded from a checkpoint.
         if isinstance(module, nn.Conv2d):
             init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-        elif isinstance(module, nn.Linear):  # PyTorch's default, as the seed's head and CBAM MLP
+        elif isinstance(module, nn.Linear):  # PyTorch's default for the head and the CBAM MLP
             init.kaiming_uniform_(module.weight, a=math.sqrt(5))
             if module.bias is not None:
                 bound = 1 / math.sqrt(module.in_features)
@@ -237,6 +239,28 @@ class ResNetCBAMPreTrainedModel(PreTrainedModel):
             init.zeros_(module.running_mean)
             init.ones_(module.running_var)
             init.zeros_(module.num_batches_tracked)
+
+    @staticmethod
+    def parameter_group(name: str) -> str:
+        """The group (one of `PARAMETER_GROUPS`) of a parameter or buffer of this model, from its name:
+        'resnet_cbam.backbone.layer2.0.conv1.weight' -> 'layer2', '...cbam.layer2.spatial.conv.weight' -> 'cbam'."""
+        parts = name.split(".")
+        if "cbam" in parts:
+            return "cbam"
+        if parts[0] == "classifier":
+            return "head"
+        if "backbone" in parts[:-1]:
+            module = parts[parts.index("backbone") + 1]
+            return module if module in STAGE_NAMES else "stem"
+        raise ValueError(f"'{name}' belongs to none of the groups {', '.join(PARAMETER_GROUPS)}")
+
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Every parameter by group, in the model's order; each parameter in exactly one group (as timm's
+        `group_matcher`, owned by the model because the names are the model's)."""
+        groups = {name: [] for name in PARAMETER_GROUPS}
+        for name, parameter in self.named_parameters():
+            groups[self.parameter_group(name)].append(parameter)
+        return groups
 
     @property
     def cbam_names(self) -> list[str]:
@@ -395,7 +419,8 @@ class ResNetCBAMForImageClassification(ResNetCBAMPreTrainedModel):
         **kwargs,
     ) -> ResNetCBAMImageClassifierOutput | tuple:
         features = self.resnet_cbam(
-            pixel_values, output_hidden_states=output_hidden_states, output_attentions=output_attentions
+            pixel_values, output_hidden_states=output_hidden_states, output_attentions=output_attentions,
+            return_dict=True,  # read by name here; this model's own return_dict decides what it returns
         )
         logits = self.classifier(features.pooler_output)
         loss = None if labels is None else nn.functional.cross_entropy(logits.float(), labels)
@@ -419,6 +444,7 @@ ResNetCBAMForImageClassification.register_for_auto_class("AutoModelForImageClass
 
 __all__ = [
     "CBAM",
+    "PARAMETER_GROUPS",
     "BackboneLoadReport",
     "ChannelAttention",
     "ResNetCBAMForImageClassification",

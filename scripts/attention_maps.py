@@ -9,11 +9,9 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from PIL import Image
 from transformers import HfArgumentParser
 
-from training.inference import cbam_attention, image_files, load_model
-from training.plots import denormalize, plot_attention
+from training.inference import image_files, load_model, preprocess_file, save_attention_map
 
 
 @dataclass
@@ -33,18 +31,14 @@ def main(argv: list[str] | None = None) -> int:
     failed = 0
     for file in image_files(paths):
         try:
-            with Image.open(file) as image:
-                pixel_values = processor(image.convert("RGB"), return_tensors="pt")["pixel_values"][0]
-        except Exception as error:
+            pixel_values = preprocess_file(processor, file)
+        except Exception as error:  # any decoding failure is reported by file name
             print(f"{file}: cannot read: {error}", file=sys.stderr)
             failed += 1
             continue
-        attentions = cbam_attention(model, pixel_values)
-        logits = model(pixel_values[None].to(model.device)).logits[0]
-        label = model.config.id2label[int(logits.argmax())]
-        shown = denormalize(pixel_values, processor.image_mean, processor.image_std)
-        out = plot_attention(shown, attentions, Path(args.out_dir) / f"{file.stem}_attention.png",
-                             title=f"{file.name}: predicted {label}", top_channels=args.top_channels)
+        out = save_attention_map(model, pixel_values, processor.image_mean, processor.image_std,
+                                 Path(args.out_dir) / f"{file.stem}_attention.png", title=file.name,
+                                 top_channels=args.top_channels)
         print(f"{file}: {out}")
     return 1 if failed else 0
 

@@ -1,18 +1,18 @@
-"""Throughput of this project's training path against the seed's plain PyTorch loop, measured in one run.
+"""Throughput of this project's training path against the tutorial's plain PyTorch loop, measured in one run.
 
     python scripts/benchmark.py --dataset_name ../shared/datasets/cifar10 --steps 30 --json bench.json
-    python scripts/benchmark.py --steps 30 --bf16 false --channels_last false     # any finetune.py flag applies
+    python scripts/benchmark.py --steps 30 --bf16 false --channels_last false
 
 Prints a table and writes --json: step_img_s (train step on tensors in memory, the project's speed settings
-and fused Adam), step_fp32_img_s (the seed's step: fp32, NCHW, default Adam), data_img_s (the data path alone),
-plain_loop_img_s (the seed's loop: fp32, default DataLoader, Adam, batch 64, data included), trainer_img_s
+and fused Adam), step_fp32_img_s (the tutorial's step: fp32, NCHW, default Adam), data_img_s (the data path alone),
+plain_loop_img_s (the tutorial's loop: fp32, default DataLoader, Adam, batch 64, data included), trainer_img_s
 (scripts/finetune.py's path, data included), speedup_vs_plain, eval_img_s. Figures, not pass/fail: compare
 ratios measured in one run.
 """
 
 import json
 import sys
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 from transformers import HfArgumentParser
 
@@ -26,12 +26,18 @@ class BenchmarkArguments:
     steps: int = field(default=30, metadata={"help": "Measured steps per path (after the warm-up)."})
     warmup: int = field(default=3, metadata={"help": "Steps run before measuring."})
     eval_images: int = field(default=1024, metadata={"help": "Images evaluated for eval_img_s."})
+    batch_size: int = field(default=64, metadata={"help": "Images per step in every path."})
+    bf16: bool | None = field(default=None, metadata={"help": "As finetune.py's --bf16 (default: the hardware's)."})
+    channels_last: bool | None = field(default=None, metadata={"help": "As finetune.py's --channels_last."})
+    data_on_device: bool | None = field(default=None, metadata={"help": "As finetune.py's --data_on_device."})
+    torch_compile: bool = field(default=False, metadata={"help": "As finetune.py's --torch_compile."})
     json: str | None = field(default=None, metadata={"help": "Write the figures as JSON."})
 
 
 def main(argv: list[str] | None = None) -> int:
-    args, extra = HfArgumentParser(BenchmarkArguments).parse_known_args(argv)
-    result = run_benchmark(args.dataset_name, args.steps, args.warmup, args.eval_images, extra)
+    (args,) = HfArgumentParser(BenchmarkArguments).parse_args_into_dataclasses(argv)
+    options = {k: v for k, v in asdict(args).items() if k != "json"}
+    result = run_benchmark(**{"dataset": options.pop("dataset_name"), **options})
     width = max(map(len, result))
     for key, value in result.items():
         shown = f"{value:,.{2 if abs(value) < 10 else 1}f}" if isinstance(value, float) else str(value)

@@ -37,11 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     model, processor = load_model(args.model, args.device)
     data_args.image_size = model.config.image_size
     data_args.image_mean, data_args.image_std = list(processor.image_mean), list(processor.image_std)
-    data_args.augment = "none"
+    data_args.augment = "none"  # evaluation images are never augmented (only the train split is)
     try:
-        data = load_image_data(data_args, seed=args.seed)
-        if args.split not in data.splits:
-            raise DataError(f"no {args.split} split; the splits are {', '.join(data.splits)}")
+        data = load_image_data(data_args, seed=args.seed, split=args.split)
         to_model = match_labels(data.label_names, model.config.id2label)
     except (DataError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -12,7 +12,7 @@ python scripts/benchmark.py --dataset_name "$data" --steps 200 --warmup 20 --eva
 python scripts/benchmark.py --dataset_name "$data" --steps 200 --warmup 20 --eval_images 5000 \
     --data_on_device true --json "$out/bench_device.json" | tee "$out/bench_device.txt"
 python scripts/benchmark.py --dataset_name "$data" --steps 100 --warmup 30 --eval_images 5000 \
-    --data_on_device true --per_device_train_batch_size 512 --torch_compile true \
+    --data_on_device true --batch_size 512 --torch_compile true \
     --json "$out/bench_device_b512_compile.json" | tee "$out/bench_device_b512_compile.txt"
 /usr/bin/time -v python scripts/finetune.py --dataset_name "$data" --recipe full --num_train_epochs 10 \
     --backbone_weights none --per_device_train_batch_size 512 --scale_lr_with_batch true \

@@ -1,4 +1,4 @@
-"""Tiny synthetic data and models made inside the tests."""
+"""Tiny synthetic data made inside the tests, and the checks that several test modules share."""
 
 import io
 import json
@@ -7,17 +7,19 @@ import sys
 import textwrap
 from pathlib import Path
 
-import numpy as np
-from datasets import ClassLabel, Dataset, DatasetDict, Features
-from datasets import Image as ImageFeature
+import torch
+from datasets import Dataset, DatasetDict
 from PIL import Image
+from safetensors.torch import load_file
+
+from training.stages import GROUPS, recipe
+from training.synthetic import hub_layout_folder, random_dataset, random_image  # noqa: F401 (shared helpers)
 
 NAMES = ["cat", "dog", "ship", "truck"]
-
-
-def random_image(size=(32, 32), mode="RGB", seed=0) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    return Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).convert(mode)
+ROOT = Path(__file__).resolve().parents[1]
+STEPS_PER_EPOCH = 4  # the tiny runs: 32 training images of the `dataset` fixture, batch 8
+STAGED_1_1_1 = recipe("staged").with_lengths([1, 1, 1])  # the tiny runs' schedule (tests/tiny_run.py)
+RANDOM_AUGMENT = ["--augment", "tutorial"]  # random per-sample augmentation: resume must still be exact
 
 
 def image_bytes(image: Image.Image, fmt="PNG") -> bytes:
@@ -30,23 +32,9 @@ def truncated_jpeg() -> bytes:
     return image_bytes(random_image(), "JPEG")[:300]
 
 
-def tiny_dataset(
-    n_per_class=10, size=(32, 32), names=NAMES, image_column="img", label_column="label", modes=("RGB",), seed=0
-) -> Dataset:
-    images, labels = [], []
-    for index in range(n_per_class * len(names)):
-        images.append(random_image(size, modes[index % len(modes)], seed=seed + index))
-        labels.append(index % len(names))
-    features = Features({image_column: ImageFeature(), label_column: ClassLabel(names=names)})
-    return Dataset.from_dict({image_column: images, label_column: labels}, features=features)
-
-
-def hub_layout_folder(root: Path, splits: dict[str, Dataset]) -> Path:
-    """A folder laid out as a Hub dataset repo (data/<split>-00000-of-00001.parquet), loadable with load_dataset."""
-    (root / "data").mkdir(parents=True, exist_ok=True)
-    for name, split in splits.items():
-        split.to_parquet(root / "data" / f"{name}-00000-of-00001.parquet")
-    return root
+def tiny_dataset(n_per_class=10, size=(32, 32), names=NAMES, image_column="img", label_column="label",
+                 modes=("RGB",), seed=0) -> Dataset:
+    return random_dataset(n_per_class, names, size, image_column, label_column, modes, seed)
 
 
 def image_folder(root: Path, n_per_class=4, names=NAMES, size=(40, 30), fmt="JPEG") -> Path:
@@ -107,10 +95,37 @@ def load_alone(folder: Path, x_file: Path, workdir: Path) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
 def run_script(name: str, *args: str) -> subprocess.CompletedProcess:
     """One of scripts/ in a fresh process, as a user runs it."""
     return subprocess.run([sys.executable, str(ROOT / "scripts" / name), *args], capture_output=True, text=True,
                           timeout=300)
+
+
+def flags(dataset: Path, output_dir: Path, *more: str) -> list[str]:
+    """A tiny run's flags beyond tests/tiny_run.py's TINY: the data, 8 validation images, the output folder."""
+    return ["--dataset_name", str(dataset), "--validation_split", "8", "--output_dir", str(output_dir), *more]
+
+
+def assert_follows_schedule(steps: list[dict], schedule, distributed: bool = False) -> None:
+    """Every recorded step (tests/tiny_run.py's Recorder) has the schedule's lrs, a fresh optimizer state exactly at
+    each stage's start, and changes exactly the groups its stage trains."""
+    plan = schedule.over_steps(schedule.total_epochs * STEPS_PER_EPOCH // (2 if distributed else 1))
+    assert [s["step"] for s in steps] == list(range(plan.last_step))
+    for record in steps:
+        step, stage = record["step"], schedule.stages[record["stage"]]
+        assert record["lrs"] == {g: plan.lr(g, step) for g in GROUPS}, f"step {step}"
+        first = plan.first_steps[record["stage"]]
+        assert record["adam_step"] == step - first + 1, f"optimizer state not reset exactly at step {first}"
+        for group in GROUPS:
+            trained = group in stage.lrs
+            assert record["changed"][group] == trained, f"step {step}: {group} changed={record['changed'][group]}"
+            if not distributed:
+                assert record["requires_grad"][group] == trained
+
+
+def assert_same_weights(a: Path, b: Path) -> None:
+    """The model.safetensors of two output folders hold equal tensors, bit for bit."""
+    first, second = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
+    assert first.keys() == second.keys()
+    different = [k for k in first if not torch.equal(first[k], second[k])]
+    assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"

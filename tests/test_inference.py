@@ -5,13 +5,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import hub_layout_folder, random_image, run_script, tiny_dataset, truncated_jpeg
+from helpers import NAMES, hub_layout_folder, random_image, run_script, tiny_dataset, truncated_jpeg
 from PIL import Image
 
 from modeling_resnet_cbam import ResNetCBAMConfig, ResNetCBAMForImageClassification
 from training.inference import cbam_attention, image_files, load_model, match_labels, predict_files
-
-NAMES = ["cat", "dog", "ship", "truck"]
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,15 @@ from helpers import load_alone
 from safetensors.torch import save_file
 from torch.nn import functional as F
 
-from modeling_resnet_cbam import CBAM, ResNetCBAMConfig, ResNetCBAMForImageClassification, ResNetCBAMModel
-from training.groups import GROUPS, count_by_group, group_of
+from modeling_resnet_cbam import (
+    CBAM,
+    PARAMETER_GROUPS,
+    ResNetCBAMConfig,
+    ResNetCBAMForImageClassification,
+    ResNetCBAMModel,
+)
+
+group_of = ResNetCBAMForImageClassification.parameter_group
 
 
 def tiny_input(config: ResNetCBAMConfig, batch: int = 2) -> torch.Tensor:
@@ -63,13 +70,16 @@ def test_cbam_matches_the_formulas():
     assert cbam.spatial.conv.weight.shape == (1, 2, 3, 3) and cbam.spatial.conv.bias is None
 
 
-def test_default_model_has_the_seeds_parameter_counts():
+def test_default_model_has_the_tutorials_parameter_counts():
     model = ResNetCBAMForImageClassification(ResNetCBAMConfig())
-    counts = count_by_group(model)
+    groups = model.parameter_groups()
+    counts = {group: sum(p.numel() for p in parameters) for group, parameters in groups.items()}
     assert sum(counts.values()) == sum(p.numel() for p in model.parameters()) == 11_217_874
+    assert sum(map(len, groups.values())) == len(list(model.parameters())), "each parameter in exactly one group"
     assert counts["cbam"] + counts["head"] == 49_042
     assert counts["cbam"] + counts["head"] + counts["layer3"] + counts["layer4"] == 10_542_482
-    assert set(counts) == set(GROUPS)
+    assert tuple(counts) == PARAMETER_GROUPS
+    assert counts["stem"] == 1_856 and counts["layer1"] == 147_968 and counts["head"] == 5_130
     assert "resnet_cbam.backbone.layer1.0.conv1.weight" in model.state_dict()
     assert all(
         "cbam" in name and any(s in name for s in ("layer1", "layer2", "layer3", "layer4"))
@@ -82,6 +92,10 @@ def test_block_placement_names_cbam_inside_blocks():
     model = ResNetCBAMForImageClassification(ResNetCBAMConfig(cbam_placement="block"))
     assert model.cbam_names[0] == "resnet_cbam.backbone.layer1.0.cbam"
     assert group_of("resnet_cbam.backbone.layer1.0.cbam.spatial.conv.weight") == "cbam"
+    assert group_of("resnet_cbam.backbone.layer1.0.bn1.running_mean") == "layer1"
+    assert group_of("resnet_cbam.backbone.bn1.weight") == "stem"
+    with pytest.raises(ValueError, match="belongs to none of the groups"):
+        group_of("resnet_cbam.pooler.weight")
 
 
 @pytest.mark.parametrize(

@@ -8,58 +8,37 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import hub_layout_folder, load_alone, tiny_dataset
-from safetensors.torch import load_file
+from helpers import (
+    RANDOM_AUGMENT,
+    ROOT,
+    STAGED_1_1_1,
+    assert_follows_schedule,
+    assert_same_weights,
+    flags,
+    load_alone,
+)
 from tiny_run import TINY as TINY_FLAGS
 from tiny_run import run
 
 from modeling_resnet_cbam import ResNetCBAMConfig, ResNetCBAMForImageClassification
-from training.callbacks import StageCallback
-from training.cli import finetune_main, parse
-from training.groups import GROUPS
-from training.stages import override, recipe
+from training.arguments import parse_arguments
+from training.callbacks import freeze_for_stage
+from training.cli import finetune_main
+from training.stages import GROUPS, recipe
 
-ROOT = Path(__file__).resolve().parents[1]
 TINY_RUN = ROOT / "tests" / "tiny_run.py"
-STEPS_PER_EPOCH = 4  # 32 training images, batch 8
-SEED_AUGMENT = ["--augment", "seed"]  # random per-sample augmentation on the device: resume must still be exact
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("data") / "ds"
-    return hub_layout_folder(folder, {"train": tiny_dataset(10, size=(16, 16))})
-
-
-def flags(dataset: Path, output_dir: Path, *more: str) -> list[str]:
-    return ["--dataset_name", str(dataset), "--validation_split", "8", "--output_dir", str(output_dir), *more]
-
-
-def assert_follows_schedule(steps: list[dict], schedule, distributed: bool = False) -> None:
-    plan = schedule.in_steps(STEPS_PER_EPOCH // (2 if distributed else 1))
-    assert [s["step"] for s in steps] == list(range(plan.last_step))
-    for record in steps:
-        step, stage = record["step"], schedule.stages[record["stage"]]
-        assert record["lrs"] == {g: plan.lr(g, step) for g in GROUPS}, f"step {step}"
-        first = plan.first_steps[record["stage"]]
-        assert record["adam_step"] == step - first + 1, f"Adam state not reset exactly at step {first}"
-        for group in GROUPS:
-            trained = group in stage.lrs
-            assert record["changed"][group] == trained, f"step {step}: {group} changed={record['changed'][group]}"
-            if not distributed:
-                assert record["requires_grad"][group] == trained
 
 
 @pytest.fixture(scope="module")
 def uninterrupted(dataset, tmp_path_factory):
     output_dir = tmp_path_factory.mktemp("run") / "out"
-    result, recorder = run(flags(dataset, output_dir, "--save_strategy", "steps", "--save_steps", "1", *SEED_AUGMENT))
+    result, recorder = run(flags(dataset, output_dir, "--save_strategy", "steps", "--save_steps", "1", *RANDOM_AUGMENT))
     return output_dir, result, recorder
 
 
 def test_every_step_follows_the_schedule(uninterrupted):
-    _, result, recorder = uninterrupted
-    assert_follows_schedule(recorder.steps, result.trainer.schedule)
+    _, finished, recorder = uninterrupted
+    assert_follows_schedule(recorder.steps, finished.trainer.schedule)
 
 
 def test_frozen_batchnorm_statistics_move_with_the_seed_policy(uninterrupted):
@@ -70,7 +49,7 @@ def test_frozen_batchnorm_statistics_move_with_the_seed_policy(uninterrupted):
 def test_bn_policy_frozen_keeps_frozen_groups_statistics(dataset, tmp_path):
     _, recorder = run(flags(dataset, tmp_path / "out", "--save_strategy", "no", "--bn_policy", "frozen"))
     for record in recorder.steps:
-        trained = override(recipe("staged"), epochs=[1, 1, 1]).stages[record["stage"]].lrs
+        trained = STAGED_1_1_1.stages[record["stage"]].lrs
         for group, changed in record["running_stats_changed"].items():
             assert changed == (group in trained), f"step {record['step']}: {group} BN stats changed={changed}"
 
@@ -90,7 +69,7 @@ def test_one_epoch_entry_per_epoch_in_trainer_state(uninterrupted):
 
 
 def test_output_folder_loads_alone_and_results_are_written(uninterrupted, tmp_path):
-    output_dir, result, _ = uninterrupted
+    output_dir, _, _ = uninterrupted
     torch.save(torch.randn(2, 3, 16, 16), tmp_path / "x.pt")
     loaded = load_alone(output_dir, tmp_path / "x.pt", tmp_path)
     assert loaded["classifier"] == "ResNetCBAMForImageClassification"
@@ -101,21 +80,10 @@ def test_output_folder_loads_alone_and_results_are_written(uninterrupted, tmp_pa
     assert confusion.sum() == 8 and results["validation_accuracy"] == confusion.trace().item() / 8
 
 
-def final_weights(output_dir: Path) -> dict[str, torch.Tensor]:
-    return load_file(output_dir / "model.safetensors")
-
-
-def assert_same_weights(a: Path, b: Path) -> None:
-    first, second = final_weights(a), final_weights(b)
-    assert first.keys() == second.keys()
-    different = [k for k in first if not torch.equal(first[k], second[k])]
-    assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
-
-
 @pytest.mark.parametrize("checkpoint", [4, 6], ids=["at-a-stage-boundary", "in-the-middle-of-a-stage"])
 def test_resume_ends_with_the_uninterrupted_weights(uninterrupted, dataset, tmp_path, checkpoint):
-    output_dir, result, recorder = uninterrupted
-    resumed, resumed_recorder = run(
+    output_dir, _, recorder = uninterrupted
+    _, resumed_recorder = run(
         flags(
             dataset,
             tmp_path / "out",
@@ -123,7 +91,7 @@ def test_resume_ends_with_the_uninterrupted_weights(uninterrupted, dataset, tmp_
             "no",
             "--resume_from_checkpoint",
             str(output_dir / f"checkpoint-{checkpoint}"),
-            *SEED_AUGMENT,
+            *RANDOM_AUGMENT,
         )
     )
     assert_same_weights(output_dir, tmp_path / "out")
@@ -139,12 +107,12 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(uninterrupted, dataset, t
         "--kill_after_save",
         "6",
         "--",
-        *flags(dataset, tmp_path / "out", "--save_strategy", "steps", "--save_steps", "1", *SEED_AUGMENT),
+        *flags(dataset, tmp_path / "out", "--save_strategy", "steps", "--save_steps", "1", *RANDOM_AUGMENT),
     ]
     killed = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert killed.returncode == -9, killed.stderr[-2000:]
     assert (tmp_path / "out" / "checkpoint-6").is_dir() and not (tmp_path / "out" / "checkpoint-7").exists()
-    run(flags(dataset, tmp_path / "out", "--save_strategy", "no", "--resume_from_checkpoint", "last", *SEED_AUGMENT))
+    run(flags(dataset, tmp_path / "out", "--save_strategy", "no", "--resume_from_checkpoint", "last", *RANDOM_AUGMENT))
     assert_same_weights(output_dir, tmp_path / "out")
 
 
@@ -169,7 +137,7 @@ def test_ddp_on_two_processes_keeps_ranks_identical_and_follows_the_schedule(dat
     assert ranks[0]["checksums"] == ranks[1]["checksums"]
     assert "all 2 ranks hold identical parameters after the stage ending at step 6" in done.stdout + done.stderr
     for rank in ranks:
-        assert_follows_schedule(rank["steps"], override(recipe("staged"), epochs=[1, 1, 1]), distributed=True)
+        assert_follows_schedule(rank["steps"], STAGED_1_1_1, distributed=True)
 
 
 def test_ddp_rank_mismatch_stops_the_run_with_a_clear_error(dataset, tmp_path):
@@ -204,21 +172,22 @@ def test_accelerate_launch_on_one_process_runs_the_script(dataset, tmp_path):
 )
 def test_trainable_parameters_per_stage_of_the_default_model(recipe_name, expected):
     model = ResNetCBAMForImageClassification(ResNetCBAMConfig())
-    callback = StageCallback(recipe(recipe_name))
-    callback.distributed = False
     counts = []
-    for index in range(3):
-        callback._apply(index, model)
+    for stage in recipe(recipe_name).stages:
+        assert freeze_for_stage(model, stage, distributed=False) == []
         counts.append(sum(p.numel() for p in model.parameters() if p.requires_grad))
-        assert counts[-1] == callback.trainable_params
+        assert counts[-1] == stage.parameter_count(model.parameter_groups())
     assert counts == expected
+    dropped = freeze_for_stage(model, recipe(recipe_name).stages[0], distributed=True)
+    assert all(p.requires_grad for p in model.parameters()), "under DDP every parameter stays trainable"
+    assert sum(p.numel() for p in dropped) == 11_217_874 - expected[0]
 
 
 @pytest.mark.parametrize(
     "bad_flags, message",
     [
         (["--stage_epochs", "5,15"], "--stage_epochs gives 2 values for 3 stages"),
-        (["--stage_lrs", "1e-3,0,1e-5"], "stage 2: the lr of stem must be a positive number, got 0.0"),
+        (["--stage_lrs", "1e-3,0,1e-5"], "stage 2: the lr of stem must be a positive finite number, got 0.0"),
         (
             ["--stage_epochs", "1,1,1", "--num_train_epochs", "5"],
             "the stages last 1+1+1=3 epochs but --num_train_epochs",
@@ -227,7 +196,7 @@ def test_trainable_parameters_per_stage_of_the_default_model(recipe_name, expect
         (["--max_steps", "10"], "stages are in epochs"),
         (["--cbam_placement", "everywhere"], "cbam_placement must be one of ('stage', 'block'), got 'everywhere'"),
         (["--depths", "2,2,x,2"], "--depths must be four integers"),
-        (["--bn_policy", "eval"], "bn_policy must be 'train' or 'frozen'"),
+        (["--bn_policy", "eval"], "--bn_policy must be 'train' or 'frozen'"),
     ],
 )
 def test_schedule_errors_come_before_any_loading(tmp_path, capsys, bad_flags, message):
@@ -247,7 +216,7 @@ def test_stages_file_with_differential_rates(dataset, tmp_path):
     stages = tmp_path / "stages.json"
     new, pretrained = {g: 1e-3 for g in ("stem", "cbam", "head")}, {f"layer{i}": 1e-5 for i in range(1, 5)}
     stages.write_text(json.dumps([{"epochs": 2, "lr": {**new, **pretrained}}]))
-    result, recorder = run(
+    _, recorder = run(
         flags(dataset, tmp_path / "out", "--save_strategy", "no", "--stages_file", str(stages), "--stage_epochs", "2")
     )
     assert recorder.steps[0]["lrs"] == {**new, **pretrained}
@@ -255,7 +224,7 @@ def test_stages_file_with_differential_rates(dataset, tmp_path):
 
 
 def test_defaults_are_the_seed_recipe():
-    _, data_args, stage_args, training_args = parse([])
+    _, data_args, stage_args, training_args = parse_arguments([])
     assert training_args.max_grad_norm == 0 and training_args.per_device_train_batch_size == 64
     assert training_args.remove_unused_columns is False
     assert stage_args.recipe == "staged" and stage_args.bn_policy == "train"
@@ -265,9 +234,9 @@ def test_defaults_are_the_seed_recipe():
 
 def test_the_dataloader_path_follows_the_schedule_and_resumes_exactly(dataset, tmp_path):
     """The PIL/DataLoader path (images over 64x64, or --data_on_device false): exact resume from the epoch-end
-    checkpoints the recipe saves, with the seed's random augmentations. (A mid-epoch checkpoint resumes exactly
+    checkpoints the recipe saves, with the tutorial's random augmentations. (A mid-epoch checkpoint resumes exactly
     only without random augmentation: the Trainer restores the RNG after fetching the first resumed batch.)"""
-    path = ["--data_on_device", "false", "--augment", "seed"]
+    path = ["--data_on_device", "false", *RANDOM_AUGMENT]
     full, recorder = run(flags(dataset, tmp_path / "full", "--save_strategy", "epoch", *path))
     assert full.trainer.device_data is None
     assert_follows_schedule(recorder.steps, full.trainer.schedule)
@@ -288,7 +257,7 @@ def test_every_flag_can_come_from_one_file(tmp_path, suffix):
               "output_dir": str(tmp_path / "out")}
     path = tmp_path / f"run{suffix}"
     path.write_text(json.dumps(values) if suffix == ".json" else "\n".join(f"{k}: {v!r}" for k, v in values.items()))
-    _, data_args, stage_args, training_args = parse([str(path)])
+    _, data_args, stage_args, training_args = parse_arguments([str(path)])
     assert (data_args.dataset_name, stage_args.stage_epochs) == ("some/dataset", "1,2,3")
     assert stage_args.bn_policy == "frozen" and training_args.learning_rate == 0.5
     assert training_args.output_dir == str(tmp_path / "out") and training_args.max_grad_norm == 0

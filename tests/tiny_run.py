@@ -16,9 +16,10 @@ from transformers import TrainerCallback
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from training.cli import parse, setup_logging  # noqa: E402
-from training.groups import GROUPS, group_of, parameters_by_group  # noqa: E402
-from training.run import build_trainer, train_and_evaluate  # noqa: E402
+from training.arguments import parse_arguments  # noqa: E402
+from training.cli import setup_logging  # noqa: E402
+from training.run import build_run, train_and_evaluate  # noqa: E402
+from training.stages import GROUPS  # noqa: E402
 
 TINY = [
     "--depths",
@@ -46,11 +47,15 @@ TINY = [
 ]
 
 
-class Recorder(TrainerCallback):
-    """Per optimizer step: each group's lr, the Adam step count of a head tensor, and which groups changed."""
+def parameters_by_group(model) -> dict:
+    return model.parameter_groups()
 
-    def __init__(self, schedule):
-        self.schedule = schedule
+
+
+class Recorder(TrainerCallback):
+    """Per optimizer step: each group's lr, the optimizer step count of a head tensor, and which groups changed."""
+
+    def __init__(self):
         self.steps = []
 
     def on_step_begin(self, args, state, control, model=None, **kwargs):
@@ -60,14 +65,14 @@ class Recorder(TrainerCallback):
     def on_pre_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
         self.lrs = {group["group"]: group["lr"] for group in optimizer.param_groups}
 
-    def on_step_end(self, args, state, control, model=None, optimizer=None, **kwargs):
+    def on_step_end(self, args, state, control, model=None, optimizer=None, lr_scheduler=None, **kwargs):
         step = state.global_step - 1
         head = parameters_by_group(model)["head"][0]
         after = parameters_by_group(model)
         self.steps.append(
             {
                 "step": step,
-                "stage": self.schedule.over_steps(state.max_steps).stage_index(step),
+                "stage": lr_scheduler.plan.stage_index(step),
                 "lrs": self.lrs,
                 "adam_step": float(optimizer.state[head]["step"]) if head in optimizer.state else None,
                 "changed": {
@@ -86,7 +91,7 @@ def running_stats(model) -> dict[str, torch.Tensor]:
     stats = {}
     for name, buffer in model.named_buffers():
         if name.endswith(("running_mean", "running_var")):
-            stats.setdefault(group_of(name), []).append(buffer.detach().flatten().clone())
+            stats.setdefault(model.parameter_group(name), []).append(buffer.detach().flatten().clone())
     return {g: torch.cat(values) for g, values in stats.items()}
 
 
@@ -114,15 +119,14 @@ class PerturbRank(TrainerCallback):
 
 
 def run(finetune_flags: list[str], kill_after_save: int | None = None, perturb_rank: int | None = None):
-    model_args, data_args, stage_args, training_args = parse(TINY + finetune_flags)
+    model_args, data_args, stage_args, training_args = parse_arguments(TINY + finetune_flags)
     setup_logging(training_args)
     extra = [KillAfterSave(kill_after_save)] if kill_after_save is not None else []
     extra += [PerturbRank(perturb_rank)] if perturb_rank is not None else []
-    trainer, data = build_trainer(model_args, data_args, stage_args, training_args, extra_callbacks=extra)
-    recorder = Recorder(trainer.schedule)
-    trainer.add_callback(recorder)
-    result = train_and_evaluate(trainer, data, training_args.resume_from_checkpoint)
-    return result, recorder
+    recorder = Recorder()
+    run = build_run(model_args, data_args, stage_args, training_args, extra_callbacks=[*extra, recorder])
+    train_and_evaluate(run, training_args.resume_from_checkpoint)
+    return run, recorder
 
 
 def main() -> None:
@@ -131,17 +135,17 @@ def main() -> None:
     while rest and rest[0] != "--":
         options[rest[0].lstrip("-")] = int(rest[1])
         rest = rest[2:]
-    result, recorder = run(rest[1:], options.get("kill_after_save"), options.get("perturb_rank"))
-    rank = result.trainer.args.process_index
-    groups = parameters_by_group(result.trainer.model)
+    finished, recorder = run(rest[1:], options.get("kill_after_save"), options.get("perturb_rank"))
+    rank = finished.trainer.args.process_index
+    groups = parameters_by_group(finished.trainer.model)
     checksums = {g: float(sum(p.detach().double().sum() for p in ps)) for g, ps in groups.items()}
     Path(f"{record}.rank{rank}").write_text(
         json.dumps(
             {
                 "steps": recorder.steps,
                 "checksums": checksums,
-                "world_size": result.trainer.args.world_size,
-                "metrics": result.metrics,
+                "world_size": finished.trainer.args.world_size,
+                "metrics": finished.record.metrics,
             }
         )
     )

@@ -13,32 +13,10 @@ from torch.utils.data import DataLoader
 from transformers import TrainerCallback, default_data_collator
 
 from modeling_resnet_cbam import ResNetCBAMConfig, ResNetCBAMForImageClassification
-from training.cli import parse
-from training.run import build_trainer
-
-
-def synthetic_dataset(folder: Path, images: int, size: int = 32) -> Path:
-    """Random PNG images with a 10-class ClassLabel, in Hub layout (stands in when no real data is given)."""
-    import io
-
-    import numpy as np
-    from datasets import ClassLabel, Dataset, Features
-    from datasets import Image as ImageFeature
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-
-    def png(index: int) -> dict:
-        buffer = io.BytesIO()
-        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(buffer, format="PNG")
-        return {"bytes": buffer.getvalue(), "path": None}
-
-    features = Features({"img": ImageFeature(), "label": ClassLabel(names=[f"class_{i}" for i in range(10)])})
-    split = Dataset.from_dict({"img": [png(i) for i in range(images)], "label": [i % 10 for i in range(images)]},
-                              features=features)
-    (folder / "data").mkdir(parents=True, exist_ok=True)
-    split.to_parquet(folder / "data" / "train-00000-of-00001.parquet")
-    return folder
+from training.arguments import FinetuneTrainingArguments, ModelArguments, StageArguments
+from training.data import DataArguments
+from training.run import build_run
+from training.synthetic import hub_layout_folder, random_dataset
 
 
 def _autocast(device: torch.device, bf16: bool):
@@ -91,7 +69,7 @@ def loader_throughput(loader, batches: int, device_data=None, device=None) -> fl
 
 def plain_loop_throughput(train_split, config: ResNetCBAMConfig, device, steps: int, warmup: int,
                           batch_size: int = 64) -> float:
-    """The seed's loop: fp32, NCHW, a DataLoader with default settings (no workers), Adam; data included."""
+    """The tutorial's loop: fp32, NCHW, a DataLoader with default settings (no workers), Adam; data included."""
     model = ResNetCBAMForImageClassification(config).to(device).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     loader = DataLoader(train_split, batch_size=batch_size, shuffle=True, collate_fn=default_data_collator)
@@ -125,23 +103,29 @@ class _StepTimer(TrainerCallback):
         self.seconds = time.perf_counter() - self.started
 
 
-def run_benchmark(dataset: str | None, steps: int, warmup: int, eval_images: int, extra_flags: list[str]) -> dict:
-    """Every figure of the benchmark, measured in this process, in sequence."""
+def run_benchmark(dataset: str | None, steps: int, warmup: int, eval_images: int, batch_size: int = 64,
+                  **speed) -> dict:
+    """Every figure of the benchmark, measured in this process, in sequence. `speed` holds the training arguments
+    under test (bf16, channels_last, data_on_device, torch_compile); None keeps the project's default."""
     with tempfile.TemporaryDirectory() as workdir:
         workdir = Path(workdir)
-        batch_size = 64
-        images = (steps + warmup + 2) * batch_size
-        source = dataset or str(synthetic_dataset(workdir / "synthetic", images + eval_images))
-        flags = ["--dataset_name", source, "--recipe", "full", "--num_train_epochs", "1", "--backbone_weights",
-                 "none", "--max_train_samples", str((steps + warmup) * batch_size), "--max_eval_samples",
-                 str(eval_images), "--validation_split", str(eval_images), "--eval_strategy", "no",
-                 "--save_strategy", "no", "--logging_steps", "100000", "--report_to", "none",
-                 "--output_dir", str(workdir / "out"), "--disable_tqdm", "true", *extra_flags]
-        model_args, data_args, stage_args, training_args = parse(flags)
+        if dataset is None:
+            images = (steps + warmup + 2) * batch_size + eval_images
+            names = [f"class_{i}" for i in range(10)]
+            source = str(hub_layout_folder(workdir / "synthetic", {"train": random_dataset(-(-images // 10), names)}))
+        else:
+            source = dataset
+        data_args = DataArguments(dataset_name=source, max_train_samples=(steps + warmup) * batch_size,
+                                  max_eval_samples=eval_images, validation_split=str(eval_images))
+        training_args = FinetuneTrainingArguments(
+            output_dir=str(workdir / "out"), num_train_epochs=1, per_device_train_batch_size=batch_size,
+            eval_strategy="no", save_strategy="no", logging_steps=100_000, report_to="none", disable_tqdm=True,
+            **{name: value for name, value in speed.items() if value is not None},
+        )
         timer = _StepTimer(warmup)
-        trainer, data = build_trainer(model_args, data_args, stage_args, training_args, extra_callbacks=[timer])
-        args, device = trainer.args, trainer.args.device
-        batch_size = args.per_device_train_batch_size
+        run = build_run(ModelArguments(backbone_weights="none"), data_args, StageArguments(recipe="full"),
+                        training_args, extra_callbacks=[timer])
+        trainer, args, device = run.trainer, run.trainer.args, run.trainer.args.device
         config = trainer.model.config
         result = {
             "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
@@ -159,7 +143,7 @@ def run_benchmark(dataset: str | None, steps: int, warmup: int, eval_images: int
         result["step_fp32_img_s"] = step_throughput(ResNetCBAMForImageClassification(config), device, batch_size,
                                                     steps, warmup, bf16=False, channels_last=False)
         result["data_img_s"] = loader_throughput(trainer.get_train_dataloader(), steps, trainer.device_data, device)
-        result["plain_loop_img_s"] = plain_loop_throughput(data.splits["train"], config, device, steps, warmup)
+        result["plain_loop_img_s"] = plain_loop_throughput(run.data.splits["train"], config, device, steps, warmup)
         trainer.train()
         result["trainer_img_s"] = steps * batch_size * args.world_size / timer.seconds
         result["speedup_vs_plain"] = result["trainer_img_s"] / result["plain_loop_img_s"]

@@ -21,14 +21,16 @@ VALIDATION_SPLITS = ("validation", "valid", "val")
 ROW = "__row__"  # the row in the source split, carried along so that errors can name it
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-SEED_IMAGE_SIZE = 32
-# The seed's augmentation parameters, shared by the PIL path here and the kornia path in device_data.py
+TUTORIAL_IMAGE_SIZE = 32
+AUGMENTATIONS = ("tutorial", "none")
+AUGMENT_ALIASES = {"seed": "tutorial"}  # the old name, accepted for one release
+# The tutorial's augmentation parameters, shared by the PIL path here and the kornia path in device_data.py
 COLOR_JITTER = (0.2, 0.2, 0.2, 0.1)  # brightness, contrast, saturation, hue
 ROTATION_DEGREES = 15
 
 
 def crop_padding(size: int) -> int:
-    """RandomCrop padding: 4 px at the seed's 32 px, in proportion elsewhere."""
+    """RandomCrop padding: 4 px at the tutorial's 32 px, in proportion elsewhere."""
     return size // 8
 
 
@@ -69,7 +71,10 @@ class DataArguments:
         default=None, metadata={"help": "Per-channel mean. Default: CIFAR-10's at 32 px, else ImageNet's."}
     )
     image_std: list[float] | None = field(default=None, metadata={"help": "Per-channel std, as image_mean."})
-    augment: str = field(default="seed", metadata={"help": "seed (the seed's augmentations) or none."})
+    augment: str = field(
+        default="tutorial", metadata={"help": "tutorial (random crop with padding, flip, colour jitter, rotation) or "
+                                      "none (normalisation only). 'seed' is the old name of 'tutorial'."}
+    )
     verify_images: bool = field(
         default=False, metadata={"help": "Decode every image before training and list every bad one."}
     )
@@ -80,9 +85,19 @@ class DataArguments:
         """What the data is read from: the image folder, else the dataset name or folder."""
         return self.train_dir or self.dataset_name
 
+    @property
+    def from_hub(self) -> bool:
+        """Whether the data is a Hub dataset (its id names it for others), not a local folder."""
+        return not self.train_dir and not Path(self.dataset_name).exists()
+
     def __post_init__(self):
-        if self.augment not in ("seed", "none"):
-            raise DataError(f"--augment must be 'seed' or 'none', got {self.augment!r}")
+        if self.augment in AUGMENT_ALIASES:
+            logger.warning("--augment %s is now called %s", self.augment, AUGMENT_ALIASES[self.augment])
+            self.augment = AUGMENT_ALIASES[self.augment]
+        if self.augment not in AUGMENTATIONS:
+            raise DataError(f"--augment must be one of {', '.join(AUGMENTATIONS)}, got {self.augment!r}")
+        if self.skip_bad_images and not self.verify_images:
+            raise DataError("--skip_bad_images needs --verify_images: bad images are found by decoding every one first")
 
 
 @dataclass
@@ -112,29 +127,37 @@ class ImageData:
         return "test" if "test" in self.splits else "validation"
 
 
-def load_image_data(args: DataArguments, seed: int = 42) -> ImageData:
-    """Load, check and split the data; set the lazy transforms. Raises DataError naming the split and row."""
+def load_image_data(args: DataArguments, seed: int = 42, split: str | None = None) -> ImageData:
+    """Load, check and split the data; set the lazy transforms. Raises DataError naming the split and row.
+
+    With `split`, only what evaluating that split needs is loaded: the split alone (a dataset of only a test split
+    will do), or train when the validation split is carved out of it (with the same seed as in training).
+    """
     raw = _load_source(args)
-    if "train" not in raw:
-        raise DataError(f"{args.source} has no train split (splits: {', '.join(raw) or 'none'})")
+    reference = split if split not in (None, "train") and (split in raw or split != "validation") else "train"
+    if reference not in raw:
+        raise DataError(f"{args.source} has no {reference} split (splits: {', '.join(raw) or 'none'})")
+    if reference != "train":
+        raw = DatasetDict({reference: raw[reference]})
     _require_rows(raw)
-    image_column = _pick_column(raw["train"], args.image_column_name, IMAGE_COLUMNS, "image")
-    label_column = _pick_column(raw["train"], args.label_column_name, LABEL_COLUMNS, "label")
+    image_column = _pick_column(raw[reference], args.image_column_name, IMAGE_COLUMNS, "image")
+    label_column = _pick_column(raw[reference], args.label_column_name, LABEL_COLUMNS, "label")
     raw = DatasetDict({name: split.add_column(ROW, range(len(split))) for name, split in raw.items()})
-    raw = _as_class_labels(raw, label_column)
-    label_names = raw["train"].features[label_column].names
-    for name, split in raw.items():
-        _check_labels(split, name, label_column, len(label_names))
-    splits = _train_validation_test(raw, args.validation_split, label_column, seed)
+    raw = _as_class_labels(raw, label_column, reference)
+    label_names = raw[reference].features[label_column].names
+    for name, each in raw.items():
+        _check_labels(each, name, label_column, len(label_names))
+    splits = _train_validation_test(raw, args.validation_split, label_column, seed) if reference == "train" else raw
     splits = _limit(splits, args, seed)
     _require_rows(splits)
     splits = DatasetDict({name: s.cast_column(image_column, ImageFeature(decode=False)) for name, s in splits.items()})
     if args.verify_images:
         splits = verify_images(splits, image_column, skip_bad=args.skip_bad_images)
         _require_rows(splits)
-    native_size = decode_image(splits["train"][0][image_column], "train", 0).size
-    size = args.image_size or SEED_IMAGE_SIZE
-    default_mean, default_std = (CIFAR_MEAN, CIFAR_STD) if size == SEED_IMAGE_SIZE else (IMAGENET_MEAN, IMAGENET_STD)
+    native_size = decode_image(splits[reference][0][image_column], reference, 0).size
+    size = args.image_size or TUTORIAL_IMAGE_SIZE
+    cifar = size == TUTORIAL_IMAGE_SIZE
+    default_mean, default_std = (CIFAR_MEAN, CIFAR_STD) if cifar else (IMAGENET_MEAN, IMAGENET_STD)
     data = ImageData(
         splits=splits,
         image_column=image_column,
@@ -193,9 +216,9 @@ def _pick_column(split: Dataset, given: str | None, candidates: tuple[str, ...],
     )
 
 
-def _as_class_labels(raw: DatasetDict, label_column: str) -> DatasetDict:
-    """Every split's label column as the train split's ClassLabel (strings and plain integers are named)."""
-    feature = raw["train"].features[label_column]
+def _as_class_labels(raw: DatasetDict, label_column: str, reference: str = "train") -> DatasetDict:
+    """Every split's label column as the reference split's ClassLabel (strings and plain integers are named)."""
+    feature = raw[reference].features[label_column]
     if not isinstance(feature, ClassLabel):
         raw = DatasetDict({name: split.class_encode_column(label_column) for name, split in raw.items()})
         names = sorted({n for split in raw.values() for n in split.features[label_column].names})
@@ -206,7 +229,7 @@ def _as_class_labels(raw: DatasetDict, label_column: str) -> DatasetDict:
         if own.names != feature.names:
             unknown = sorted(set(own.names) - set(feature.names))
             if unknown:
-                raise DataError(f"the {name} split has classes the train split lacks: {', '.join(unknown)}")
+                raise DataError(f"the {name} split has classes the {reference} split lacks: {', '.join(unknown)}")
             split = split.align_labels_with_mapping({n: i for i, n in enumerate(feature.names)}, label_column)
         out[name] = split.cast_column(label_column, feature)
     return DatasetDict(out)
@@ -296,8 +319,8 @@ def verify_images(splits: DatasetDict, image_column: str, skip_bad: bool) -> Dat
     )
 
 
-def build_transforms(data: ImageData, train: bool, augment: str = "seed") -> Callable:
-    """The torchvision v2 pipeline for one PIL RGB image: the seed's augmentations for training, then normalise.
+def build_transforms(data: ImageData, train: bool, augment: str = "tutorial") -> Callable:
+    """The torchvision v2 pipeline for one PIL RGB image: the augmentations for training, then normalise.
 
     The geometric and colour steps run on the PIL image: on 32 px images they are 1.5x to 7x faster there than
     on uint8 tensors (rotation most of all).
@@ -305,7 +328,7 @@ def build_transforms(data: ImageData, train: bool, augment: str = "seed") -> Cal
     size = data.image_size
     native = data.native_size == (size, size)
     steps: list = []
-    if train and augment == "seed":
+    if train and augment == "tutorial":
         crop = v2.RandomCrop(size, padding=crop_padding(size)) if native else v2.RandomResizedCrop(size, antialias=True)
         steps += [crop, v2.RandomHorizontalFlip(), v2.ColorJitter(*COLOR_JITTER), v2.RandomRotation(ROTATION_DEGREES)]
     elif not native:
@@ -314,7 +337,7 @@ def build_transforms(data: ImageData, train: bool, augment: str = "seed") -> Cal
     return v2.Compose(steps)
 
 
-def set_transforms(data: ImageData, augment: str = "seed") -> None:
+def set_transforms(data: ImageData, augment: str = "tutorial") -> None:
     """Lazy per-batch transforms: decode to RGB, transform, and hand the Trainer pixel_values and labels."""
     for name, split in data.splits.items():
         transform = build_transforms(data, train=name == "train", augment=augment)

@@ -30,9 +30,10 @@ class ImageStore:
     """All images of one split as a (N, 3, H, W) uint8 tensor, moved to the training device on first use."""
 
     def __init__(self, split: Dataset, name: str, image_column: str, label_column: str, size: int):
-        rows = len(split) * 3 * size * size
-        if rows > MAX_BYTES:
-            raise DataError(f"the {name} split needs {rows / 2**30:.1f} GiB as uint8: too large to keep on the device")
+        nbytes = len(split) * 3 * size * size
+        if nbytes > MAX_BYTES:
+            raise DataError(f"the {name} split needs {nbytes / 2**30:.1f} GiB as uint8: too large to keep on the "
+                            "device")
         raw = split.with_format(None)
         images = torch.empty(len(split), 3, size, size, dtype=torch.uint8)
         for position, (value, row) in enumerate(zip(raw[image_column], raw[ROW], strict=True)):
@@ -63,13 +64,14 @@ class IndexedSplit(torch.utils.data.Dataset):
         return {"index": index, "labels": self.store.labels[index], "store": self.store_id}
 
 
-def seed_augmentation(size: int, mean, std) -> nn.Module:
-    """The seed's augmentations (torchvision semantics, random per sample), then Normalize, on float [0, 1] input."""
+def tutorial_augmentation(size: int, mean, std) -> nn.Module:
+    """The tutorial's augmentations (torchvision semantics, random per sample), then Normalize, on float [0, 1]
+    input."""
     return K.AugmentationSequential(
         K.RandomCrop((size, size), padding=crop_padding(size)),
         K.RandomHorizontalFlip(),
         K.ColorJitter(*COLOR_JITTER, p=1.0),
-        K.RandomRotation(float(ROTATION_DEGREES), resample="nearest", p=1.0),  # torchvision's default, as the seed
+        K.RandomRotation(float(ROTATION_DEGREES), resample="nearest", p=1.0),  # torchvision's default
         K.Normalize(mean=torch.tensor(mean), std=torch.tensor(std)),
     )
 
@@ -77,7 +79,7 @@ def seed_augmentation(size: int, mean, std) -> nn.Module:
 class DeviceData:
     """The stores of every split and the transforms that turn an index batch into model inputs on the device."""
 
-    def __init__(self, data: ImageData, augment: str = "seed"):
+    def __init__(self, data: ImageData, augment: str = "tutorial"):
         if not supports_device_data(data):
             raise DataError(f"device-resident data needs images already {data.image_size}x{data.image_size} and at "
                             f"most {MAX_PIXELS} pixels; these are {data.native_size[0]}x{data.native_size[1]}")
@@ -87,8 +89,8 @@ class DeviceData:
         self.splits = {name: IndexedSplit(store, i) for i, (name, store) in enumerate(zip(data.splits, self.stores,
                                                                                         strict=True))}
         normalize = K.Normalize(mean=torch.tensor(data.image_mean), std=torch.tensor(data.image_std))
-        self.train_transform = seed_augmentation(size, data.image_mean, data.image_std) if augment == "seed" \
-            else normalize
+        self.train_transform = tutorial_augmentation(size, data.image_mean, data.image_std) \
+            if augment == "tutorial" else normalize
         self.eval_transform = normalize
         logger.info("device-resident data: %s images decoded once",
                     ", ".join(f"{name} {len(s):,}" for name, s in self.splits.items()))

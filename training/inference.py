@@ -10,6 +10,8 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 from transformers import AutoImageProcessor, AutoModelForImageClassification
 
+from training.plots import denormalize, plot_attention
+
 IMAGE_SUFFIXES = {suffix for suffix, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
 
 
@@ -19,6 +21,12 @@ def load_model(name_or_path: str, device: str | None = None):
     processor = AutoImageProcessor.from_pretrained(name_or_path)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     return model.to(device).eval(), processor
+
+
+def preprocess_file(processor, path: str | Path) -> torch.Tensor:
+    """One image file as the model's (3, H, W) input: any mode converted to RGB, then the processor's steps."""
+    with Image.open(path) as image:
+        return processor(image.convert("RGB"), return_tensors="pt")["pixel_values"][0]
 
 
 def image_files(paths: Sequence[str | Path]) -> list[Path]:
@@ -50,9 +58,7 @@ class _ImageFiles(Dataset):
 
     def __getitem__(self, index: int):
         try:
-            with Image.open(self.files[index]) as image:
-                pixels = self.processor(image.convert("RGB"), return_tensors="pt")["pixel_values"][0]
-            return index, pixels, None
+            return index, preprocess_file(self.processor, self.files[index]), None
         except Exception as error:  # any decoding failure is reported by file name
             return index, None, f"{type(error).__name__}: {error}"
 
@@ -93,19 +99,35 @@ class CBAMAttention:
     channel: torch.Tensor  # (channels,) in [0, 1]
 
 
-def cbam_attention(model, pixel_values: torch.Tensor) -> list[CBAMAttention]:
-    """Every CBAM's spatial map (upsampled to the input) and channel weights for one image, from the model's
-    `output_attentions=True` outputs."""
+def explain(model, pixel_values: torch.Tensor) -> tuple[str, list[CBAMAttention]]:
+    """The predicted label of one (3, H, W) image, and every CBAM's spatial map (upsampled to the input) and
+    channel weights, from one forward pass with `output_attentions=True`."""
     with torch.inference_mode():
         outputs = model(pixel_values[None].to(next(model.parameters()).device), output_attentions=True)
     size = pixel_values.shape[-2:]
-    return [
+    attentions = [
         CBAMAttention(name.removeprefix(model.base_model_prefix + "."),
                       F.interpolate(spatial.float(), size=size, mode="bilinear", align_corners=False)[0, 0].cpu(),
                       channel[0].float().cpu())
         for name, spatial, channel in zip(model.cbam_names, outputs.spatial_attentions, outputs.channel_attentions,
                                           strict=True)
     ]
+    return model.config.id2label[int(outputs.logits[0].argmax())], attentions
+
+
+def cbam_attention(model, pixel_values: torch.Tensor) -> list[CBAMAttention]:
+    """Every CBAM's spatial map and channel weights for one (3, H, W) image."""
+    return explain(model, pixel_values)[1]
+
+
+def save_attention_map(model, pixel_values: torch.Tensor, mean, std, path: str | Path, title: str = "",
+                       top_channels: int = 8) -> Path:
+    """The attention figure of one normalised image (training/plots.py's plot_attention), titled with the
+    model's prediction; the one picture of CBAM attention that the scripts and the model card share."""
+    model.eval()
+    predicted, attentions = explain(model, pixel_values)
+    return plot_attention(denormalize(pixel_values.cpu(), mean, std), attentions, path,
+                          title=f"{title}: predicted {predicted}", top_channels=top_channels)
 
 
 def match_labels(dataset_labels: Sequence[str], model_labels: dict[int, str]) -> list[int]:

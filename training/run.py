@@ -1,4 +1,4 @@
-"""One fine-tuning run from parsed arguments: schedule, data, model, Trainer, final evaluation and the output folder.
+"""One fine-tuning run from parsed arguments: schedule, data, model, Trainer, final evaluation and the saved model.
 
 Everything that can be wrong with the arguments or the data is checked before the first training step.
 """
@@ -13,62 +13,30 @@ from transformers import TrainerCallback, default_data_collator
 from transformers.trainer_utils import get_last_checkpoint
 
 from modeling_resnet_cbam import ResNetCBAMConfig, ResNetCBAMForImageClassification
-from training import stages as stage_schedule
-from training.arguments import FinetuneTrainingArguments, ModelArguments, StageArguments
-from training.callbacks import ChanceLevelWarning, RankConsistencyCallback, StageCallback
+from training.arguments import FinetuneTrainingArguments, ModelArguments, StageArguments, build_schedule
+from training.callbacks import ChanceLevelCallback, RankConsistencyCallback, StageCallback
 from training.data import DataArguments, ImageData, load_image_data
 from training.device_data import DeviceData, supports_device_data
+from training.hardware import describe, device_name
 from training.metrics import classification_metrics, compute_accuracy
-from training.speed import describe
+from training.outputs import RunRecord
 from training.trainer import StagedTrainer
 
 logger = logging.getLogger(__name__)
-SEED_BATCH = 64
 
 
 @dataclass
-class RunResult:
-    output_dir: Path
-    metrics: dict
-    train_seconds: float
+class Run:
+    """A Trainer ready to train, its data, and the record of the run that training completes."""
+
     trainer: StagedTrainer
+    data: ImageData
+    record: RunRecord
 
 
-def build_schedule(args: StageArguments, num_train_epochs: float | None) -> stage_schedule.Schedule:
-    """The validated schedule of the arguments; a ScheduleError says what is wrong before anything loads."""
-    if args.stages_file:
-        schedule = stage_schedule.from_json(args.stages_file)
-    else:
-        full_epochs = int(num_train_epochs) if num_train_epochs else 50
-        schedule = stage_schedule.recipe(args.recipe, full_epochs=full_epochs)
-    epochs = _numbers(args.stage_epochs, int, "--stage_epochs")
-    lrs = _numbers(args.stage_lrs, float, "--stage_lrs")
-    return stage_schedule.override(schedule, epochs, lrs).validate(num_train_epochs)
-
-
-def _numbers(text: str | None, kind, flag: str) -> list | None:
-    if text is None:
-        return None
-    try:
-        return [kind(value) for value in text.split(",")]
-    except ValueError as error:
-        raise stage_schedule.ScheduleError(f"{flag}: {error}") from error
-
-
-def architecture(args: ModelArguments) -> dict:
-    """The config fields of the model flags, checked by building a config from them (ValueError naming the field)."""
-    try:
-        depths = [int(d) for d in args.depths.split(",")]
-    except ValueError as error:
-        raise ValueError(f"--depths must be four integers such as 2,2,2,2, got {args.depths!r}") from error
-    fields = dict(depths=depths, stem=args.stem, cbam_placement=args.cbam_placement,
-                  cbam_reduction=args.cbam_reduction, cbam_kernel_size=args.cbam_kernel_size)
-    ResNetCBAMConfig(**fields)
-    return fields
-
-
-def build_model(args: ModelArguments, data: ImageData) -> ResNetCBAMForImageClassification:
-    """A model sized for the data (labels, image size, normalisation), with the requested backbone weights."""
+def build_model(args: ModelArguments, data: ImageData) -> tuple[ResNetCBAMForImageClassification, str]:
+    """A model sized for the data (labels, image size, normalisation) with the requested weights, and a sentence
+    saying where its weights came from (the backbone import's own report)."""
     data_fields = dict(
         id2label=data.id2label,
         label2id=data.label2id,
@@ -77,38 +45,32 @@ def build_model(args: ModelArguments, data: ImageData) -> ResNetCBAMForImageClas
         image_std=list(data.image_std),
     )
     if args.model_name_or_path:
-        return ResNetCBAMForImageClassification.from_pretrained(
+        model = ResNetCBAMForImageClassification.from_pretrained(
             args.model_name_or_path, ignore_mismatched_sizes=True, **data_fields
         )
-    model = ResNetCBAMForImageClassification(ResNetCBAMConfig(**architecture(args), **data_fields))
-    if args.backbone_weights.lower() != "none":
-        logger.info("%s", model.load_backbone_weights(args.backbone_weights))
-    return model
+        return model, f"the saved model {args.model_name_or_path}"
+    model = ResNetCBAMForImageClassification(ResNetCBAMConfig(**args.architecture, **data_fields))
+    if args.backbone_weights.lower() == "none":
+        return model, "random (no pretrained weights)"
+    report = model.load_backbone_weights(args.backbone_weights)
+    logger.info("%s", report)
+    return model, str(report)
 
 
-def build_trainer(
+def build_run(
     model_args: ModelArguments,
     data_args: DataArguments,
     stage_args: StageArguments,
     training_args: FinetuneTrainingArguments,
     extra_callbacks: list[TrainerCallback] = (),
-) -> tuple[StagedTrainer, ImageData]:
-    """Validate everything, then load data and model and assemble the Trainer (nothing trained yet)."""
-    if training_args.max_steps > 0:
-        raise stage_schedule.ScheduleError(
-            "stages are in epochs: use --stage_epochs or --num_train_epochs, not --max_steps"
-        )
-    schedule = build_schedule(stage_args, training_args.num_train_epochs)
+) -> Run:
+    """Validate the schedule, then load data and model and assemble the Trainer (nothing trained yet)."""
+    schedule = build_schedule(stage_args, training_args)
     training_args.num_train_epochs = schedule.total_epochs
-    if stage_args.scale_lr_with_batch:
-        batch = training_args.per_device_train_batch_size * training_args.world_size
-        schedule = stage_schedule.scale_lrs(schedule, batch * training_args.gradient_accumulation_steps / SEED_BATCH)
-    stage_callback = StageCallback(schedule, stage_args.bn_policy)
-    architecture(model_args)  # a mistyped model flag fails here, before the data loads
     with training_args.main_process_first(desc="loading the dataset"):
         data = load_image_data(data_args, seed=training_args.seed)
     torch.manual_seed(training_args.seed)  # the new modules' initialisation is reproducible
-    model = build_model(model_args, data)
+    model, weights = build_model(model_args, data)
     model.requires_grad_(True)  # DDP only all-reduces what requires grad when it wraps the model
     if training_args.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -120,6 +82,7 @@ def build_trainer(
     splits = trainer_splits(data, device_data)
     logger.info("speed settings: %s%s", describe(training_args.bf16, training_args.channels_last, training_args.device),
                 ", data on the device" if device_data else f", {training_args.dataloader_num_workers} loader workers")
+    logger.info("optimizer: %s", training_args.optimizer.describe())
     trainer = StagedTrainer(
         model=model,
         args=training_args,
@@ -127,12 +90,32 @@ def build_trainer(
         eval_dataset=splits["validation"],
         data_collator=default_data_collator,
         compute_metrics=compute_accuracy,
-        callbacks=[*extra_callbacks, stage_callback, RankConsistencyCallback(schedule), ChanceLevelWarning()],
+        callbacks=[*extra_callbacks, StageCallback(stage_args.bn_policy), RankConsistencyCallback(),
+                   ChanceLevelCallback()],
         schedule=schedule,
-        stage_callback=stage_callback,
         device_data=device_data,
     )
-    return trainer, data
+    record = RunRecord(
+        output_dir=Path(training_args.output_dir),
+        model_id=training_args.hub_model_id or Path(training_args.output_dir).name,
+        dataset=data_args.source,
+        dataset_on_hub=data_args.from_hub,
+        recipe=stage_args.stages_file or stage_args.recipe,
+        schedule=schedule,
+        bn_policy=stage_args.bn_policy,
+        augment=data_args.augment,
+        backbone=weights,
+        optimizer=training_args.optimizer.describe(),
+        label_smoothing=training_args.label_smoothing_factor,
+        max_grad_norm=training_args.max_grad_norm,
+        batch_size=training_args.per_device_train_batch_size,
+        world_size=training_args.world_size,
+        seed=training_args.seed,
+        hardware=device_name(training_args.device, training_args.world_size),
+        split_sizes={name: len(split) for name, split in data.splits.items()},
+        label_names=data.label_names,
+    )
+    return Run(trainer, data, record)
 
 
 def trainer_splits(data: ImageData, device_data: DeviceData | None) -> dict:
@@ -150,13 +133,14 @@ def resolve_checkpoint(resume: str | None, output_dir: str) -> str | None:
     return checkpoint
 
 
-def train_and_evaluate(trainer: StagedTrainer, data: ImageData, resume: str | None = None) -> RunResult:
-    """Train, save the final model, and evaluate it on the test split (validation when there is none)."""
-    args = trainer.args
+def train_and_evaluate(run: Run, resume: str | None = None) -> RunRecord:
+    """Train, save the final model, evaluate it on the test split (validation when there is none), and complete
+    the run's record with the metrics and the log history."""
+    trainer, data, record = run.trainer, run.data, run.record
     started = time.perf_counter()
-    train_output = trainer.train(resume_from_checkpoint=resolve_checkpoint(resume, args.output_dir))
+    train_output = trainer.train(resume_from_checkpoint=resolve_checkpoint(resume, trainer.args.output_dir))
     train_seconds = time.perf_counter() - started
-    trainer.save_model(args.output_dir)
+    trainer.save_model(trainer.args.output_dir)
     trainer.save_state()
     split = data.eval_split
     prediction = trainer.predict(trainer_splits(data, trainer.device_data)[split], metric_key_prefix=split)
@@ -165,7 +149,7 @@ def train_and_evaluate(trainer: StagedTrainer, data: ImageData, resume: str | No
         references=prediction.label_ids,
         num_classes=len(data.label_names),
     )
-    metrics = {
+    record.metrics = {
         **train_output.metrics,
         f"{split}_loss": prediction.metrics[f"{split}_loss"],
         f"{split}_accuracy": final["accuracy"],
@@ -175,6 +159,7 @@ def train_and_evaluate(trainer: StagedTrainer, data: ImageData, resume: str | No
         "label_names": data.label_names,
         "train_wall_seconds": train_seconds,
     }
+    record.log_history = trainer.state.log_history
     if trainer.is_world_process_zero():
-        trainer.save_metrics("all", metrics, combined=False)
-    return RunResult(Path(args.output_dir), metrics, train_seconds, trainer)
+        trainer.save_metrics("all", record.metrics, combined=False)
+    return record

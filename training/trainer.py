@@ -3,48 +3,71 @@
 import time
 
 import torch
+from torch.nn import functional as F
+from torch.optim.lr_scheduler import LambdaLR
 from transformers import Trainer
 
-from training.callbacks import StageCallback
-from training.groups import GROUPS, parameters_by_group
-from training.stages import Schedule
+from training.stages import GROUPS, Schedule, StagePlan
+
+
+class StageLR(LambdaLR):
+    """One lambda per param group giving the plan's lr of its module group at each step (0 while frozen).
+
+    The plan lives here because it is the lr as a function of the step: built once, when the Trainer knows its
+    number of steps, and read from here by the callbacks (which receive the scheduler) and the epoch summary.
+    The lr being a pure function of the step, the Trainer's own scheduler stepping cannot undo it, and it resumes
+    by itself; the plan is not saved in the checkpoint (it is rebuilt from the arguments).
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, plan: StagePlan):
+        self.plan = plan
+        super().__init__(optimizer, [_lr_of(plan, group["group"]) for group in optimizer.param_groups])
+
+    def state_dict(self) -> dict:
+        return {key: value for key, value in super().state_dict().items() if key != "plan"}
+
+
+def _lr_of(plan: StagePlan, group: str):
+    """A closure, so that LambdaLR saves no state for it."""
+
+    def lr(step: int) -> float:
+        return plan.lr(group, step)
+
+    return lr
 
 
 class StagedTrainer(Trainer):
     """A Trainer whose optimizer and scheduler are built once from the schedule and never replaced.
 
-    - One Adam over every parameter, one param group per module group (stem, layer1..layer4, cbam, head), so that
-      a group frozen at the start is still optimised once unfrozen, and a checkpoint's optimizer state always fits.
-    - A LambdaLR with one lambda per group giving the schedule's lr at each step (0 while frozen): the lr is a pure
-      function of the step, which the Trainer's own scheduler stepping cannot undo and which resumes by itself.
+    - One optimizer (--optim) over every parameter in fixed param groups (training/optimizers.py), so that a group
+      frozen at the start is still optimised once unfrozen, and a checkpoint's optimizer state always fits.
+    - StageLR: the lr of every group at every step, from the plan of the schedule over the Trainer's steps.
+    - The loss: cross-entropy with --label_smoothing_factor, computed here on float32 logits.
     - Training loss and accuracy are accumulated on the device and added, with the stage, its lrs, the trainable
       parameter count and the epoch time, to the log entry of each epoch's evaluation.
     """
 
-    def __init__(self, *args, schedule: Schedule, stage_callback: StageCallback, device_data=None, **kwargs):
+    def __init__(self, *args, schedule: Schedule, device_data=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.schedule = schedule
-        self.stage_callback = stage_callback
         self.device_data = device_data
         self._epoch_totals = None
         self._epoch_started = time.perf_counter()
         self._micro_step, self._micro_batch = None, 0  # which micro-batch of the optimizer step this is
 
+    @property
+    def plan(self) -> StagePlan:
+        return self.lr_scheduler.plan
+
     def create_optimizer(self, model=None):
         if self.optimizer is None:
-            groups = parameters_by_group(model or self.model)
-            param_groups = [{"params": groups[name], "lr": 1.0, "group": name} for name in GROUPS if groups[name]]
-            # The fused kernel: 5x faster than the default on this CPU (7 vs 35-45 ms a step for 11M parameters)
-            fused = self.args.device.type in ("cpu", "cuda") or None
-            self.optimizer = torch.optim.Adam(param_groups, lr=1.0, fused=fused)
+            groups = self.accelerator.unwrap_model(model or self.model).parameter_groups()
+            self.optimizer = self.args.optimizer.build(groups, self.args.device)
         return self.optimizer
 
     def create_scheduler(self, num_training_steps: int, optimizer=None):
         if self.lr_scheduler is None:
-            optimizer = optimizer or self.optimizer
-            plan = self.schedule.over_steps(num_training_steps)
-            lambdas = [_lr_of(plan, group["group"]) for group in optimizer.param_groups]
-            self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
+            self.lr_scheduler = StageLR(optimizer or self.optimizer, self.schedule.over_steps(num_training_steps))
         return self.lr_scheduler
 
     def training_step(self, model, inputs, num_items_in_batch=None):
@@ -73,18 +96,15 @@ class StagedTrainer(Trainer):
         return inputs
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+        """A per-batch mean (the Trainer scales it for gradient accumulation), smoothed as the flag says."""
+        labels = inputs["labels"]
+        outputs = model(pixel_values=inputs["pixel_values"])
+        loss = F.cross_entropy(outputs.logits.float(), labels, label_smoothing=self.args.label_smoothing_factor)
         if model.training:
             with torch.no_grad():
-                labels = inputs["labels"]
                 correct = (outputs.logits.argmax(dim=-1) == labels).sum()
-                totals = torch.stack(
-                    [
-                        loss.detach().float() * labels.numel(),
-                        correct.float(),
-                        labels.new_tensor(labels.numel(), dtype=torch.float32),
-                    ]
-                )
+                seen = labels.new_tensor(labels.numel(), dtype=torch.float32)
+                totals = torch.stack([loss.detach().float() * seen, correct.float(), seen])
                 self._epoch_totals = totals if self._epoch_totals is None else self._epoch_totals + totals
         return (loss, outputs) if return_outputs else loss
 
@@ -98,23 +118,13 @@ class StagedTrainer(Trainer):
         self._epoch_totals = None
         now, started = time.perf_counter(), self._epoch_started
         self._epoch_started = now
-        plan = self.schedule.over_steps(self.state.max_steps)
         step = max(self.state.global_step - 1, 0)
-        summary = {
-            "stage": plan.stage_index(step) + 1,
-            "trainable_params": self.stage_callback.trainable_params,
-            **{f"lr_{group}": plan.lr(group, step) for group in GROUPS},
+        stage = self.plan.stage(step)
+        return {
+            "stage": self.plan.stage_index(step) + 1,
+            "trainable_params": stage.parameter_count(self.accelerator.unwrap_model(self.model).parameter_groups()),
+            **{f"lr_{group}": self.plan.lr(group, step) for group in GROUPS},
             "train_loss": loss_sum / seen,
             "train_accuracy": correct / seen,
             "epoch_time": now - started,
         }
-        return summary
-
-
-def _lr_of(plan, group: str):
-    """The lr of one group as a function of the step. A closure, so that LambdaLR saves no state for it."""
-
-    def lr(step: int) -> float:
-        return plan.lr(group, step)
-
-    return lr
