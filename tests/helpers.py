@@ -69,12 +69,15 @@ STANDALONE_LOAD = textwrap.dedent("""
     x = torch.load(x_file)
     classifier = AutoModelForImageClassification.from_pretrained(folder, trust_remote_code=True).eval()
     base = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
+    as_tuples = AutoModelForImageClassification.from_pretrained(folder, trust_remote_code=True,
+                                                                return_dict=False).eval()
     classify = pipeline("image-classification", model=folder, trust_remote_code=True)
     image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (45, 37), dtype=np.uint8))  # grayscale
     with torch.no_grad():
         print(json.dumps({
             "classifier": type(classifier).__name__, "base": type(base).__name__,
             "logits": classifier(x).logits.tolist(), "pooled": base(x).pooler_output.tolist(),
+            "tuple": [type(as_tuples(x)).__name__, as_tuples(x)[0].tolist()],
             "pipeline": classify(image, top_k=3),
         }))
 """)

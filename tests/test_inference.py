@@ -83,6 +83,17 @@ def test_evaluate_model_accuracy_equals_a_direct_computation(model_dir, tmp_path
     assert (tmp_path / "cm.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_evaluate_model_needs_only_the_split_it_evaluates(model_dir, tmp_path):
+    held_out = hub_layout_folder(tmp_path / "held_out", {"test": tiny_dataset(3, size=(16, 16), seed=90)})
+    done = run_script("evaluate_model.py", "--model", str(model_dir), "--dataset_name", str(held_out),
+                      "--split", "test")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "test: 12 images, accuracy" in done.stdout
+    missing = run_script("evaluate_model.py", "--model", str(model_dir), "--dataset_name", str(held_out),
+                         "--split", "validation")
+    assert missing.returncode == 2 and "has no train split (splits: test)" in missing.stderr
+
+
 def test_label_names_are_matched_by_name_and_a_mismatch_is_clear(model_dir, tmp_path):
     assert match_labels(["truck", "cat", "dog", "ship"], dict(enumerate(NAMES))) == [3, 0, 1, 2]
     dataset = hub_layout_folder(tmp_path / "ds", {"train": tiny_dataset(10, names=["cat", "dog", "ship", "plane"]),

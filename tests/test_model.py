@@ -158,8 +158,25 @@ def test_saved_folder_loads_alone_with_auto_classes_and_pipeline(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(torch.tensor(result["logits"]), model(x).logits)
         torch.testing.assert_close(torch.tensor(result["pooled"]), model.resnet_cbam(x).pooler_output)
+        torch.testing.assert_close(torch.tensor(result["tuple"][1]), model(x).logits)
+    assert result["tuple"][0] == "tuple", "return_dict=False in the config gives tuples, logits first"
     assert {p["label"] for p in result["pipeline"]} == {"a", "b", "c"}
     assert sum(p["score"] for p in result["pipeline"]) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_return_dict_false_gives_tuples_at_both_levels():
+    config = ResNetCBAMConfig(depths=[1, 1, 1, 1], image_size=16, return_dict=False, num_labels=3)
+    model = ResNetCBAMForImageClassification(config).eval()
+    x = tiny_input(config)
+    with torch.no_grad():
+        logits, *rest = model(x)
+        base = model.resnet_cbam(x)
+        with_loss = model(x, labels=torch.tensor([0, 2]))
+    assert isinstance(base, tuple) and base[1].shape == (2, 512)
+    assert logits.shape == (2, 3) and rest == []
+    torch.testing.assert_close(with_loss[1], logits)
+    torch.testing.assert_close(with_loss[0], F.cross_entropy(logits, torch.tensor([0, 2])))
+    assert model(x, return_dict=True).logits.shape == (2, 3)
 
 
 def backbone_of(model):

@@ -74,7 +74,7 @@ class Recorder(TrainerCallback):
                 "step": step,
                 "stage": lr_scheduler.plan.stage_index(step),
                 "lrs": self.lrs,
-                "adam_step": float(optimizer.state[head]["step"]) if head in optimizer.state else None,
+                "adam_step": float(optimizer.state[head]["step"]) if "step" in optimizer.state.get(head, {}) else None,
                 "changed": {
                     g: any(not torch.equal(a, b) for a, b in zip(self.before[g], after[g], strict=True)) for g in GROUPS
                 },

@@ -136,7 +136,8 @@ def load_image_data(args: DataArguments, seed: int = 42, split: str | None = Non
     raw = _load_source(args)
     reference = split if split not in (None, "train") and (split in raw or split != "validation") else "train"
     if reference not in raw:
-        raise DataError(f"{args.source} has no {reference} split (splits: {', '.join(raw) or 'none'})")
+        carve = " to carve a validation split from" if split == "validation" else ""
+        raise DataError(f"{args.source} has no {reference} split{carve} (splits: {', '.join(raw) or 'none'})")
     if reference != "train":
         raw = DatasetDict({reference: raw[reference]})
     _require_rows(raw)

@@ -1,0 +1,31 @@
+"""ResNet with CBAM attention as a Hugging Face model; this folder travels to the Hub as it is."""
+
+from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
+
+from .configuration_resnet_cbam import ResNetCBAMConfig
+from .modeling_resnet_cbam import (
+    CBAM,
+    PARAMETER_GROUPS,
+    BackboneLoadReport,
+    ChannelAttention,
+    ResNetCBAMForImageClassification,
+    ResNetCBAMModel,
+    ResNetCBAMPreTrainedModel,
+    SpatialAttention,
+)
+
+AutoConfig.register(ResNetCBAMConfig.model_type, ResNetCBAMConfig, exist_ok=True)
+AutoModel.register(ResNetCBAMConfig, ResNetCBAMModel, exist_ok=True)
+AutoModelForImageClassification.register(ResNetCBAMConfig, ResNetCBAMForImageClassification, exist_ok=True)
+
+__all__ = [
+    "CBAM",
+    "PARAMETER_GROUPS",
+    "BackboneLoadReport",
+    "ChannelAttention",
+    "ResNetCBAMConfig",
+    "ResNetCBAMForImageClassification",
+    "ResNetCBAMModel",
+    "ResNetCBAMPreTrainedModel",
+    "SpatialAttention",
+]

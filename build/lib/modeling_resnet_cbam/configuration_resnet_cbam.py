@@ -1,0 +1,94 @@
+"""Configuration of a ResNet with CBAM attention (Woo et al., "CBAM: Convolutional Block Attention Module", 2018)."""
+
+from transformers import PreTrainedConfig
+
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2023, 0.1994, 0.2010)
+STEMS = ("cifar", "imagenet")
+CBAM_PLACEMENTS = ("stage", "block")
+
+
+class ResNetCBAMConfig(PreTrainedConfig):
+    r"""
+    Configuration of [`ResNetCBAMModel`] and [`ResNetCBAMForImageClassification`]: a torchvision-style ResNet
+    built from basic blocks, with CBAM attention. The defaults give a CIFAR-10 ResNet18-CBAM
+    (11,217,874 parameters).
+
+    Args:
+        num_labels (`int`, *optional*, defaults to 10):
+            Number of classes of the classification head. Ignored when `id2label` is given.
+        id2label (`dict[int, str]`, *optional*):
+            Class index to class name; `label2id` is its inverse. Both are written by the training script from the
+            dataset's `ClassLabel` feature.
+        depths (`list[int]`, *optional*, defaults to `[2, 2, 2, 2]`):
+            Number of basic blocks in layer1..layer4: `[2, 2, 2, 2]` is ResNet18, `[3, 4, 6, 3]` is ResNet34.
+        cbam_reduction (`int`, *optional*, defaults to 16):
+            Reduction ratio r of the channel-attention MLP (C -> C/r -> C).
+        cbam_kernel_size (`int`, *optional*, defaults to 7):
+            Kernel size k of the spatial-attention convolution (2 -> 1 channels, padding k // 2); must be odd.
+        cbam_placement (`str`, *optional*, defaults to `"stage"`):
+            `"stage"`: one CBAM after the output of each of layer1..layer4.
+            `"block"`: one CBAM inside every basic block, on the residual branch before the addition (the CBAM
+            paper's reference code).
+        stem (`str`, *optional*, defaults to `"cifar"`):
+            `"cifar"`: 3x3 stride-1 convolution and no max-pool, for 32 px images.
+            `"imagenet"`: 7x7 stride-2 convolution and a 3x3 stride-2 max-pool, for 224 px images.
+        num_channels (`int`, *optional*, defaults to 3):
+            Number of input channels.
+        image_size (`int`, *optional*, defaults to 32):
+            Side of the square images the model is trained on; the saved image processor resizes to it.
+        image_mean (`list[float]`, *optional*, defaults to the CIFAR-10 mean):
+            Per-channel mean used to normalise inputs; written into `preprocessor_config.json`.
+        image_std (`list[float]`, *optional*, defaults to the CIFAR-10 std):
+            Per-channel standard deviation used to normalise inputs; written into `preprocessor_config.json`.
+
+    Example:
+
+    ```python
+    >>> from modeling_resnet_cbam import ResNetCBAMConfig, ResNetCBAMForImageClassification
+    >>> model = ResNetCBAMForImageClassification(ResNetCBAMConfig())
+    >>> sum(p.numel() for p in model.parameters())
+    11217874
+    ```
+    """
+
+    model_type = "resnet_cbam"
+
+    depths: list[int] | tuple[int, ...] = (2, 2, 2, 2)
+    cbam_reduction: int = 16
+    cbam_kernel_size: int = 7
+    cbam_placement: str = "stage"
+    stem: str = "cifar"
+    num_channels: int = 3
+    image_size: int = 32
+    image_mean: list[float] | tuple[float, ...] = CIFAR10_MEAN
+    image_std: list[float] | tuple[float, ...] = CIFAR10_STD
+
+    def __post_init__(self, **kwargs):
+        if self.id2label is None:
+            kwargs.setdefault("num_labels", 10)
+        self.depths = list(self.depths)
+        self.image_mean = list(self.image_mean)
+        self.image_std = list(self.image_std)
+        super().__post_init__(**kwargs)
+        if self.label2id is None:
+            self.label2id = {name: index for index, name in self.id2label.items()}
+        self.validate_architecture()
+
+    def validate_architecture(self):
+        """Raise a ValueError naming the first field whose value cannot build a model."""
+        if len(self.depths) != 4 or any(not isinstance(d, int) or d < 1 for d in self.depths):
+            raise ValueError(f"depths must be four positive integers (layer1..layer4), got {self.depths}")
+        if self.cbam_placement not in CBAM_PLACEMENTS:
+            raise ValueError(f"cbam_placement must be one of {CBAM_PLACEMENTS}, got {self.cbam_placement!r}")
+        if self.stem not in STEMS:
+            raise ValueError(f"stem must be one of {STEMS}, got {self.stem!r}")
+        if not 1 <= self.cbam_reduction <= 64:
+            raise ValueError(f"cbam_reduction must be in 1..64 (layer1 has 64 channels), got {self.cbam_reduction}")
+        if self.cbam_kernel_size < 1 or self.cbam_kernel_size % 2 == 0:
+            raise ValueError(f"cbam_kernel_size must be a positive odd number, got {self.cbam_kernel_size}")
+        if len(self.image_mean) != self.num_channels or len(self.image_std) != self.num_channels:
+            raise ValueError(f"image_mean and image_std need {self.num_channels} values (one per channel)")
+
+
+__all__ = ["ResNetCBAMConfig"]

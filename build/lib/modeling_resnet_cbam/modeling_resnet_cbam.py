@@ -1,0 +1,454 @@
+"""ResNet with CBAM attention as a transformers model.
+
+The backbone keeps torchvision's ResNet parameter names (`conv1`, `bn1`, `layer1.0.conv1`, ...) under the prefix
+`backbone.`, so torchvision and timm ResNet weights load by name. CBAM modules are named `cbam.layer1` ...
+(`cbam_placement="stage"`) or `backbone.layer1.0.cbam` ... (`cbam_placement="block"`).
+"""
+
+import logging
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import nn
+from transformers import BitImageProcessor, PreTrainedModel
+from transformers import initialization as init
+from transformers.utils import ModelOutput
+
+from .configuration_resnet_cbam import ResNetCBAMConfig
+
+logger = logging.getLogger(__name__)
+
+STAGE_NAMES = ("layer1", "layer2", "layer3", "layer4")
+# The parts a training schedule can freeze or give their own learning rate, in forward order.
+PARAMETER_GROUPS = ("stem", *STAGE_NAMES, "cbam", "head")
+STAGE_WIDTHS = (64, 128, 256, 512)
+WEIGHT_FILE_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
+TORCHVISION_ARCHITECTURES = {(2, 2, 2, 2): "resnet18", (3, 4, 6, 3): "resnet34"}
+# Every entry so that AutoModel and pipeline("image-classification") load either class from one folder.
+AUTO_MAP = {
+    "AutoConfig": "configuration_resnet_cbam.ResNetCBAMConfig",
+    "AutoModel": "modeling_resnet_cbam.ResNetCBAMModel",
+    "AutoModelForImageClassification": "modeling_resnet_cbam.ResNetCBAMForImageClassification",
+}
+
+
+class ChannelAttention(nn.Module):
+    """Per-channel weights sigmoid(MLP(avgpool(x)) + MLP(maxpool(x))), one MLP C -> C/r -> C shared by both pools."""
+
+    def __init__(self, channels: int, reduction: int):
+        super().__init__()
+        hidden = max(channels // reduction, 1)
+        self.mlp = nn.Sequential(
+            nn.Linear(channels, hidden, bias=False), nn.ReLU(inplace=True), nn.Linear(hidden, channels, bias=False)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = torch.stack([x.mean(dim=(2, 3)), x.amax(dim=(2, 3))])
+        return torch.sigmoid(self.mlp(pooled).sum(dim=0))[:, :, None, None]
+
+
+class SpatialAttention(nn.Module):
+    """A map sigmoid(conv_kxk([mean over channels, max over channels])) of shape (batch, 1, height, width)."""
+
+    def __init__(self, kernel_size: int):
+        super().__init__()
+        self.conv = nn.Conv2d(2, 1, kernel_size, padding=kernel_size // 2, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = torch.cat([x.mean(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)], dim=1)
+        return torch.sigmoid(self.conv(pooled))
+
+
+class CBAM(nn.Module):
+    """Channel attention, then spatial attention. Returns the attended features and both attention tensors."""
+
+    def __init__(self, channels: int, reduction: int, kernel_size: int):
+        super().__init__()
+        self.channel = ChannelAttention(channels, reduction)
+        self.spatial = SpatialAttention(kernel_size)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        channel_weights = self.channel(x)
+        x = x * channel_weights
+        spatial_map = self.spatial(x)
+        return x * spatial_map, channel_weights, spatial_map
+
+
+class BasicBlock(nn.Module):
+    """torchvision's BasicBlock, with an optional CBAM on the residual branch before the addition."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int, cbam: CBAM | None):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(out_channels)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_channels)
+        self.downsample = None
+        if stride != 1 or in_channels != out_channels:
+            self.downsample = nn.Sequential(
+                nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False), nn.BatchNorm2d(out_channels)
+            )
+        self.cbam = cbam
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
+        attention = None
+        if self.cbam is not None:
+            out, channel_weights, spatial_map = self.cbam(out)
+            attention = (channel_weights, spatial_map)
+        return self.relu(out + identity), attention
+
+
+class ResNetStage(nn.Sequential):
+    """A sequence of basic blocks (torchvision's `layerN`); returns the features and the blocks' CBAM attentions."""
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
+        attentions = []
+        for block in self:
+            x, attention = block(x)
+            if attention is not None:
+                attentions.append(attention)
+        return x, attentions
+
+
+class ResNetBackbone(nn.Module):
+    """torchvision's ResNet without its classifier: stem (conv1, bn1, relu, maxpool) and layer1..layer4."""
+
+    def __init__(self, config: ResNetCBAMConfig):
+        super().__init__()
+        if config.stem == "cifar":
+            self.conv1 = nn.Conv2d(config.num_channels, 64, 3, stride=1, padding=1, bias=False)
+            self.maxpool = nn.Identity()
+        else:
+            self.conv1 = nn.Conv2d(config.num_channels, 64, 7, stride=2, padding=3, bias=False)
+            self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.relu = nn.ReLU(inplace=True)
+        in_channels = 64
+        for index, (name, width, depth) in enumerate(zip(STAGE_NAMES, STAGE_WIDTHS, config.depths, strict=True)):
+            blocks = []
+            for block_index in range(depth):
+                stride = 2 if index > 0 and block_index == 0 else 1
+                cbam = _make_cbam(config, width) if config.cbam_placement == "block" else None
+                blocks.append(BasicBlock(in_channels, width, stride, cbam))
+                in_channels = width
+            self.add_module(name, ResNetStage(*blocks))
+
+    def stem(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.maxpool(self.relu(self.bn1(self.conv1(pixel_values))))
+
+
+def _make_cbam(config: ResNetCBAMConfig, channels: int) -> CBAM:
+    return CBAM(channels, config.cbam_reduction, config.cbam_kernel_size)
+
+
+@dataclass
+class BackboneLoadReport:
+    """What `load_backbone_weights` did, tensor by tensor (names as in this model's state dict)."""
+
+    source: str
+    loaded: list[str] = field(default_factory=list)
+    new: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        new_modules = sorted({_module_of(name) for name in self.new})
+        return (
+            f"backbone weights from {self.source}: {len(self.loaded)} tensors loaded, "
+            f"{len(self.new)} new ({', '.join(new_modules) or 'none'}), "
+            f"{len(self.skipped)} skipped ({', '.join(self.skipped) or 'none'})"
+        )
+
+
+def _module_of(tensor_name: str) -> str:
+    """'resnet_cbam.cbam.layer1.channel.mlp.0.weight' -> 'resnet_cbam.cbam.layer1'; else the owning module."""
+    match = re.match(r"((?:.*?\.)?cbam(?:\.layer\d)?)\.", tensor_name)
+    return match.group(1) if match else tensor_name.rsplit(".", 1)[0]
+
+
+@dataclass
+class ResNetCBAMModelOutput(ModelOutput):
+    """
+    Args:
+        last_hidden_state (`torch.FloatTensor` of shape `(batch_size, 512, height, width)`):
+            Features after layer4 (and its CBAM).
+        pooler_output (`torch.FloatTensor` of shape `(batch_size, 512)`):
+            Global average of `last_hidden_state`.
+        hidden_states (`tuple(torch.FloatTensor)`, *optional*, returned with `output_hidden_states=True`):
+            The stem output, then the output of each stage (after its CBAM).
+        channel_attentions (`tuple(torch.FloatTensor)`, *optional*, returned with `output_attentions=True`):
+            One `(batch_size, channels)` tensor of channel weights per CBAM, in the order of `model.cbam_names`.
+        spatial_attentions (`tuple(torch.FloatTensor)`, *optional*, returned with `output_attentions=True`):
+            One `(batch_size, 1, height, width)` spatial map per CBAM, in the order of `model.cbam_names`.
+    """
+
+    last_hidden_state: torch.FloatTensor | None = None
+    pooler_output: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    channel_attentions: tuple[torch.FloatTensor, ...] | None = None
+    spatial_attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+@dataclass
+class ResNetCBAMImageClassifierOutput(ModelOutput):
+    """
+    Args:
+        loss (`torch.FloatTensor` of shape `()`, *optional*, returned when `labels` are given):
+            Cross-entropy of `logits` against `labels`.
+        logits (`torch.FloatTensor` of shape `(batch_size, num_labels)`):
+            Classification scores before softmax.
+        hidden_states, channel_attentions, spatial_attentions:
+            As in [`ResNetCBAMModelOutput`].
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    channel_attentions: tuple[torch.FloatTensor, ...] | None = None
+    spatial_attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+class ResNetCBAMPreTrainedModel(PreTrainedModel):
+    config_class = ResNetCBAMConfig
+    base_model_prefix = "resnet_cbam"
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    _no_split_modules = ["BasicBlock", "CBAM"]
+    accepts_loss_kwargs = False  # the loss is a per-batch mean: the Trainer scales it for gradient accumulation
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module):
+        # torchvision's ResNet init; the transformers `init` functions skip tensors already loaded from a checkpoint.
+        if isinstance(module, nn.Conv2d):
+            init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(module, nn.Linear):  # PyTorch's default for the head and the CBAM MLP
+            init.kaiming_uniform_(module.weight, a=math.sqrt(5))
+            if module.bias is not None:
+                bound = 1 / math.sqrt(module.in_features)
+                init.uniform_(module.bias, -bound, bound)
+        elif isinstance(module, nn.BatchNorm2d):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+            init.zeros_(module.running_mean)
+            init.ones_(module.running_var)
+            init.zeros_(module.num_batches_tracked)
+
+    @staticmethod
+    def parameter_group(name: str) -> str:
+        """The group (one of `PARAMETER_GROUPS`) of a parameter or buffer of this model, from its name:
+        'resnet_cbam.backbone.layer2.0.conv1.weight' -> 'layer2', '...cbam.layer2.spatial.conv.weight' -> 'cbam'."""
+        parts = name.split(".")
+        if "cbam" in parts:
+            return "cbam"
+        if parts[0] == "classifier":
+            return "head"
+        if "backbone" in parts[:-1]:
+            module = parts[parts.index("backbone") + 1]
+            return module if module in STAGE_NAMES else "stem"
+        raise ValueError(f"'{name}' belongs to none of the groups {', '.join(PARAMETER_GROUPS)}")
+
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Every parameter by group, in the model's order; each parameter in exactly one group (as timm's
+        `group_matcher`, owned by the model because the names are the model's)."""
+        groups = {name: [] for name in PARAMETER_GROUPS}
+        for name, parameter in self.named_parameters():
+            groups[self.parameter_group(name)].append(parameter)
+        return groups
+
+    @property
+    def cbam_names(self) -> list[str]:
+        """Names of the CBAM modules, in the order of the `channel_attentions` / `spatial_attentions` outputs."""
+        return [name for name, module in self.named_modules() if isinstance(module, CBAM)]
+
+    def image_processor(self) -> BitImageProcessor:
+        """The transformers image processor that prepares images as evaluation does: RGB, resize, crop, normalise."""
+        size = self.config.image_size
+        return BitImageProcessor(
+            size={"shortest_edge": size},
+            crop_size={"height": size, "width": size},
+            resample=2,  # bilinear, as torchvision's Resize
+            image_mean=self.config.image_mean,
+            image_std=self.config.image_std,
+        )
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs):
+        """Save config (with every auto_map entry), safetensors weights, both code files and the image processor."""
+        self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **AUTO_MAP}
+        super().save_pretrained(save_directory, *args, **kwargs)
+        if kwargs.get("is_main_process", True):
+            self.image_processor().save_pretrained(save_directory)
+
+    def load_backbone_weights(self, source: str | os.PathLike) -> BackboneLoadReport:
+        """Load ImageNet ResNet weights into the backbone by name and report what was loaded, new and skipped.
+
+        `source` is `"torchvision"` (IMAGENET1K_V1, downloaded by torchvision on first use), a Hub id of a timm
+        ResNet (e.g. `"timm/resnet18.a1_in1k"`), or a local `.safetensors` / `.pth` file. A file of another
+        architecture is a ValueError naming the first tensor that does not fit.
+        """
+        backbone = self.base_model.backbone
+        prefix = next(name for name, module in self.named_modules() if module is backbone) + "."
+        own = backbone.state_dict()
+        report = BackboneLoadReport(source=str(source))
+        to_load = {}
+        for key, tensor in _read_resnet_state_dict(source, self.config.depths).items():
+            if key.startswith("fc."):
+                report.skipped.append(key)  # the ImageNet classifier
+                continue
+            if key not in own:
+                raise ValueError(
+                    f"{source}: tensor '{key}' has no counterpart in a ResNet with depths {self.config.depths}; "
+                    "the weights are of another architecture"
+                )
+            if tensor.shape != own[key].shape:
+                if key == "conv1.weight" and self.config.stem == "cifar":
+                    continue  # the CIFAR stem replaces the 7x7 ImageNet one: it starts from its random init
+                raise ValueError(
+                    f"{source}: tensor '{key}' has shape {tuple(tensor.shape)} but this model's is "
+                    f"{tuple(own[key].shape)}; the weights are of another architecture"
+                )
+            to_load[key] = tensor
+        missing = [k for k in own if k not in to_load and k != "conv1.weight" and ".cbam." not in k]
+        missing = [k for k in missing if not k.endswith("num_batches_tracked")]
+        if missing:
+            raise ValueError(
+                f"{source}: no tensor for '{missing[0]}' (and {len(missing) - 1} more); the weights are of another "
+                "architecture"
+            )
+        backbone.load_state_dict(to_load, strict=False)
+        report.loaded = [prefix + key for key in to_load]
+        report.new = [name for name in self.state_dict() if name.removeprefix(prefix) not in to_load]
+        report.new = [name for name in report.new if not name.endswith("num_batches_tracked")]
+        logger.info(str(report))
+        return report
+
+
+def _read_resnet_state_dict(source: str | os.PathLike, depths: list[int]) -> dict[str, torch.Tensor]:
+    source = str(source)
+    if source == "torchvision":
+        architecture = TORCHVISION_ARCHITECTURES.get(tuple(depths))
+        if architecture is None:
+            raise ValueError(f"torchvision has no ImageNet ResNet with basic blocks and depths {depths}")
+        weights = torchvision.models.get_model_weights(architecture).IMAGENET1K_V1
+        state_dict = weights.get_state_dict(progress=True)
+    elif Path(source).is_file():
+        state_dict = _read_file(Path(source))
+    elif source.startswith((".", "/", "~")) or source.count("/") != 1 or source.endswith(WEIGHT_FILE_SUFFIXES):
+        raise FileNotFoundError(f"backbone weights: no file {source} (and it is not a Hub id such as timm/resnet18)")
+    else:
+        from huggingface_hub import hf_hub_download
+
+        state_dict = _read_file(Path(hf_hub_download(source, "model.safetensors")))
+    for wrapper in ("state_dict", "model"):
+        if isinstance(state_dict.get(wrapper), dict):
+            state_dict = state_dict[wrapper]
+    return {key.removeprefix("module."): tensor for key, tensor in state_dict.items()}
+
+
+def _read_file(path: Path) -> dict:
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(path)
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+class ResNetCBAMModel(ResNetCBAMPreTrainedModel):
+    """The backbone with its CBAM modules and global average pooling; no classifier."""
+
+    def __init__(self, config: ResNetCBAMConfig):
+        super().__init__(config)
+        self.backbone = ResNetBackbone(config)
+        if config.cbam_placement == "stage":
+            stages = zip(STAGE_NAMES, STAGE_WIDTHS, strict=True)
+            self.cbam = nn.ModuleDict({name: _make_cbam(config, width) for name, width in stages})
+        self.pooler = nn.AdaptiveAvgPool2d(1)
+        self.post_init()
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> ResNetCBAMModelOutput | tuple:
+        output_hidden_states = _or_default(output_hidden_states, self.config.output_hidden_states)
+        output_attentions = _or_default(output_attentions, self.config.output_attentions)
+        x = self.backbone.stem(pixel_values)
+        hidden_states, attentions = [x], []
+        for name in STAGE_NAMES:
+            x, block_attentions = getattr(self.backbone, name)(x)
+            attentions.extend(block_attentions)
+            if self.config.cbam_placement == "stage":
+                x, channel_weights, spatial_map = self.cbam[name](x)
+                attentions.append((channel_weights, spatial_map))
+            hidden_states.append(x)
+        output = ResNetCBAMModelOutput(
+            last_hidden_state=x,
+            pooler_output=self.pooler(x).flatten(1),
+            hidden_states=tuple(hidden_states) if output_hidden_states else None,
+            channel_attentions=tuple(c.flatten(1) for c, _ in attentions) if output_attentions else None,
+            spatial_attentions=tuple(s for _, s in attentions) if output_attentions else None,
+        )
+        return output if _or_default(return_dict, self.config.return_dict) else output.to_tuple()
+
+
+class ResNetCBAMForImageClassification(ResNetCBAMPreTrainedModel):
+    """[`ResNetCBAMModel`] with a linear classifier on the pooled features."""
+
+    def __init__(self, config: ResNetCBAMConfig):
+        super().__init__(config)
+        self.resnet_cbam = ResNetCBAMModel(config)
+        self.classifier = nn.Linear(STAGE_WIDTHS[-1], config.num_labels)
+        self.post_init()
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> ResNetCBAMImageClassifierOutput | tuple:
+        features = self.resnet_cbam(
+            pixel_values, output_hidden_states=output_hidden_states, output_attentions=output_attentions,
+            return_dict=True,  # read by name here; this model's own return_dict decides what it returns
+        )
+        logits = self.classifier(features.pooler_output)
+        loss = None if labels is None else nn.functional.cross_entropy(logits.float(), labels)
+        output = ResNetCBAMImageClassifierOutput(
+            loss=loss,
+            logits=logits,
+            hidden_states=features.hidden_states,
+            channel_attentions=features.channel_attentions,
+            spatial_attentions=features.spatial_attentions,
+        )
+        return output if _or_default(return_dict, self.config.return_dict) else output.to_tuple()
+
+
+def _or_default(value: bool | None, default: bool) -> bool:
+    return default if value is None else value
+
+
+ResNetCBAMConfig.register_for_auto_class()
+ResNetCBAMModel.register_for_auto_class("AutoModel")
+ResNetCBAMForImageClassification.register_for_auto_class("AutoModelForImageClassification")
+
+__all__ = [
+    "CBAM",
+    "PARAMETER_GROUPS",
+    "BackboneLoadReport",
+    "ChannelAttention",
+    "ResNetCBAMForImageClassification",
+    "ResNetCBAMModel",
+    "ResNetCBAMPreTrainedModel",
+    "SpatialAttention",
+]

@@ -1,0 +1,1 @@
+"""Fine-tuning recipe for resnet-cbam: data, stage schedule, callbacks, metrics, plots, Hub output."""

@@ -1,0 +1,306 @@
+"""Command-line arguments of the fine-tuning script, as dataclasses for HfArgumentParser, each checking itself.
+
+Every value is parsed and validated when its dataclass is built, so a mistyped flag stops the script before
+anything loads. Every `TrainingArguments` field is classified below: read by this project's recipe, passed to the
+Trainer as it is, or refused when set (the Trainer would ignore or contradict it here).
+"""
+
+import dataclasses
+import json
+import math
+import sys
+from dataclasses import dataclass, field
+
+import torch
+from transformers import HfArgumentParser, TrainingArguments
+
+from modeling_resnet_cbam import ResNetCBAMConfig
+from training import stages
+from training.data import DataArguments
+from training.hardware import bf16_is_fast, default_num_workers, launch
+from training.optimizers import OptimizerSpec
+
+
+def _comma_list(text: str | None, kind, flag: str) -> list | None:
+    if text is None:
+        return None
+    try:
+        return [kind(value) for value in text.split(",")]
+    except ValueError as error:
+        raise ValueError(f"{flag} must be comma-separated {kind.__name__} values, got {text!r}") from error
+
+
+@dataclass
+class ArchitectureArguments:
+    depths: str = field(default="2,2,2,2", metadata={"help": "Blocks per stage: 2,2,2,2 (ResNet18), 3,4,6,3 (34)."})
+    stem: str = field(default="cifar", metadata={"help": "cifar (3x3 stride 1, no max-pool) or imagenet."})
+    cbam_placement: str = field(default="stage", metadata={"help": "stage (after layer1..4) or block."})
+    cbam_reduction: int = field(default=16, metadata={"help": "Channel-attention MLP reduction ratio."})
+    cbam_kernel_size: int = field(default=7, metadata={"help": "Spatial-attention kernel size."})
+
+    def __post_init__(self):
+        try:
+            depths = [int(depth) for depth in self.depths.split(",")]
+        except ValueError:
+            depths = []
+        if len(depths) != 4:
+            raise ValueError(f"--depths must be four integers such as 2,2,2,2, got {self.depths!r}")
+        self.architecture = dict(depths=depths, stem=self.stem, cbam_placement=self.cbam_placement,
+                                 cbam_reduction=self.cbam_reduction, cbam_kernel_size=self.cbam_kernel_size)
+        ResNetCBAMConfig(**self.architecture)  # a ValueError naming the field that cannot build a model
+
+
+@dataclass
+class ModelArguments(ArchitectureArguments):
+    model_name_or_path: str | None = field(
+        default=None, metadata={"help": "Start from a saved ResNetCBAM (folder or Hub id) instead of a new model."}
+    )
+    backbone_weights: str = field(
+        default="torchvision",
+        metadata={"help": "torchvision (ImageNet), a timm Hub id, a .safetensors/.pth file, or none."},
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.model_name_or_path:
+            given = [f"--{f.name}" for f in dataclasses.fields(ArchitectureArguments) if _was_set(self, f)]
+            given += ["--backbone_weights"] if self.backbone_weights != "torchvision" else []
+            if given:
+                raise ValueError(f"{', '.join(given)} cannot change a saved model: --model_name_or_path "
+                                 f"{self.model_name_or_path} keeps its own architecture and weights")
+
+
+@dataclass
+class StageArguments:
+    recipe: str = field(default="staged", metadata={"help": "staged (default), seed-exact, or full (one stage)."})
+    stage_epochs: str | None = field(default=None, metadata={"help": "Stage lengths in epochs, e.g. 5,15,30."})
+    stage_lrs: str | None = field(default=None, metadata={"help": "One lr per stage, e.g. 1e-3,1e-4,1e-5."})
+    stages_file: str | None = field(default=None, metadata={"help": "A JSON list of stages (overrides recipe)."})
+    bn_policy: str = field(
+        default="train", metadata={"help": "train (frozen groups' BatchNorm statistics update, as the tutorial) or "
+                                   "frozen (their BatchNorm in eval mode)."}
+    )
+    scale_lr_with_batch: bool = field(
+        default=False, metadata={"help": "Multiply every stage's lr by (global batch / 64): the linear scaling rule "
+                                 "for running the recipe at a larger batch."}
+    )
+
+    def __post_init__(self):
+        if self.recipe not in stages.RECIPES:
+            raise stages.ScheduleError(f"unknown recipe {self.recipe!r}; the recipes are {', '.join(stages.RECIPES)}")
+        if self.bn_policy not in ("train", "frozen"):
+            raise ValueError(f"--bn_policy must be 'train' or 'frozen', got {self.bn_policy!r}")
+        self.epochs = _comma_list(self.stage_epochs, int, "--stage_epochs")
+        self.lrs = _comma_list(self.stage_lrs, float, "--stage_lrs")
+
+
+# The recipe reads these: the optimizer, the lr of each group at each step, the loss, the batch, the precision.
+RECIPE_FIELDS = {
+    "num_train_epochs", "learning_rate", "lr_scheduler_type", "lr_scheduler_kwargs", "warmup_steps", "optim",
+    "optim_args", "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon", "label_smoothing_factor",
+    "max_grad_norm", "per_device_train_batch_size", "gradient_accumulation_steps", "seed", "bf16", "use_cpu",
+    "push_to_hub", "hub_model_id", "hub_token", "hub_private_repo", "resume_from_checkpoint", "output_dir",
+}
+# Passed to the Trainer as they are, and known to work with this recipe.
+TRAINER_FIELDS = {
+    "per_device_eval_batch_size", "tf32", "torch_compile", "torch_compile_backend", "torch_compile_mode",
+    "torch_empty_cache_steps", "logging_strategy", "logging_steps", "logging_first_step", "log_on_each_node",
+    "logging_nan_inf_filter", "log_level", "log_level_replica", "disable_tqdm", "report_to", "run_name", "project",
+    "trackio_space_id", "trackio_bucket_id", "trackio_static_space_id", "eval_strategy", "eval_steps", "eval_delay",
+    "eval_on_start", "eval_do_concat_batches", "eval_accumulation_steps", "save_strategy", "save_steps",
+    "save_on_each_node", "save_total_limit", "save_only_model", "full_determinism", "data_seed",
+    "dataloader_drop_last", "dataloader_num_workers", "dataloader_pin_memory", "dataloader_persistent_workers",
+    "dataloader_prefetch_factor", "dataloader_multiprocessing_context", "dataloader_in_order", "ddp_backend",
+    "ddp_timeout", "ddp_bucket_cap_mb", "ddp_broadcast_buffers", "skip_memory_metrics", "local_rank",
+}
+_UNUSED = "has no effect on this image-classification recipe"
+_OWN_LOOP = "would change the training loop this recipe's stages and exact resume rely on"
+# Refused when set to anything but the default, with the reason.
+REFUSED_FIELDS = {
+    "max_steps": "stages are in epochs: use --stage_epochs or --num_train_epochs, not --max_steps",
+    "fp16": "fp16 is not supported: --bf16 (on by default where the hardware computes bf16) is the mixed precision",
+    "fp16_full_eval": "evaluation runs under the training precision (--bf16)",
+    "bf16_full_eval": "evaluation runs under the training precision (--bf16)",
+    "activation_checkpointing": "the model does not support activation checkpointing",
+    "activation_checkpointing_kwargs": "the model does not support activation checkpointing",
+    "gradient_checkpointing": "the model does not support gradient checkpointing",
+    "gradient_checkpointing_kwargs": "the model does not support gradient checkpointing",
+    "optim_target_modules": "every parameter is in the optimizer; the stages decide what trains",
+    "use_liger_kernel": "Liger kernels are for language models",
+    "liger_kernel_config": "Liger kernels are for language models",
+    "use_cache": _UNUSED,
+    "neftune_noise_alpha": "NEFTune is for text embeddings",
+    "include_num_input_tokens_seen": _UNUSED,
+    "average_tokens_across_devices": _UNUSED,
+    "label_names": "the labels are the dataset's label column (--label_column_name)",
+    "length_column_name": _UNUSED,
+    "train_sampling_strategy": _OWN_LOOP,
+    "remove_unused_columns": "the image column must reach the transforms; it stays False",
+    "auto_find_batch_size": _OWN_LOOP,
+    "prediction_loss_only": "the accuracy of every evaluation needs the predictions",
+    "include_for_metrics": "the metrics are fixed (accuracy, per-class accuracy, confusion matrix)",
+    "batch_eval_metrics": "the metrics are fixed (accuracy, per-class accuracy, confusion matrix)",
+    "eval_use_gather_object": _UNUSED,
+    "load_best_model_at_end": "the final model is the last epoch's, which the card and results describe",
+    "metric_for_best_model": "the final model is the last epoch's (see --load_best_model_at_end)",
+    "greater_is_better": "the final model is the last epoch's (see --load_best_model_at_end)",
+    "ignore_data_skip": "a resumed run must see the same batches as an uninterrupted one",
+    "restore_callback_states_from_checkpoint": "the callbacks derive their state from the step",
+    "enable_jit_checkpoint": _OWN_LOOP,
+    "hub_strategy": "the finished folder is pushed once, after training; checkpoints stay local",
+    "hub_always_push": "the finished folder is pushed once, after training; checkpoints stay local",
+    "hub_revision": "the push goes to the main branch",
+    "accelerator_config": "launch settings come from `accelerate launch` or configs/accelerate/",
+    "parallelism_config": "only data parallelism (DDP) is supported",
+    "fsdp": "only data parallelism (DDP) is supported",
+    "fsdp_config": "only data parallelism (DDP) is supported",
+    "deepspeed": "only data parallelism (DDP) is supported",
+    "ddp_find_unused_parameters": "every parameter is used in every step",
+    "ddp_static_graph": _OWN_LOOP,
+    "debug": _UNUSED,
+    "do_train": "the script always trains, evaluates each epoch and evaluates the final model",
+    "do_eval": "the script always trains, evaluates each epoch and evaluates the final model",
+    "do_predict": "the script always trains, evaluates each epoch and evaluates the final model",
+}
+LR_SHAPES = {"constant": "constant", "constant_with_warmup": "constant", "cosine": "cosine", "linear": "linear",
+             "cosine_with_min_lr": "cosine"}
+
+
+def _is_off(value) -> bool:
+    return value is None or value is False or value in ("", "no", [])
+
+
+def _was_set(instance, spec: dataclasses.Field) -> bool:
+    """Whether a field holds other than its default. The Trainer's enums are strings and compare as such; the
+    parser turns some "off" defaults into others ('no' into False, '' into None), which still mean off."""
+    default = spec.default if spec.default_factory is dataclasses.MISSING else spec.default_factory()
+    value = getattr(instance, spec.name)
+    return value != default and not (_is_off(value) and _is_off(default))
+
+
+@dataclass
+class FinetuneTrainingArguments(TrainingArguments):
+    """TrainingArguments with the tutorial recipe's defaults (batch 64, Adam, constant rates, no clipping, an
+    evaluation and a save per epoch), the speed defaults of the hardware, and the unsupported flags refused."""
+
+    output_dir: str = field(default="outputs/resnet-cbam", metadata={"help": "Where checkpoints and the model go."})
+    num_train_epochs: float | None = field(
+        default=None, metadata={"help": "Default: the sum of the stage lengths; if given, it must equal it."}
+    )
+    learning_rate: float | None = field(
+        default=None, metadata={"help": "The lr of --recipe full (default 1e-3). Staged recipes take --stage_lrs."}
+    )
+    lr_scheduler_type: str = field(
+        default="constant", metadata={"help": "The lr shape inside each stage: constant (default), cosine, linear."}
+    )
+    warmup_steps: float = field(
+        default=0, metadata={"help": "Linear warmup at the start of each stage: a number of steps, or a fraction "
+                             "of the stage's steps below 1."}
+    )
+    per_device_train_batch_size: int = 64
+    per_device_eval_batch_size: int = 256
+    max_grad_norm: float = field(default=0.0, metadata={"help": "Gradient clipping norm; 0 (the tutorial): none."})
+    eval_strategy: str = field(default="epoch", metadata={"help": "When to evaluate: epoch (default), steps, no."})
+    save_strategy: str = field(default="epoch", metadata={"help": "When to save a checkpoint: epoch, steps, no."})
+    save_total_limit: int | None = 2
+    logging_steps: float = 100
+    remove_unused_columns: bool = False  # the image column must reach the set_transform
+    dataloader_num_workers: int = field(default_factory=default_num_workers)
+    dataloader_persistent_workers: bool = True
+    bf16: bool | None = field(
+        default=None, metadata={"help": "bf16 autocast with fp32 master weights. Default: on where the hardware "
+                                "computes bf16 natively (Ampere+ GPUs, CPUs with AVX512-BF16 or AMX)."}
+    )
+    channels_last: bool | None = field(
+        default=None, metadata={"help": "channels_last memory format. Default: on with bf16 or on a GPU."}
+    )
+    data_on_device: bool | None = field(
+        default=None, metadata={"help": "Decode small images (<= 64x64) once into a tensor on the training device "
+                                "and augment there with kornia: no PIL work per step. Default: on for such images."}
+    )
+
+    def __post_init__(self):
+        self._refuse_unsupported()
+        self.optimizer = OptimizerSpec.from_args(self)
+        if launch().distributed and not torch.cuda.is_available():
+            self.use_cpu = True  # launched as DDP on a machine without GPUs: CPU processes over gloo (MULTI_CPU)
+        if self.dataloader_num_workers == 0:
+            self.dataloader_persistent_workers = False  # torch refuses persistent workers without workers
+        self.dataloader_pin_memory = self.dataloader_pin_memory and torch.cuda.is_available()
+        gpu = torch.cuda.is_available() and not self.use_cpu
+        if self.bf16 is None:
+            self.bf16 = bf16_is_fast(self.use_cpu)
+        if self.bf16 and not gpu:
+            self.use_cpu = True  # the Trainer only takes bf16 on a CPU when told the CPU is the device
+        if self.channels_last is None:
+            self.channels_last = self.bf16 or gpu
+        super().__post_init__()
+
+    def _refuse_unsupported(self) -> None:
+        for spec in dataclasses.fields(self):
+            if spec.name in REFUSED_FIELDS and _was_set(self, spec):
+                raise ValueError(f"--{spec.name}: {REFUSED_FIELDS[spec.name]}")
+        shape = str(getattr(self.lr_scheduler_type, "value", self.lr_scheduler_type))
+        if shape not in LR_SHAPES:
+            raise ValueError(f"--lr_scheduler_type {shape} is not supported; the lr shapes (per stage) are "
+                             f"{', '.join(LR_SHAPES)}")
+        if isinstance(self.lr_scheduler_kwargs, str):  # a JSON object on the command line
+            self.lr_scheduler_kwargs = json.loads(self.lr_scheduler_kwargs or "{}")
+        kwargs = self.lr_scheduler_kwargs or {}
+        if not isinstance(kwargs, dict) or set(kwargs) - {"min_lr_rate"} or (kwargs and LR_SHAPES[shape] != "cosine"):
+            raise ValueError(f"--lr_scheduler_kwargs {kwargs}: only {{\"min_lr_rate\": x}} (the floor of a cosine "
+                             "shape, as a fraction of the peak) is supported")
+        if self.learning_rate is not None and not 0 < self.learning_rate < math.inf:
+            raise ValueError(f"--learning_rate must be a positive finite number, got {self.learning_rate}")
+
+    def lr_shape(self) -> dict:
+        """The stage shape these flags ask for: shape, warmup (a fraction) or warmup_steps, floor."""
+        shape = LR_SHAPES[str(getattr(self.lr_scheduler_type, "value", self.lr_scheduler_type))]
+        fraction = self.warmup_steps < 1
+        return dict(shape=shape, warmup=self.warmup_steps if fraction else 0.0,
+                    warmup_steps=0 if fraction else int(self.warmup_steps),
+                    floor=(self.lr_scheduler_kwargs or {}).get("min_lr_rate", 0.0))
+
+
+ARGUMENTS = (ModelArguments, DataArguments, StageArguments, FinetuneTrainingArguments)
+
+
+def parse_arguments(argv: list[str] | None = None):
+    """Flags, or a single .json / .yaml file holding them all: (model, data, stage, training) arguments."""
+    parser = HfArgumentParser(ARGUMENTS)
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) == 1 and argv[0].endswith(".json"):
+        return parser.parse_json_file(argv[0])
+    if len(argv) == 1 and argv[0].endswith((".yaml", ".yml")):
+        return parser.parse_yaml_file(argv[0])
+    return parser.parse_args_into_dataclasses(argv)
+
+
+def build_schedule(stage_args: StageArguments, training_args: FinetuneTrainingArguments) -> stages.Schedule:
+    """The validated schedule of the flags; a ScheduleError says what is wrong before anything loads."""
+    num_train_epochs = training_args.num_train_epochs
+    if stage_args.stages_file:
+        schedule = stages.from_json(stage_args.stages_file)
+    elif stage_args.recipe == "full":
+        schedule = stages.recipe("full", full_epochs=int(num_train_epochs or 50),
+                                 full_lr=training_args.learning_rate or 1e-3)
+    else:
+        schedule = stages.recipe(stage_args.recipe)
+    if training_args.learning_rate is not None and (stage_args.stages_file or stage_args.recipe != "full"):
+        raise stages.ScheduleError("--learning_rate sets the lr of --recipe full; the stages have their own rates: "
+                                   "use --stage_lrs (one per stage) or a --stages_file")
+    if stage_args.epochs is not None:
+        schedule = schedule.with_lengths(stage_args.epochs)
+    if stage_args.lrs is not None:
+        schedule = schedule.with_rates(stage_args.lrs)
+    shape = training_args.lr_shape()
+    if shape != dict(shape="constant", warmup=0.0, warmup_steps=0, floor=0.0):
+        if stage_args.stages_file:
+            raise stages.ScheduleError("--lr_scheduler_type/--warmup_steps/--lr_scheduler_kwargs and --stages_file: "
+                                       "give each stage its \"shape\" and \"warmup\" in the file")
+        schedule = schedule.with_shape(**shape)
+    if stage_args.scale_lr_with_batch:
+        args = training_args
+        batch = args.per_device_train_batch_size * args.world_size * args.gradient_accumulation_steps
+        schedule = schedule.scaled(batch / stages.TUTORIAL_BATCH)
+    return schedule.validate(num_train_epochs)

@@ -1,0 +1,152 @@
+"""Throughput of the pieces of a training run, measured in one process on the same model, batch and data.
+
+All paths train every parameter (recipe `full`), so they do the same work per image.
+"""
+
+import tempfile
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+from transformers import TrainerCallback, default_data_collator
+
+from modeling_resnet_cbam import ResNetCBAMConfig, ResNetCBAMForImageClassification
+from training.arguments import FinetuneTrainingArguments, ModelArguments, StageArguments
+from training.data import DataArguments
+from training.run import build_run
+from training.synthetic import hub_layout_folder, random_dataset
+
+
+def _autocast(device: torch.device, bf16: bool):
+    return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
+
+
+def _sync(device: torch.device | None) -> None:
+    if device is not None and device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def step_throughput(model, device, batch_size: int, steps: int, warmup: int, bf16: bool, channels_last: bool,
+                    fused: bool | None = None) -> float:
+    """Images/s of forward + backward + Adam on tensors already on the device."""
+    model = model.to(device).train()
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(memory_format=memory_format)
+    size = model.config.image_size
+    x = torch.randn(batch_size, 3, size, size, device=device).contiguous(memory_format=memory_format)
+    y = torch.randint(0, model.config.num_labels, (batch_size,), device=device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, fused=fused)
+    for step in range(warmup + steps):
+        if step == warmup:
+            _sync(device)
+            started = time.perf_counter()
+        with _autocast(device, bf16):
+            loss = model(x, labels=y).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    _sync(device)
+    return steps * batch_size / (time.perf_counter() - started)
+
+
+def loader_throughput(loader, batches: int, device_data=None, device=None) -> float:
+    """Images/s of the data path alone, after its first batch (worker start-up): decode, transform and collate in
+    the DataLoader, or, with device-resident data, the gather and kornia augmentation on the device."""
+    iterator = iter(loader)
+    next(iterator)
+    _sync(device)
+    started, seen = time.perf_counter(), 0
+    for _ in range(batches):
+        batch = next(iterator)
+        if device_data is not None:
+            batch = device_data.inputs({k: v.to(device) for k, v in batch.items()}, train=True)
+        seen += len(batch["labels"])
+    _sync(device)
+    return seen / (time.perf_counter() - started)
+
+
+def plain_loop_throughput(train_split, config: ResNetCBAMConfig, device, steps: int, warmup: int,
+                          batch_size: int = 64) -> float:
+    """The tutorial's loop: fp32, NCHW, a DataLoader with default settings (no workers), Adam; data included."""
+    model = ResNetCBAMForImageClassification(config).to(device).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    loader = DataLoader(train_split, batch_size=batch_size, shuffle=True, collate_fn=default_data_collator)
+    iterator = iter(loader)
+    for step in range(warmup + steps):
+        if step == warmup:
+            _sync(device)
+            started = time.perf_counter()
+        batch = next(iterator)
+        loss = model(batch["pixel_values"].to(device), labels=batch["labels"].to(device)).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    _sync(device)
+    return steps * batch_size / (time.perf_counter() - started)
+
+
+class _StepTimer(TrainerCallback):
+    """Wall time from the first step after warm-up to the end of training."""
+
+    def __init__(self, warmup: int):
+        self.warmup, self.started, self.seconds = warmup, None, None
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if state.global_step == self.warmup and self.started is None:
+            _sync(args.device)
+            self.started = time.perf_counter()
+
+    def on_train_end(self, args, state, control, **kwargs):
+        _sync(args.device)
+        self.seconds = time.perf_counter() - self.started
+
+
+def run_benchmark(dataset: str | None, steps: int, warmup: int, eval_images: int, batch_size: int = 64,
+                  **speed) -> dict:
+    """Every figure of the benchmark, measured in this process, in sequence. `speed` holds the training arguments
+    under test (bf16, channels_last, data_on_device, torch_compile); None keeps the project's default."""
+    with tempfile.TemporaryDirectory() as workdir:
+        workdir = Path(workdir)
+        if dataset is None:
+            images = (steps + warmup + 2) * batch_size + eval_images
+            names = [f"class_{i}" for i in range(10)]
+            source = str(hub_layout_folder(workdir / "synthetic", {"train": random_dataset(-(-images // 10), names)}))
+        else:
+            source = dataset
+        data_args = DataArguments(dataset_name=source, max_train_samples=(steps + warmup) * batch_size,
+                                  max_eval_samples=eval_images, validation_split=str(eval_images))
+        training_args = FinetuneTrainingArguments(
+            output_dir=str(workdir / "out"), num_train_epochs=1, per_device_train_batch_size=batch_size,
+            eval_strategy="no", save_strategy="no", logging_steps=100_000, report_to="none", disable_tqdm=True,
+            **{name: value for name, value in speed.items() if value is not None},
+        )
+        timer = _StepTimer(warmup)
+        run = build_run(ModelArguments(backbone_weights="none"), data_args, StageArguments(recipe="full"),
+                        training_args, extra_callbacks=[timer])
+        trainer, args, device = run.trainer, run.trainer.args, run.trainer.args.device
+        config = trainer.model.config
+        result = {
+            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+            "dtype": "bf16 autocast" if args.bf16 else "fp32",
+            "channels_last": bool(args.channels_last),
+            "data_on_device": trainer.device_data is not None,
+            "batch_size": batch_size,
+            "torch_version": torch.__version__,
+            "steps": steps,
+            "dataset": dataset or "synthetic 32x32",
+        }
+        fresh = ResNetCBAMForImageClassification(config)
+        result["step_img_s"] = step_throughput(fresh, device, batch_size, steps, warmup, args.bf16,
+                                               args.channels_last, fused=True)
+        result["step_fp32_img_s"] = step_throughput(ResNetCBAMForImageClassification(config), device, batch_size,
+                                                    steps, warmup, bf16=False, channels_last=False)
+        result["data_img_s"] = loader_throughput(trainer.get_train_dataloader(), steps, trainer.device_data, device)
+        result["plain_loop_img_s"] = plain_loop_throughput(run.data.splits["train"], config, device, steps, warmup)
+        trainer.train()
+        result["trainer_img_s"] = steps * batch_size * args.world_size / timer.seconds
+        result["speedup_vs_plain"] = result["trainer_img_s"] / result["plain_loop_img_s"]
+        metrics = trainer.evaluate()
+        result["eval_img_s"] = metrics["eval_samples_per_second"]
+        return result

@@ -1,0 +1,155 @@
+"""Callbacks, each doing one thing from the step it is at: apply the stage, check that DDP ranks agree, warn
+about a chance-level start.
+
+The stage plan is read from the scheduler the Trainer hands every callback (training/trainer.py's StageLR):
+learning rates are not set here, because the Trainer's LambdaLR rewrites every param group's lr at each step.
+"""
+
+import logging
+
+import torch
+from torch import nn
+from transformers import TrainerCallback
+
+from training.stages import GROUPS, Stage
+
+logger = logging.getLogger(__name__)
+
+
+def _set_eval_mode(module: nn.Module, _inputs) -> None:
+    module.train(False)
+
+
+def freeze_for_stage(model, stage: Stage, distributed: bool) -> list[nn.Parameter]:
+    """Make `stage`'s groups the trained ones; return the parameters whose gradients must be dropped.
+
+    One process: frozen groups get requires_grad=False (no weight gradients are computed for them), nothing to drop.
+    Several processes: every parameter stays trainable, since DDP only all-reduces what required grad when it
+    wrapped the model; the frozen groups' parameters are returned, to be dropped before each optimizer step.
+    """
+    frozen = [p for group, parameters in model.parameter_groups().items() if group not in stage.lrs
+              for p in parameters]
+    if distributed:
+        return frozen
+    model.requires_grad_(True)
+    for parameter in frozen:
+        parameter.requires_grad_(False)
+    return []
+
+
+class StageCallback(TrainerCallback):
+    """At each stage's first step: the trainable set, a fresh optimizer state, and the BatchNorm policy of frozen
+    groups. `bn_policy="frozen"` puts frozen groups' BatchNorm in eval mode through a forward pre-hook, which
+    outlives the `model.train()` the Trainer calls at every step."""
+
+    def __init__(self, bn_policy: str = "train"):
+        self.bn_policy = bn_policy
+        self.applied: int | None = None  # the stage the model is set up for
+        self._dropped: list[nn.Parameter] = []
+        self._hooks: list = []
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        if args.world_size > 1 and not all(p.requires_grad for p in model.parameters()):
+            raise RuntimeError(
+                "under DDP every parameter must require grad when the model is wrapped, or it is "
+                "never all-reduced once unfrozen; call model.requires_grad_(True) before the Trainer"
+            )
+
+    def on_step_begin(self, args, state, control, model=None, optimizer=None, lr_scheduler=None, **kwargs):
+        plan = lr_scheduler.plan
+        if plan.is_stage_start(state.global_step):
+            optimizer.state.clear()  # a fresh optimizer for the new stage (and for a resume exactly at its start)
+        index = plan.stage_index(state.global_step)
+        if index != self.applied:
+            self._apply(index, plan.schedule, model, args.world_size > 1)
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        for parameter in self._dropped:
+            parameter.grad = None  # the optimizer skips a parameter without a gradient: frozen, bit for bit
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        self._remove_hooks()
+        self.applied = None
+        model.requires_grad_(True)
+
+    def _apply(self, index: int, schedule, model: nn.Module, distributed: bool) -> None:
+        self.applied = index
+        stage = schedule.stages[index]
+        self._dropped = freeze_for_stage(model, stage, distributed)
+        self._remove_hooks()
+        if self.bn_policy == "frozen":
+            self._hooks = [
+                module.register_forward_pre_hook(_set_eval_mode)
+                for name, module in model.named_modules()
+                if isinstance(module, nn.modules.batchnorm._BatchNorm)
+                and model.parameter_group(f"{name}.weight") not in stage.lrs
+            ]
+        first = schedule.first_epochs()[index] + 1
+        logger.info(
+            "Stage %d/%d (epochs %d-%d%s): training %s; %s of %s parameters trainable%s",
+            index + 1,
+            len(schedule.stages),
+            first,
+            first + stage.epochs - 1,
+            f", {stage.name}" if stage.name else "",
+            stage.describe(),
+            f"{stage.parameter_count(model.parameter_groups()):,}",
+            f"{sum(p.numel() for p in model.parameters()):,}",
+            f"; BatchNorm of {len(self._hooks)} frozen layers in eval mode" if self._hooks else "",
+        )
+
+    def _remove_hooks(self) -> None:
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks = []
+
+
+class RankConsistencyCallback(TrainerCallback):
+    """Under DDP, at each stage's end: all-gather a checksum of every group on every rank; stop if they differ."""
+
+    def on_step_end(self, args, state, control, model=None, lr_scheduler=None, **kwargs):
+        if args.world_size > 1 and lr_scheduler.plan.is_stage_end(state.global_step):
+            check_ranks_agree(model, args.device, f"the stage ending at step {state.global_step}")
+
+
+def group_checksums(model) -> torch.Tensor:
+    """Per group: the float64 sum and sum of squares of its parameters (identical parameters, identical sums)."""
+    rows = []
+    for parameters in model.parameter_groups().values():
+        values = [p.detach().double() for p in parameters] or [torch.zeros(1, dtype=torch.float64)]
+        rows.append(torch.stack([sum(v.sum() for v in values), sum((v * v).sum() for v in values)]))
+    return torch.stack(rows)
+
+
+def check_ranks_agree(model, device: torch.device, when: str) -> None:
+    from accelerate.utils import gather
+
+    local = group_checksums(model).to(device)
+    every_rank = gather(local[None]).cpu()  # (world_size, groups, 2)
+    differing = [g for i, g in enumerate(GROUPS) if not all(torch.equal(r[i], every_rank[0][i]) for r in every_rank)]
+    if differing:
+        sums = ", ".join(
+            f"rank {r}: {every_rank[r][GROUPS.index(differing[0])][0].item():.17g}" for r in range(len(every_rank))
+        )
+        raise RuntimeError(
+            f"DDP ranks hold different parameters after {when}: groups {', '.join(differing)} "
+            f"differ ({differing[0]} sums: {sums}). Training stopped; the last checkpoint is intact."
+        )
+    logger.info("all %d ranks hold identical parameters after %s", len(every_rank), when)
+
+
+class ChanceLevelCallback(TrainerCallback):
+    """After the first epoch, warn when validation accuracy is near chance: usually preprocessing or labels."""
+
+    def on_evaluate(self, args, state, control, metrics=None, model=None, **kwargs):
+        accuracy = (metrics or {}).get("eval_accuracy")
+        if accuracy is None or round(state.epoch or 0) != 1:
+            return
+        chance = 1 / model.config.num_labels
+        if accuracy < 1.5 * chance:
+            logger.warning(
+                "accuracy after the first epoch is %.2f%%, about chance (%.2f%%): check the preprocessing "
+                "(normalisation, image size, channel order) and that labels match images",
+                100 * accuracy,
+                100 * chance,
+            )

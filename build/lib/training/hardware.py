@@ -1,0 +1,77 @@
+"""What the machine and the launch offer, read once and only here: the CPU (name, bf16 support, usable cores), the
+GPU, and the process counts that `accelerate launch` / torchrun put in the environment."""
+
+import os
+import platform
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+import torch
+
+CPU_BF16_FLAGS = {"avx512_bf16", "amx_bf16"}  # native bf16 dot products: autocast is about 2x faster here
+
+
+@dataclass(frozen=True)
+class Launch:
+    """How many processes this run has in all and on this machine (1 and 1 without a launcher)."""
+
+    world_size: int
+    local_world_size: int
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+@cache
+def launch() -> Launch:
+    return Launch(int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+
+
+@cache
+def _cpuinfo() -> dict[str, str]:
+    """The first processor's fields of /proc/cpuinfo ({} where there is none)."""
+    path = Path("/proc/cpuinfo")
+    fields = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            if not line.strip():
+                break
+            key, _, value = line.partition(":")
+            fields[key.strip()] = value.strip()
+    return fields
+
+
+def cpu_has_bf16() -> bool:
+    return bool(CPU_BF16_FLAGS & set(_cpuinfo().get("flags", "").split()))
+
+
+def usable_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def default_num_workers() -> int:
+    """DataLoader workers per process: the cores this process may use, less one for the training loop itself."""
+    return max(1, min(8, usable_cores() // launch().local_world_size - 1))
+
+
+def bf16_is_fast(use_cpu: bool = False) -> bool:
+    """bf16 autocast where the device computes bf16 natively: Ampere+ GPUs, CPUs with AVX512-BF16 or AMX."""
+    if torch.cuda.is_available() and not use_cpu:
+        return torch.cuda.is_bf16_supported()
+    return cpu_has_bf16()
+
+
+def device_name(device: torch.device, world_size: int = 1) -> str:
+    """E.g. 'NVIDIA H200' or 'CPU (AMD EPYC 9B14, 2 threads)', prefixed by the process count under DDP."""
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        model = _cpuinfo().get("model name") or platform.processor() or platform.machine()
+        name = f"CPU ({model}, {torch.get_num_threads()} threads)"
+    return f"{world_size} x {name}" if world_size > 1 else name
+
+
+def describe(bf16: bool, channels_last: bool, device: torch.device) -> str:
+    return f"{device.type}, {'bf16 autocast' if bf16 else 'fp32'}, {'channels_last' if channels_last else 'NCHW'}"

@@ -1,0 +1,46 @@
+"""Pushing an output folder to the Hub: a check before training, and a push that loses nothing when it fails."""
+
+from pathlib import Path
+
+from huggingface_hub import HfApi
+from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+
+# Checkpoints and the pickled training arguments stay local; weights, code, card, plots and results go.
+IGNORE = ["checkpoint-*", "checkpoint-*/**", "training_args.bin", "runs/**"]
+
+
+class HubError(RuntimeError):
+    """The Hub cannot take the push, with what to do about it."""
+
+
+def check_push_access(repo_id: str | None, token: str | None = None, private: bool | None = None) -> str:
+    """Before training: a token that the Hub accepts and a repo it can write to (created if absent)."""
+    if not repo_id:
+        raise HubError("--push_to_hub needs --hub_model_id (e.g. your-name/resnet-cbam-cifar10)")
+    api = HfApi(token=token)
+    try:
+        user = api.whoami()["name"]
+    except OfflineModeIsEnabled as error:
+        raise HubError(
+            "--push_to_hub, but HF_HUB_OFFLINE is set: unset it or push later with scripts/push.py"
+        ) from error
+    except (HfHubHTTPError, OSError, ValueError) as error:
+        raise HubError(
+            f"cannot push to the Hub: no valid token ({error}); run `hf auth login` or set HF_TOKEN"
+        ) from error
+    try:
+        return api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+    except (HfHubHTTPError, OSError) as error:
+        raise HubError(f"cannot create or write {repo_id} as {user}: {error}") from error
+
+
+def push_folder(folder: str | Path, repo_id: str, token: str | None = None, message: str = "Upload model") -> str:
+    """Upload a finished output folder: weights, code, config, processor, card, plots, results."""
+    folder = Path(folder)
+    missing = [name for name in ("config.json", "model.safetensors", "README.md") if not (folder / name).is_file()]
+    if missing:
+        raise HubError(f"{folder} is not a finished model folder: {', '.join(missing)} missing")
+    commit = HfApi(token=token).upload_folder(
+        folder_path=str(folder), repo_id=repo_id, commit_message=message, ignore_patterns=IGNORE
+    )
+    return str(getattr(commit, "commit_url", commit))

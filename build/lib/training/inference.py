@@ -1,0 +1,158 @@
+"""Using a trained model: load it with its image processor, predict on image files in batches, read its attention."""
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torch.nn import functional as F
+from torch.utils.data import DataLoader, Dataset
+from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+from training.plots import denormalize, plot_attention
+
+IMAGE_SUFFIXES = {suffix for suffix, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
+
+
+def load_model(name_or_path: str, device: str | None = None):
+    """A saved model folder or Hub id, loaded with its own code and its preprocessor_config.json."""
+    model = AutoModelForImageClassification.from_pretrained(name_or_path, trust_remote_code=True)
+    processor = AutoImageProcessor.from_pretrained(name_or_path)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return model.to(device).eval(), processor
+
+
+def preprocess_file(processor, path: str | Path) -> torch.Tensor:
+    """One image file as the model's (3, H, W) input: any mode converted to RGB, then the processor's steps."""
+    with Image.open(path) as image:
+        return processor(image.convert("RGB"), return_tensors="pt")["pixel_values"][0]
+
+
+def image_files(paths: Sequence[str | Path]) -> list[Path]:
+    """The files given, and every image file under the folders given (sorted), in order."""
+    files = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            files += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        else:
+            files.append(path)
+    return files
+
+
+@dataclass
+class Prediction:
+    image: str
+    predictions: list[dict] | None = None  # [{"label": name, "score": p}, ...], best first
+    error: str | None = None
+
+
+class _ImageFiles(Dataset):
+    """Decoded and preprocessed in DataLoader workers; an unreadable file becomes an error entry, not a crash."""
+
+    def __init__(self, files: list[Path], processor):
+        self.files, self.processor = files, processor
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int):
+        try:
+            return index, preprocess_file(self.processor, self.files[index]), None
+        except Exception as error:  # any decoding failure is reported by file name
+            return index, None, f"{type(error).__name__}: {error}"
+
+
+def _collate(items):
+    return items
+
+
+def predict_files(model, processor, files: list[Path], top_k: int = 3, batch_size: int = 64,
+                  num_workers: int = 2, progress: bool = True) -> Iterator[Prediction]:
+    """Top-k labels and probabilities per file, in the order given; failures carry their error."""
+    from tqdm.auto import tqdm
+
+    loader = DataLoader(_ImageFiles(files, processor), batch_size=batch_size, num_workers=num_workers,
+                        collate_fn=_collate)
+    device = next(model.parameters()).device
+    top_k = min(top_k, model.config.num_labels)
+    with tqdm(total=len(files), unit="img", disable=not progress) as bar:
+        for batch in loader:
+            good = [(index, pixels) for index, pixels, error in batch if error is None]
+            results = {index: Prediction(str(files[index]), error=error) for index, _, error in batch if error}
+            if good:
+                with torch.inference_mode():
+                    logits = model(torch.stack([p for _, p in good]).to(device)).logits
+                scores, labels = logits.float().softmax(dim=-1).topk(top_k, dim=-1)
+                for (index, _), row_scores, row_labels in zip(good, scores.tolist(), labels.tolist(), strict=True):
+                    predictions = [{"label": model.config.id2label[label], "score": score}
+                                   for score, label in zip(row_scores, row_labels, strict=True)]
+                    results[index] = Prediction(str(files[index]), predictions)
+            yield from (results[index] for index, _, _ in batch)
+            bar.update(len(batch))
+
+
+@dataclass
+class CBAMAttention:
+    name: str
+    spatial: torch.Tensor  # (height, width) in [0, 1], upsampled to the input size
+    channel: torch.Tensor  # (channels,) in [0, 1]
+
+
+def explain(model, pixel_values: torch.Tensor) -> tuple[str, list[CBAMAttention]]:
+    """The predicted label of one (3, H, W) image, and every CBAM's spatial map (upsampled to the input) and
+    channel weights, from one forward pass with `output_attentions=True`."""
+    with torch.inference_mode():
+        outputs = model(pixel_values[None].to(next(model.parameters()).device), output_attentions=True)
+    size = pixel_values.shape[-2:]
+    attentions = [
+        CBAMAttention(name.removeprefix(model.base_model_prefix + "."),
+                      F.interpolate(spatial.float(), size=size, mode="bilinear", align_corners=False)[0, 0].cpu(),
+                      channel[0].float().cpu())
+        for name, spatial, channel in zip(model.cbam_names, outputs.spatial_attentions, outputs.channel_attentions,
+                                          strict=True)
+    ]
+    return model.config.id2label[int(outputs.logits[0].argmax())], attentions
+
+
+def cbam_attention(model, pixel_values: torch.Tensor) -> list[CBAMAttention]:
+    """Every CBAM's spatial map and channel weights for one (3, H, W) image."""
+    return explain(model, pixel_values)[1]
+
+
+def save_attention_map(model, pixel_values: torch.Tensor, mean, std, path: str | Path, title: str = "",
+                       top_channels: int = 8) -> Path:
+    """The attention figure of one normalised image (training/plots.py's plot_attention), titled with the
+    model's prediction; the one picture of CBAM attention that the scripts and the model card share."""
+    model.eval()
+    predicted, attentions = explain(model, pixel_values)
+    return plot_attention(denormalize(pixel_values.cpu(), mean, std), attentions, path,
+                          title=f"{title}: predicted {predicted}", top_channels=top_channels)
+
+
+def match_labels(dataset_labels: Sequence[str], model_labels: dict[int, str]) -> list[int]:
+    """The model's class index for each dataset class, matched by name; a ValueError when the names differ."""
+    by_name = {name: index for index, name in model_labels.items()}
+    missing, extra = sorted(set(dataset_labels) - set(by_name)), sorted(set(by_name) - set(dataset_labels))
+    if missing or extra:
+        raise ValueError(
+            "the dataset's labels and the model's differ: "
+            + "; ".join(part for part in (f"only in the dataset: {', '.join(missing)}" if missing else "",
+                                          f"only in the model: {', '.join(extra)}" if extra else "") if part)
+        )
+    return [by_name[name] for name in dataset_labels]
+
+
+def predict_split(model, split, batch_size: int = 256, num_workers: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+    """Predicted model classes and dataset labels of a transformed split (pixel_values, labels)."""
+    from tqdm.auto import tqdm
+    from transformers import default_data_collator
+
+    loader = DataLoader(split, batch_size=batch_size, num_workers=num_workers, collate_fn=default_data_collator)
+    device = next(model.parameters()).device
+    predictions, labels = [], []
+    with torch.inference_mode():
+        for batch in tqdm(loader, unit="batch"):
+            predictions.append(model(batch["pixel_values"].to(device)).logits.argmax(dim=-1).cpu())
+            labels.append(batch["labels"])
+    return torch.cat(predictions), torch.cat(labels)

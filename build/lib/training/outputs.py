@@ -1,0 +1,114 @@
+"""What a finished run writes beside its saved model: the plots, attention maps of a few evaluation images, and the
+model card (README.md), all from one record of the run's facts held in memory."""
+
+import logging
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+from training.data import ImageData
+from training.inference import save_attention_map
+from training.plots import epoch_entries, plot_confusion_matrix, plot_training
+from training.stages import Schedule
+
+logger = logging.getLogger(__name__)
+TEMPLATE = resources.files("training") / "model_card.md"
+ATTENTION_EXAMPLES = 4
+
+
+@dataclass
+class RunRecord:
+    """The facts of one run that its card and plots report: set up before training, completed after it."""
+
+    output_dir: Path
+    model_id: str
+    dataset: str
+    dataset_on_hub: bool
+    recipe: str
+    schedule: Schedule
+    bn_policy: str
+    augment: str
+    backbone: str  # where the weights came from, from the backbone import's own report
+    optimizer: str
+    label_smoothing: float
+    max_grad_norm: float
+    batch_size: int
+    world_size: int
+    seed: int
+    hardware: str
+    split_sizes: dict[str, int]
+    label_names: list[str]
+    log_history: list[dict] = field(default_factory=list)
+    metrics: dict = field(default_factory=dict)
+
+    @property
+    def eval_split(self) -> str:
+        return self.metrics["eval_split"]
+
+
+def write_run_outputs(record: RunRecord, model, data: ImageData) -> Path:
+    """plots/ (curves, loss, confusion matrix, attention maps) and README.md in the output folder."""
+    plots, split = record.output_dir / "plots", record.eval_split
+    plot_training(record.log_history, record.schedule.first_epochs(), plots)
+    accuracy = record.metrics[f"{split}_accuracy"]
+    plot_confusion_matrix(record.metrics[f"{split}_confusion_matrix"], record.label_names,
+                          plots / "confusion_matrix.png", title=f"Confusion matrix ({split}, accuracy {accuracy:.2%})")
+    attention_maps = []
+    for index in range(min(ATTENTION_EXAMPLES, len(data.splits[split]))):
+        row = data.splits[split][index]
+        path = save_attention_map(model, row["pixel_values"], data.image_mean, data.image_std,
+                                  plots / f"attention_{index}.png",
+                                  title=f"{split} image {index} ({data.label_names[row['labels']]})")
+        attention_maps.append(str(path.relative_to(record.output_dir)))
+    card = write_model_card(record, model, attention_maps)
+    logger.info("plots in %s, model card %s", plots, card)
+    return card
+
+
+def write_model_card(record: RunRecord, model, attention_maps: list[str] = ()) -> Path:
+    """Fill the model card template with the run's facts and write README.md into the output folder."""
+    split, metrics, config = record.eval_split, record.metrics, model.config
+    accuracy = metrics[f"{split}_accuracy"]
+    card_data = ModelCardData(
+        library_name="transformers",
+        pipeline_tag="image-classification",
+        tags=["image-classification", "resnet", "cbam", "attention", "custom_code"],
+        datasets=[record.dataset] if record.dataset_on_hub else None,
+        metrics=["accuracy"],
+        model_name=record.model_id,
+        eval_results=[EvalResult(task_type="image-classification", dataset_type=record.dataset,
+                                 dataset_name=record.dataset, dataset_split=split, metric_type="accuracy",
+                                 metric_value=accuracy)] if record.dataset_on_hub else None,
+    )
+    groups = model.parameter_groups()
+    card = ModelCard.from_template(
+        card_data,
+        template_str=TEMPLATE.read_text(),
+        run=record,
+        config=config,
+        model_name=record.model_id,
+        model_id=record.model_id,
+        eval_split=split,
+        accuracy=f"{accuracy:.2%}",
+        eval_loss=f"{metrics[f'{split}_loss']:.4f}",
+        params=f"{sum(p.numel() for p in model.parameters()):,}",
+        mean=tuple(round(v, 4) for v in config.image_mean),
+        std=tuple(round(v, 4) for v in config.image_std),
+        stages=[(stage, stage.parameter_count(groups)) for stage in record.schedule.stages],
+        epochs=epoch_entries(record.log_history),
+        per_class=[(name, f"{value:.2%}") for name, value in metrics[f"{split}_per_class_accuracy"].items()],
+        train_time=_duration(metrics["train_runtime"]),
+        images_per_second=f"{metrics['train_samples_per_second']:,.0f}",
+        attention_maps=list(attention_maps),
+    )
+    path = record.output_dir / "README.md"
+    card.save(path)
+    return path
+
+
+def _duration(seconds: float) -> str:
+    minutes, seconds = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min" if hours else f"{minutes} min {seconds:02d} s"

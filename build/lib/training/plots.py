@@ -1,0 +1,160 @@
+"""PNG figures: image grids, training curves, confusion matrices (matplotlib, headless)."""
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+
+def _save(figure, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
+def denormalize(pixel_values: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """(C, H, W) normalised -> (H, W, C) in [0, 1] for display."""
+    mean_t, std_t = torch.tensor(mean)[:, None, None], torch.tensor(std)[:, None, None]
+    return (pixel_values * std_t + mean_t).clamp(0, 1).permute(1, 2, 0)
+
+
+def save_image_grid(
+    images: Sequence[torch.Tensor],
+    titles: Sequence[str],
+    path: str | Path,
+    columns: int = 8,
+    mean: Sequence[float] = (0, 0, 0),
+    std: Sequence[float] = (1, 1, 1),
+    title: str = "",
+) -> Path:
+    """A labelled grid of normalised images, written as PNG."""
+    rows = -(-len(images) // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(1.6 * columns, 1.8 * rows + 0.4), squeeze=False)
+    for axis in axes.flat:
+        axis.axis("off")
+    for axis, image, label in zip(axes.flat, images, titles, strict=False):
+        axis.imshow(denormalize(image, mean, std).numpy(), interpolation="nearest")
+        axis.set_title(label, fontsize=9)
+    if title:
+        figure.suptitle(title)
+    figure.tight_layout()
+    return _save(figure, path)
+
+
+def step_losses(log_history: list[dict]) -> tuple[list[int], list[float]]:
+    """The training loss of every logged step (the Trainer's `loss` entries)."""
+    entries = [e for e in log_history if "loss" in e and "step" in e]
+    return [e["step"] for e in entries], [e["loss"] for e in entries]
+
+
+def epoch_entries(log_history: list[dict]) -> list[dict]:
+    """The one summary entry per epoch that StagedTrainer logs (it carries `stage`)."""
+    return [e for e in log_history if "stage" in e and "eval_loss" in e]
+
+
+def plot_training(log_history: list[dict], stage_first_epochs: list[int], out_dir: str | Path) -> list[Path]:
+    """loss.png (every logged step) and curves.png (accuracy and loss per epoch, stage boundaries marked)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    steps, losses = step_losses(log_history)
+    figure, axis = plt.subplots(figsize=(8, 4))
+    axis.plot(steps, losses, linewidth=1)
+    axis.set(xlabel="optimizer step", ylabel="training loss", title="Training loss of every logged step")
+    axis.grid(alpha=0.3)
+    figure.tight_layout()
+    _save(figure, out_dir / "loss.png")
+
+    epochs = epoch_entries(log_history)
+    x = [e["epoch"] for e in epochs]
+    figure, (accuracy_axis, loss_axis) = plt.subplots(1, 2, figsize=(12, 4.5))
+    accuracy_axis.plot(x, [100 * e["train_accuracy"] for e in epochs], "o-", label="train")
+    accuracy_axis.plot(x, [100 * e["eval_accuracy"] for e in epochs], "o-", label="validation")
+    loss_axis.plot(x, [e["train_loss"] for e in epochs], "o-", label="train")
+    loss_axis.plot(x, [e["eval_loss"] for e in epochs], "o-", label="validation")
+    for axis, name in ((accuracy_axis, "accuracy (%)"), (loss_axis, "loss")):
+        for index, first in enumerate(stage_first_epochs[1:], start=2):
+            axis.axvline(first + 0.5, color="grey", linestyle="--", linewidth=1)
+            axis.text(
+                first + 0.6,
+                0.98,
+                f"stage {index}",
+                transform=axis.get_xaxis_transform(),
+                va="top",
+                fontsize=8,
+                color="grey",
+            )
+        axis.set(xlabel="epoch", ylabel=name, title=f"{name.split(' ')[0].capitalize()} per epoch")
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axis.grid(alpha=0.3)
+        axis.legend()
+    figure.tight_layout()
+    return [out_dir / "loss.png", _save(figure, out_dir / "curves.png")]
+
+
+def plot_confusion_matrix(
+    matrix: Sequence[Sequence[int]], labels: Sequence[str], path: str | Path, title: str = "Confusion matrix"
+) -> Path:
+    """Counts with rows = true class, columns = predicted class, each cell annotated."""
+    matrix = torch.tensor(matrix)
+    size = max(5.0, 0.6 * len(labels) + 2)
+    figure, axis = plt.subplots(figsize=(size, size))
+    image = axis.imshow(matrix.numpy(), cmap="Blues")
+    axis.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
+    axis.set_yticks(range(len(labels)), labels)
+    axis.set(xlabel="predicted", ylabel="true", title=title)
+    threshold = matrix.max().item() / 2
+    if len(labels) <= 30:
+        for (row, column), count in zip(
+            torch.cartesian_prod(torch.arange(len(labels)), torch.arange(len(labels))), matrix.flatten(), strict=True
+        ):
+            axis.text(
+                column.item(),
+                row.item(),
+                str(count.item()),
+                ha="center",
+                va="center",
+                fontsize=8,
+                color="white" if count.item() > threshold else "black",
+            )
+    figure.colorbar(image, ax=axis, fraction=0.046, pad=0.04)
+    figure.tight_layout()
+    return _save(figure, path)
+
+
+def plot_attention(image: torch.Tensor, attentions: Sequence, path: str | Path, title: str = "",
+                   top_channels: int = 8) -> Path:
+    """The input, each CBAM's spatial map overlaid on it, and each CBAM's strongest channel weights below.
+
+    `image` is (H, W, 3) in [0, 1]; each attention has `.name`, `.spatial` (H, W) in [0, 1] and `.channel` (C,).
+    """
+    columns = 1 + len(attentions)
+    figure, axes = plt.subplots(2, columns, figsize=(2.6 * columns, 5.4), squeeze=False,
+                                gridspec_kw={"height_ratios": [1.1, 1]})
+    axes[0][0].imshow(image.numpy(), interpolation="nearest")
+    axes[0][0].set_title("input", fontsize=9)
+    axes[1][0].axis("off")
+    for column, attention in enumerate(attentions, start=1):
+        axis = axes[0][column]
+        axis.imshow(image.numpy(), interpolation="nearest")
+        overlay = axis.imshow(attention.spatial.numpy(), cmap="jet", alpha=0.5, vmin=0, vmax=1)
+        axis.set_title(f"{attention.name}\nspatial", fontsize=8)
+        weights, channels = attention.channel.topk(min(top_channels, attention.channel.numel()))
+        bars = axes[1][column]
+        bars.barh(range(len(weights)), weights.numpy()[::-1], color="tab:orange")
+        bars.set_yticks(range(len(weights)), [str(c) for c in channels.tolist()[::-1]], fontsize=7)
+        bars.set_xlim(0, 1)
+        bars.set_title("strongest channels", fontsize=8)
+        bars.tick_params(axis="x", labelsize=7)
+    for axis in axes[0]:
+        axis.axis("off")
+    figure.colorbar(overlay, ax=list(axes[0]), fraction=0.02, pad=0.01)
+    if title:
+        figure.suptitle(title, fontsize=10)
+    return _save(figure, path)

@@ -1,0 +1,165 @@
+"""One fine-tuning run from parsed arguments: schedule, data, model, Trainer, final evaluation and the saved model.
+
+Everything that can be wrong with the arguments or the data is checked before the first training step.
+"""
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import TrainerCallback, default_data_collator
+from transformers.trainer_utils import get_last_checkpoint
+
+from modeling_resnet_cbam import ResNetCBAMConfig, ResNetCBAMForImageClassification
+from training.arguments import FinetuneTrainingArguments, ModelArguments, StageArguments, build_schedule
+from training.callbacks import ChanceLevelCallback, RankConsistencyCallback, StageCallback
+from training.data import DataArguments, ImageData, load_image_data
+from training.device_data import DeviceData, supports_device_data
+from training.hardware import describe, device_name
+from training.metrics import classification_metrics, compute_accuracy
+from training.outputs import RunRecord
+from training.trainer import StagedTrainer
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Run:
+    """A Trainer ready to train, its data, and the record of the run that training completes."""
+
+    trainer: StagedTrainer
+    data: ImageData
+    record: RunRecord
+
+
+def build_model(args: ModelArguments, data: ImageData) -> tuple[ResNetCBAMForImageClassification, str]:
+    """A model sized for the data (labels, image size, normalisation) with the requested weights, and a sentence
+    saying where its weights came from (the backbone import's own report)."""
+    data_fields = dict(
+        id2label=data.id2label,
+        label2id=data.label2id,
+        image_size=data.image_size,
+        image_mean=list(data.image_mean),
+        image_std=list(data.image_std),
+    )
+    if args.model_name_or_path:
+        model = ResNetCBAMForImageClassification.from_pretrained(
+            args.model_name_or_path, ignore_mismatched_sizes=True, **data_fields
+        )
+        return model, f"the saved model {args.model_name_or_path}"
+    model = ResNetCBAMForImageClassification(ResNetCBAMConfig(**args.architecture, **data_fields))
+    if args.backbone_weights.lower() == "none":
+        return model, "random (no pretrained weights)"
+    report = model.load_backbone_weights(args.backbone_weights)
+    logger.info("%s", report)
+    return model, str(report)
+
+
+def build_run(
+    model_args: ModelArguments,
+    data_args: DataArguments,
+    stage_args: StageArguments,
+    training_args: FinetuneTrainingArguments,
+    extra_callbacks: list[TrainerCallback] = (),
+) -> Run:
+    """Validate the schedule, then load data and model and assemble the Trainer (nothing trained yet)."""
+    schedule = build_schedule(stage_args, training_args)
+    training_args.num_train_epochs = schedule.total_epochs
+    with training_args.main_process_first(desc="loading the dataset"):
+        data = load_image_data(data_args, seed=training_args.seed)
+    torch.manual_seed(training_args.seed)  # the new modules' initialisation is reproducible
+    model, weights = build_model(model_args, data)
+    model.requires_grad_(True)  # DDP only all-reduces what requires grad when it wraps the model
+    if training_args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if training_args.data_on_device is None:  # auto: small images are decoded once, wherever training runs
+        training_args.data_on_device = supports_device_data(data)
+    device_data = DeviceData(data, data_args.augment) if training_args.data_on_device else None
+    if device_data:  # the loader only carries indices: workers would add latency, not throughput
+        training_args.dataloader_num_workers, training_args.dataloader_persistent_workers = 0, False
+    splits = trainer_splits(data, device_data)
+    logger.info("speed settings: %s%s", describe(training_args.bf16, training_args.channels_last, training_args.device),
+                ", data on the device" if device_data else f", {training_args.dataloader_num_workers} loader workers")
+    logger.info("optimizer: %s", training_args.optimizer.describe())
+    trainer = StagedTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=splits["train"],
+        eval_dataset=splits["validation"],
+        data_collator=default_data_collator,
+        compute_metrics=compute_accuracy,
+        callbacks=[*extra_callbacks, StageCallback(stage_args.bn_policy), RankConsistencyCallback(),
+                   ChanceLevelCallback()],
+        schedule=schedule,
+        device_data=device_data,
+    )
+    record = RunRecord(
+        output_dir=Path(training_args.output_dir),
+        model_id=training_args.hub_model_id or Path(training_args.output_dir).name,
+        dataset=data_args.source,
+        dataset_on_hub=data_args.from_hub,
+        recipe=stage_args.stages_file or stage_args.recipe,
+        schedule=schedule,
+        bn_policy=stage_args.bn_policy,
+        augment=data_args.augment,
+        backbone=weights,
+        optimizer=training_args.optimizer.describe(),
+        label_smoothing=training_args.label_smoothing_factor,
+        max_grad_norm=training_args.max_grad_norm,
+        batch_size=training_args.per_device_train_batch_size,
+        world_size=training_args.world_size,
+        seed=training_args.seed,
+        hardware=device_name(training_args.device, training_args.world_size),
+        split_sizes={name: len(split) for name, split in data.splits.items()},
+        label_names=data.label_names,
+    )
+    return Run(trainer, data, record)
+
+
+def trainer_splits(data: ImageData, device_data: DeviceData | None) -> dict:
+    """What the Trainer iterates: index splits over device-resident images, else the transformed datasets."""
+    return device_data.splits if device_data else data.splits
+
+
+def resolve_checkpoint(resume: str | None, output_dir: str) -> str | None:
+    """`--resume_from_checkpoint last` takes the newest checkpoint in output_dir."""
+    if resume != "last":
+        return resume
+    checkpoint = get_last_checkpoint(output_dir) if Path(output_dir).is_dir() else None
+    if checkpoint is None:
+        raise FileNotFoundError(f"--resume_from_checkpoint last: no checkpoint in {output_dir}")
+    return checkpoint
+
+
+def train_and_evaluate(run: Run, resume: str | None = None) -> RunRecord:
+    """Train, save the final model, evaluate it on the test split (validation when there is none), and complete
+    the run's record with the metrics and the log history."""
+    trainer, data, record = run.trainer, run.data, run.record
+    started = time.perf_counter()
+    train_output = trainer.train(resume_from_checkpoint=resolve_checkpoint(resume, trainer.args.output_dir))
+    train_seconds = time.perf_counter() - started
+    trainer.save_model(trainer.args.output_dir)
+    trainer.save_state()
+    split = data.eval_split
+    prediction = trainer.predict(trainer_splits(data, trainer.device_data)[split], metric_key_prefix=split)
+    final = classification_metrics().compute(
+        predictions=prediction.predictions.argmax(-1),
+        references=prediction.label_ids,
+        num_classes=len(data.label_names),
+    )
+    record.metrics = {
+        **train_output.metrics,
+        f"{split}_loss": prediction.metrics[f"{split}_loss"],
+        f"{split}_accuracy": final["accuracy"],
+        f"{split}_per_class_accuracy": dict(zip(data.label_names, final["per_class_accuracy"], strict=True)),
+        f"{split}_confusion_matrix": final["confusion_matrix"],
+        "eval_split": split,
+        "label_names": data.label_names,
+        "train_wall_seconds": train_seconds,
+    }
+    record.log_history = trainer.state.log_history
+    if trainer.is_world_process_zero():
+        trainer.save_metrics("all", record.metrics, combined=False)
+    return record

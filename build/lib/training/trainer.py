@@ -1,0 +1,130 @@
+"""The HF Trainer with the stage schedule's optimizer and learning rates, and one summary log entry per epoch."""
+
+import time
+
+import torch
+from torch.nn import functional as F
+from torch.optim.lr_scheduler import LambdaLR
+from transformers import Trainer
+
+from training.stages import GROUPS, Schedule, StagePlan
+
+
+class StageLR(LambdaLR):
+    """One lambda per param group giving the plan's lr of its module group at each step (0 while frozen).
+
+    The plan lives here because it is the lr as a function of the step: built once, when the Trainer knows its
+    number of steps, and read from here by the callbacks (which receive the scheduler) and the epoch summary.
+    The lr being a pure function of the step, the Trainer's own scheduler stepping cannot undo it, and it resumes
+    by itself; the plan is not saved in the checkpoint (it is rebuilt from the arguments).
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, plan: StagePlan):
+        self.plan = plan
+        super().__init__(optimizer, [_lr_of(plan, group["group"]) for group in optimizer.param_groups])
+
+    def state_dict(self) -> dict:
+        return {key: value for key, value in super().state_dict().items() if key != "plan"}
+
+
+def _lr_of(plan: StagePlan, group: str):
+    """A closure, so that LambdaLR saves no state for it."""
+
+    def lr(step: int) -> float:
+        return plan.lr(group, step)
+
+    return lr
+
+
+class StagedTrainer(Trainer):
+    """A Trainer whose optimizer and scheduler are built once from the schedule and never replaced.
+
+    - One optimizer (--optim) over every parameter in fixed param groups (training/optimizers.py), so that a group
+      frozen at the start is still optimised once unfrozen, and a checkpoint's optimizer state always fits.
+    - StageLR: the lr of every group at every step, from the plan of the schedule over the Trainer's steps.
+    - The loss: cross-entropy with --label_smoothing_factor, computed here on float32 logits.
+    - Training loss and accuracy are accumulated on the device and added, with the stage, its lrs, the trainable
+      parameter count and the epoch time, to the log entry of each epoch's evaluation.
+    """
+
+    def __init__(self, *args, schedule: Schedule, device_data=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.schedule = schedule
+        self.device_data = device_data
+        self._epoch_totals = None
+        self._epoch_started = time.perf_counter()
+        self._micro_step, self._micro_batch = None, 0  # which micro-batch of the optimizer step this is
+
+    @property
+    def plan(self) -> StagePlan:
+        return self.lr_scheduler.plan
+
+    def create_optimizer(self, model=None):
+        if self.optimizer is None:
+            groups = self.accelerator.unwrap_model(model or self.model).parameter_groups()
+            self.optimizer = self.args.optimizer.build(groups, self.args.device)
+        return self.optimizer
+
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        if self.lr_scheduler is None:
+            self.lr_scheduler = StageLR(optimizer or self.optimizer, self.schedule.over_steps(num_training_steps))
+        return self.lr_scheduler
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        step = self.state.global_step
+        self._micro_batch = self._micro_batch + 1 if step == self._micro_step else 0
+        self._micro_step = step
+        return super().training_step(model, self._model_inputs(inputs, train=True), num_items_in_batch)
+
+    def _augment_seed(self) -> int:
+        """A seed per (run seed, optimizer step, micro-batch, rank): augmentation that resumes exactly."""
+        accumulation = self.args.gradient_accumulation_steps
+        position = self.state.global_step * accumulation + self._micro_batch
+        return (self.args.seed * 1_000_003 + position) * 4096 + self.args.process_index
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        return super().prediction_step(model, self._model_inputs(inputs, train=False), prediction_loss_only,
+                                       ignore_keys)
+
+    def _model_inputs(self, inputs: dict, train: bool) -> dict:
+        """Device-resident images gathered and augmented; pixel_values in the memory format of the weights."""
+        inputs = self._prepare_inputs(inputs)
+        if self.device_data is not None:
+            inputs = self.device_data.inputs(inputs, train, self._augment_seed() if train else None)
+        if self.args.channels_last:
+            inputs["pixel_values"] = inputs["pixel_values"].contiguous(memory_format=torch.channels_last)
+        return inputs
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """A per-batch mean (the Trainer scales it for gradient accumulation), smoothed as the flag says."""
+        labels = inputs["labels"]
+        outputs = model(pixel_values=inputs["pixel_values"])
+        loss = F.cross_entropy(outputs.logits.float(), labels, label_smoothing=self.args.label_smoothing_factor)
+        if model.training:
+            with torch.no_grad():
+                correct = (outputs.logits.argmax(dim=-1) == labels).sum()
+                seen = labels.new_tensor(labels.numel(), dtype=torch.float32)
+                totals = torch.stack([loss.detach().float() * seen, correct.float(), seen])
+                self._epoch_totals = totals if self._epoch_totals is None else self._epoch_totals + totals
+        return (loss, outputs) if return_outputs else loss
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "eval_loss" in logs and self.model.training is False and self._epoch_totals is not None:
+            logs = {**self._epoch_summary(), **logs}
+        super().log(logs, start_time)
+
+    def _epoch_summary(self) -> dict[str, float]:
+        loss_sum, correct, seen = self.accelerator.reduce(self._epoch_totals, reduction="sum").tolist()
+        self._epoch_totals = None
+        now, started = time.perf_counter(), self._epoch_started
+        self._epoch_started = now
+        step = max(self.state.global_step - 1, 0)
+        stage = self.plan.stage(step)
+        return {
+            "stage": self.plan.stage_index(step) + 1,
+            "trainable_params": stage.parameter_count(self.accelerator.unwrap_model(self.model).parameter_groups()),
+            **{f"lr_{group}": self.plan.lr(group, step) for group in GROUPS},
+            "train_loss": loss_sum / seen,
+            "train_accuracy": correct / seen,
+            "epoch_time": now - started,
+        }
