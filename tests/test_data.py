@@ -73,8 +73,16 @@ def test_own_validation_and_test_splits_are_used(tmp_path):
 
 
 def test_max_samples_take_the_first_n_after_a_seeded_shuffle(tmp_path):
-    data = load(tmp_path, max_train_samples=5, max_eval_samples=2)
-    assert (len(data.splits["train"]), len(data.splits["validation"])) == (5, 2)
+    full = load(tmp_path)
+    data = load_image_data(DataArguments(dataset_name=str(tmp_path / "ds"), max_train_samples=5, max_eval_samples=2))
+    again = load_image_data(DataArguments(dataset_name=str(tmp_path / "ds"), max_train_samples=5, max_eval_samples=2))
+    for name, count in (("train", 5), ("validation", 2)):
+        kept = labels_of(data.splits[name], "__row__").tolist()
+        every = labels_of(full.splits[name], "__row__").tolist()
+        assert kept == labels_of(full.splits[name].shuffle(seed=42), "__row__").tolist()[:count]
+        assert set(kept) <= set(every) and len(set(kept)) == count, "distinct rows of the same split"
+        assert kept != every[:count], "a shuffle, not the first rows"
+        assert kept == labels_of(again.splits[name], "__row__").tolist(), "the same rows every time"
 
 
 def test_save_to_disk_folder_and_other_column_names(tmp_path):

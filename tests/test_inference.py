@@ -91,7 +91,8 @@ def test_evaluate_model_needs_only_the_split_it_evaluates(model_dir, tmp_path):
     assert "test: 12 images, accuracy" in done.stdout
     missing = run_script("evaluate_model.py", "--model", str(model_dir), "--dataset_name", str(held_out),
                          "--split", "validation")
-    assert missing.returncode == 2 and "has no train split (splits: test)" in missing.stderr
+    assert missing.returncode == 2 and "has no train split to carve a validation split from (splits: test)" \
+        in missing.stderr
 
 
 def test_label_names_are_matched_by_name_and_a_mismatch_is_clear(model_dir, tmp_path):

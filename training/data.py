@@ -363,3 +363,45 @@ class _BatchTransform:
             "pixel_values": [self.transform(image) for image in images],
             "labels": batch[self.label_column],
         }
+
+
+def data_facts(data: ImageData, batch_size: int = 256, seed: int = 42) -> dict:
+    """What a dataset holds once loaded as for training: split sizes, labels and their counts per split, columns,
+    image size, and the per-channel mean and std of one transformed (augmented) training batch."""
+    counts = {name: np.bincount(labels_of(split, data.label_column), minlength=len(data.label_names)).tolist()
+              for name, split in data.splits.items()}
+    batch = torch.stack(data.splits["train"].shuffle(seed=seed)[:batch_size]["pixel_values"])
+    return {
+        "splits": {name: len(split) for name, split in data.splits.items()},
+        "labels": data.label_names,
+        "label_counts": counts,
+        "image_column": data.image_column,
+        "label_column": data.label_column,
+        "native_size": list(data.native_size),
+        "image_size": data.image_size,
+        "batch_size": len(batch),
+        "batch_mean": batch.mean(dim=(0, 2, 3)).tolist(),
+        "batch_std": batch.std(dim=(0, 2, 3)).tolist(),
+        "image_mean": list(data.image_mean),
+        "image_std": list(data.image_std),
+    }
+
+
+def data_report(facts: dict, source: str) -> str:
+    """data_facts as the text scripts/inspect_data.py prints."""
+    def fmt(values) -> str:
+        return "(" + ", ".join(f"{v:.3f}" for v in values) + ")"
+
+    native, size, splits = facts["native_size"], facts["image_size"], facts["splits"]
+    lines = [f"source: {source}",
+             f"columns: image={facts['image_column']!r} label={facts['label_column']!r}; "
+             f"images {native[0]}x{native[1]} -> {size}x{size}"]
+    lines += [f"{name:<11}{count:>9,} images" for name, count in splits.items()]
+    width = max(len(n) for n in facts["labels"])
+    lines.append(f"{len(facts['labels'])} labels:" + "".join(f"{n:>12}" for n in splits))
+    lines += [f"  {index:>3} {name:<{width}}" + "".join(f"{facts['label_counts'][s][index]:>12,}" for s in splits)
+              for index, name in enumerate(facts["labels"])]
+    lines.append(f"transformed train batch of {facts['batch_size']}: mean {fmt(facts['batch_mean'])}, std "
+                 f"{fmt(facts['batch_std'])} (normalised with mean {fmt(facts['image_mean'])}, std "
+                 f"{fmt(facts['image_std'])})")
+    return "\n".join(lines)

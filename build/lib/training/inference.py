@@ -156,3 +156,37 @@ def predict_split(model, split, batch_size: int = 256, num_workers: int = 2) -> 
             predictions.append(model(batch["pixel_values"].to(device)).logits.argmax(dim=-1).cpu())
             labels.append(batch["labels"])
     return torch.cat(predictions), torch.cat(labels)
+
+
+def evaluate_split(model, processor, data_args, split: str, seed: int = 42, batch_size: int = 256) -> dict:
+    """Accuracy, per-class accuracy and confusion matrix of a model on one split of a dataset, its images prepared
+    as the model's processor says and its labels matched to the model's by name. Loads only that split."""
+    from training.data import load_image_data
+    from training.metrics import classification_metrics
+
+    data_args.image_size = model.config.image_size
+    data_args.image_mean, data_args.image_std = list(processor.image_mean), list(processor.image_std)
+    data_args.augment = "none"  # evaluation images are never augmented (only the train split is)
+    data = load_image_data(data_args, seed=seed, split=split)
+    to_model = match_labels(data.label_names, model.config.id2label)
+    predictions, labels = predict_split(model, data.splits[split], batch_size)
+    names = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    references = [to_model[label] for label in labels.tolist()]
+    result = classification_metrics().compute(predictions=predictions.tolist(), references=references,
+                                              num_classes=len(names))
+    return {"split": split, "images": len(references), "labels": names, **result}
+
+
+def evaluation_report(result: dict) -> str:
+    """evaluate_split's result as text: accuracy, per-class accuracy, confusion matrix."""
+    names = result["labels"]
+    width = max(map(len, names))
+    lines = [f"{result['split']}: {result['images']:,} images, accuracy {100 * result['accuracy']:.2f}%",
+             "per-class accuracy:"]
+    lines += [f"  {name:<{width}}  {100 * value:6.2f}%" for name, value in zip(names, result["per_class_accuracy"],
+                                                                              strict=True)]
+    lines += ["confusion matrix (rows: true, columns: predicted):",
+              " " * (width + 2) + "".join(f"{name[:6]:>7}" for name in names)]
+    lines += [f"  {name:<{width}}" + "".join(f"{count:>7}" for count in row)
+              for name, row in zip(names, result["confusion_matrix"], strict=True)]
+    return "\n".join(lines)
