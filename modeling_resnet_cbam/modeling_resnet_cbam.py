@@ -336,7 +336,13 @@ def _read_resnet_state_dict(source: str | os.PathLike, depths: list[int]) -> dic
         if architecture is None:
             raise ValueError(f"torchvision has no ImageNet ResNet with basic blocks and depths {depths}")
         weights = torchvision.models.get_model_weights(architecture).IMAGENET1K_V1
-        state_dict = weights.get_state_dict(progress=True)
+        try:
+            state_dict = weights.get_state_dict(progress=True)
+        except OSError as error:  # URLError included: no network, or a proxy in the way
+            raise ValueError(
+                f"cannot download torchvision's {architecture} ImageNet weights ({error}); without network, start "
+                "from a local .safetensors/.pth file or from random weights (backbone_weights='none')"
+            ) from error
     elif Path(source).is_file():
         state_dict = _read_file(Path(source))
     elif source.startswith((".", "/", "~")) or source.count("/") != 1 or source.endswith(WEIGHT_FILE_SUFFIXES):
@@ -344,19 +350,36 @@ def _read_resnet_state_dict(source: str | os.PathLike, depths: list[int]) -> dic
     else:
         from huggingface_hub import hf_hub_download
 
-        state_dict = _read_file(Path(hf_hub_download(source, "model.safetensors")))
+        try:
+            path = hf_hub_download(source, "model.safetensors")
+        except Exception as error:  # not found, no network, offline mode: the Hub library's own words follow
+            raise ValueError(f"cannot fetch {source}/model.safetensors from the Hub ({type(error).__name__}: "
+                             f"{error}); without network, give a local .safetensors/.pth file") from error
+        state_dict = _read_file(Path(path))
+    if not isinstance(state_dict, dict):
+        raise ValueError(f"{source}: holds a {type(state_dict).__name__}, not a state dict of tensors")
     for wrapper in ("state_dict", "model"):
         if isinstance(state_dict.get(wrapper), dict):
             state_dict = state_dict[wrapper]
+    not_tensors = [key for key, value in state_dict.items() if not isinstance(value, torch.Tensor)]
+    if not_tensors:
+        raise ValueError(f"{source}: '{not_tensors[0]}' is a {type(state_dict[not_tensors[0]]).__name__}, not a "
+                         "tensor; the file is not a ResNet state dict")
     return {key.removeprefix("module."): tensor for key, tensor in state_dict.items()}
 
 
 def _read_file(path: Path) -> dict:
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    """The tensors of a .safetensors file, or the state dict in a .pth/.pt/.bin file (read with weights_only, so no
+    code in it runs); a ValueError naming the file when it is neither."""
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
 
-        return load_file(path)
-    return torch.load(path, map_location="cpu", weights_only=True)
+            return load_file(path)
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # truncated, foreign, or pickled objects: each library words it its own way
+        raise ValueError(f"{path}: not a readable weights file ({type(error).__name__}: {str(error)[:200]}); "
+                         "expected a ResNet state dict saved as .safetensors or with torch.save") from error
 
 
 class ResNetCBAMModel(ResNetCBAMPreTrainedModel):

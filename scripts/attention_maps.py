@@ -27,9 +27,17 @@ def main(argv: list[str] | None = None) -> int:
     if not paths:
         print("error: give image files or folders", file=sys.stderr)
         return 2
-    model, processor = load_model(args.model, args.device)
+    files = image_files(paths)
+    if not files:
+        print(f"error: no image files in {', '.join(paths)}", file=sys.stderr)
+        return 2
+    try:
+        model, processor = load_model(args.model, args.device)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     failed = 0
-    for file in image_files(paths):
+    for file in files:
         try:
             pixel_values = preprocess_file(processor, file)
         except Exception as error:  # any decoding failure is reported by file name

@@ -32,8 +32,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: give image files or folders (unknown arguments: {[p for p in paths if p.startswith('--')]})",
               file=sys.stderr)
         return 2
-    model, processor = load_model(args.model, args.device)
     files = image_files(paths)
+    if not files:
+        print(f"error: no image files in {', '.join(paths)}", file=sys.stderr)
+        return 2
+    try:
+        model, processor = load_model(args.model, args.device)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     results, failed = [], 0
     for result in predict_files(model, processor, files, args.top_k, args.batch_size, args.num_workers):
         results.append(result)

@@ -25,10 +25,18 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         repo = check_push_access(args.hub_model_id, args.token, args.private)
-        print(f"pushed {folders[0]} to {push_folder(folders[0], repo, args.token)}")
     except HubError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    try:
+        print(f"pushed {folders[0]} to {push_folder(folders[0], repo, args.token)}")
+    except HubError as error:  # not a finished folder
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except Exception as error:  # the network or the Hub failed mid-push: the folder is untouched, try again
+        print(f"error: the push of {folders[0]} to {repo} failed ({type(error).__name__}: {error}); the folder is "
+              "unchanged: run the same command again", file=sys.stderr)
+        return 1
     return 0
 
 

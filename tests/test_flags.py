@@ -5,6 +5,7 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 
@@ -212,9 +213,14 @@ def test_label_smoothing_is_the_smoothed_cross_entropy_and_accuracy_stays_exact(
 
 
 def test_the_card_template_ships_with_a_non_editable_install(tmp_path):
-    target = tmp_path / "site"
+    source, target = tmp_path / "source", tmp_path / "site"  # a copy: the build leaves nothing in the checkout
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    for name in ("modeling_resnet_cbam", "training"):
+        shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
     install = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-                              "--target", str(target), str(ROOT)], capture_output=True, text=True, timeout=600)
+                              "--target", str(target), str(source)], capture_output=True, text=True, timeout=600)
     assert install.returncode == 0, install.stderr[-2000:]
     script = """
 import sys, training
@@ -225,10 +231,10 @@ from training.outputs import RunRecord, write_model_card
 from training.stages import recipe
 model = ResNetCBAMForImageClassification(ResNetCBAMConfig(depths=[1, 1, 1, 1], num_labels=2))
 record = RunRecord(Path(sys.argv[2]), "m", "d", False, "staged", recipe("staged"), "train", "tutorial", "random",
-                   "adamw", 0.0, 0.0, 64, 1, 42, "cpu", {"train": 4, "validation": 2}, ["a", "b"], [],
-                   {"eval_split": "validation", "validation_accuracy": 0.5, "validation_loss": 0.7,
-                    "validation_per_class_accuracy": {"a": 1.0, "b": 0.0}, "train_runtime": 3.0,
-                    "train_samples_per_second": 9.0})
+                   "adamw", 0.0, 0.0, 64, 1, 42, "cpu", {"train": 4, "validation": 2}, ["a", "b"], architecture={},
+                   metrics={"eval_split": "validation", "validation_accuracy": 0.5, "validation_loss": 0.7,
+                            "validation_per_class_accuracy": {"a": 1.0, "b": 0.0}, "train_runtime": 3.0,
+                            "train_samples_per_second": 9.0})
 print(write_model_card(record, model).read_text())
 """
     env = {**os.environ, "PYTHONPATH": str(target)}

@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from training.arguments import parse_arguments  # noqa: E402
 from training.cli import setup_logging  # noqa: E402
-from training.run import build_run, train_and_evaluate  # noqa: E402
+from training.run import prepare_run, train_and_evaluate  # noqa: E402
 from training.stages import GROUPS  # noqa: E402
 
 TINY = [
@@ -124,8 +124,8 @@ def run(finetune_flags: list[str], kill_after_save: int | None = None, perturb_r
     extra = [KillAfterSave(kill_after_save)] if kill_after_save is not None else []
     extra += [PerturbRank(perturb_rank)] if perturb_rank is not None else []
     recorder = Recorder()
-    run = build_run(model_args, data_args, stage_args, training_args, extra_callbacks=[*extra, recorder])
-    train_and_evaluate(run, training_args.resume_from_checkpoint)
+    run, checkpoint = prepare_run(model_args, data_args, stage_args, training_args, extra_callbacks=[*extra, recorder])
+    train_and_evaluate(run, checkpoint)
     return run, recorder
 
 

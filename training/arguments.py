@@ -32,6 +32,8 @@ def _comma_list(text: str | None, kind, flag: str) -> list | None:
 
 @dataclass
 class ArchitectureArguments:
+    _argument_group_name = "model (resnet-cbam)"
+
     depths: str = field(default="2,2,2,2", metadata={"help": "Blocks per stage: 2,2,2,2 (ResNet18), 3,4,6,3 (34)."})
     stem: str = field(default="cifar", metadata={"help": "cifar (3x3 stride 1, no max-pool) or imagenet."})
     cbam_placement: str = field(default="stage", metadata={"help": "stage (after layer1..4) or block."})
@@ -72,6 +74,8 @@ class ModelArguments(ArchitectureArguments):
 
 @dataclass
 class StageArguments:
+    _argument_group_name = "stages (resnet-cbam)"
+
     recipe: str = field(default="staged", metadata={"help": "staged (default), seed-exact, or full (one stage)."})
     stage_epochs: str | None = field(default=None, metadata={"help": "Stage lengths in epochs, e.g. 5,15,30."})
     stage_lrs: str | None = field(default=None, metadata={"help": "One lr per stage, e.g. 1e-3,1e-4,1e-5."})
@@ -100,7 +104,7 @@ RECIPE_FIELDS = {
     "optim_args", "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon", "label_smoothing_factor",
     "max_grad_norm", "per_device_train_batch_size", "gradient_accumulation_steps", "seed", "bf16", "use_cpu",
     "push_to_hub", "hub_model_id", "hub_token", "hub_private_repo", "resume_from_checkpoint", "output_dir",
-}
+}  # and this project's own: channels_last, data_on_device, overwrite_output_dir, allow_changed_run
 # Passed to the Trainer as they are, and known to work with this recipe.
 TRAINER_FIELDS = {
     "per_device_eval_batch_size", "tf32", "torch_compile", "torch_compile_backend", "torch_compile_mode",
@@ -183,6 +187,8 @@ class FinetuneTrainingArguments(TrainingArguments):
     """TrainingArguments with the tutorial recipe's defaults (batch 64, Adam, constant rates, no clipping, an
     evaluation and a save per epoch), the speed defaults of the hardware, and the unsupported flags refused."""
 
+    _argument_group_name = "training (transformers TrainingArguments, with this recipe's defaults)"
+
     output_dir: str = field(default="outputs/resnet-cbam", metadata={"help": "Where checkpoints and the model go."})
     num_train_epochs: float | None = field(
         default=None, metadata={"help": "Default: the sum of the stage lengths; if given, it must equal it."}
@@ -197,8 +203,8 @@ class FinetuneTrainingArguments(TrainingArguments):
         default=0, metadata={"help": "Linear warmup at the start of each stage: a number of steps, or a fraction "
                              "of the stage's steps below 1."}
     )
-    per_device_train_batch_size: int = 64
-    per_device_eval_batch_size: int = 256
+    per_device_train_batch_size: int = field(default=64, metadata={"help": "Images per step on each process."})
+    per_device_eval_batch_size: int = field(default=256, metadata={"help": "Images per evaluation step."})
     max_grad_norm: float = field(default=0.0, metadata={"help": "Gradient clipping norm; 0 (the tutorial): none."})
     eval_strategy: str = field(default="epoch", metadata={"help": "When to evaluate: epoch (default), steps, no."})
     save_strategy: str = field(default="epoch", metadata={"help": "When to save a checkpoint: epoch, steps, no."})
@@ -217,6 +223,14 @@ class FinetuneTrainingArguments(TrainingArguments):
     data_on_device: bool | None = field(
         default=None, metadata={"help": "Decode small images (<= 64x64) once into a tensor on the training device "
                                 "and augment there with kornia: no PIL work per step. Default: on for such images."}
+    )
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "Replace a previous run in --output_dir (deleted once the new run has "
+                                 "loaded). Without it, a folder holding a model or checkpoints is refused."}
+    )
+    allow_changed_run: bool = field(
+        default=False, metadata={"help": "Resume a checkpoint although the run's defining arguments changed (the "
+                                 "differences are logged and written into the model card)."}
     )
 
     def __post_init__(self):

@@ -6,9 +6,11 @@ import sys
 import transformers
 
 from training.arguments import FinetuneTrainingArguments, parse_arguments
+from training.hardware import configure_threads
 from training.hub import HubError, check_push_access, push_folder
 from training.outputs import write_run_outputs
-from training.run import build_run, train_and_evaluate
+from training.run import prepare_run, train_and_evaluate
+from training.trainer import DivergenceError
 
 logger = logging.getLogger("finetune")
 
@@ -28,17 +30,22 @@ def finetune_main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     setup_logging(training_args)
+    logger.info("%d CPU threads per process", configure_threads())
     push = training_args.push_to_hub
     training_args.push_to_hub = False  # the finished folder is pushed once, below, never checkpoints mid-run
     try:
         if push and training_args.should_save:
             hub = (training_args.hub_model_id, training_args.hub_token, training_args.hub_private_repo)
             logger.info("the Hub accepts pushes to %s", check_push_access(*hub))
-        run = build_run(model_args, data_args, stage_args, training_args)
+        run, checkpoint = prepare_run(model_args, data_args, stage_args, training_args)
     except (ValueError, HubError, FileNotFoundError) as error:  # bad flags, data or weights: said before training
         print(f"error: {error}", file=sys.stderr)
         return 2
-    record = train_and_evaluate(run, training_args.resume_from_checkpoint)
+    try:
+        record = train_and_evaluate(run, checkpoint)
+    except DivergenceError as error:  # no final model, card or push for a diverged run
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     split = record.eval_split
     logger.info("final %s accuracy %.2f%% after %.0f s of training; model in %s", split,
                 100 * record.metrics[f"{split}_accuracy"], record.metrics["train_wall_seconds"], record.output_dir)

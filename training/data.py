@@ -40,6 +40,8 @@ class DataError(ValueError):
 
 @dataclass
 class DataArguments:
+    _argument_group_name = "data (resnet-cbam)"
+
     dataset_name: str = field(
         default="uoft-cs/cifar10",
         metadata={"help": "A Hub dataset id or a local folder in Hub layout (or one written by save_to_disk)."},
@@ -142,10 +144,16 @@ def load_image_data(args: DataArguments, seed: int = 42, split: str | None = Non
         raw = DatasetDict({reference: raw[reference]})
     _require_rows(raw)
     image_column = _pick_column(raw[reference], args.image_column_name, IMAGE_COLUMNS, "image")
+    if not isinstance(raw[reference].features[image_column], ImageFeature):
+        raise DataError(f"the column {image_column!r} holds {raw[reference].features[image_column]}, not images; "
+                        "name the image column with --image_column_name")
     label_column = _pick_column(raw[reference], args.label_column_name, LABEL_COLUMNS, "label")
     raw = DatasetDict({name: split.add_column(ROW, range(len(split))) for name, split in raw.items()})
     raw = _as_class_labels(raw, label_column, reference)
     label_names = raw[reference].features[label_column].names
+    if split is None and len(label_names) < 2:
+        raise DataError(f"the train split of {args.source} has {len(label_names)} class ({', '.join(label_names)}): "
+                        "a classifier needs at least two")
     for name, each in raw.items():
         _check_labels(each, name, label_column, len(label_names))
     splits = _train_validation_test(raw, args.validation_split, label_column, seed) if reference == "train" else raw
@@ -330,9 +338,10 @@ def build_transforms(data: ImageData, train: bool, augment: str = "tutorial") ->
     native = data.native_size == (size, size)
     steps: list = []
     if train and augment == "tutorial":
-        crop = v2.RandomCrop(size, padding=crop_padding(size)) if native else v2.RandomResizedCrop(size, antialias=True)
+        crop = v2.RandomCrop(size, padding=crop_padding(size), pad_if_needed=True) if native \
+            else v2.RandomResizedCrop(size, antialias=True)
         steps += [crop, v2.RandomHorizontalFlip(), v2.ColorJitter(*COLOR_JITTER), v2.RandomRotation(ROTATION_DEGREES)]
-    elif not native:
+    else:  # every image to the model's size, whatever the first one's was (PIL leaves a same-size image as it is)
         steps += [v2.Resize(size, antialias=True), v2.CenterCrop(size)]
     steps += [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(data.image_mean, data.image_std)]
     return v2.Compose(steps)

@@ -75,3 +75,13 @@ def device_name(device: torch.device, world_size: int = 1) -> str:
 
 def describe(bf16: bool, channels_last: bool, device: torch.device) -> str:
     return f"{device.type}, {'bf16 autocast' if bf16 else 'fp32'}, {'channels_last' if channels_last else 'NCHW'}"
+
+
+def configure_threads() -> int:
+    """The CPU threads of this process: under `accelerate launch` on a machine without GPUs, its share of the cores
+    (cores / processes on this machine), since accelerate exports OMP_NUM_THREADS=1 to every child unless told
+    otherwise. Any other OMP_NUM_THREADS, and plain `python`, keep torch's own choice. Returns the count."""
+    accelerate_default = "ACCELERATE_MIXED_PRECISION" in os.environ and os.environ.get("OMP_NUM_THREADS") == "1"
+    if accelerate_default and not torch.cuda.is_available():
+        torch.set_num_threads(max(1, usable_cores() // launch().local_world_size))
+    return torch.get_num_threads()

@@ -3,7 +3,7 @@
 from pathlib import Path
 
 from huggingface_hub import HfApi
-from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+from huggingface_hub.errors import HfHubHTTPError, LocalTokenNotFoundError, OfflineModeIsEnabled
 
 # Checkpoints and the pickled training arguments stay local; weights, code, card, plots and results go.
 IGNORE = ["checkpoint-*", "checkpoint-*/**", "training_args.bin", "runs/**"]
@@ -24,10 +24,13 @@ def check_push_access(repo_id: str | None, token: str | None = None, private: bo
         raise HubError(
             "--push_to_hub, but HF_HUB_OFFLINE is set: unset it or push later with scripts/push.py"
         ) from error
-    except (HfHubHTTPError, OSError, ValueError) as error:
+    except (HfHubHTTPError, LocalTokenNotFoundError, ValueError) as error:
         raise HubError(
             f"cannot push to the Hub: no valid token ({error}); run `hf auth login` or set HF_TOKEN"
         ) from error
+    except Exception as error:  # no network: httpx's ConnectError, timeouts, proxies
+        raise HubError(f"cannot reach the Hub ({type(error).__name__}: {error}); check the network, or train without "
+                       "--push_to_hub and push the folder later with scripts/push.py") from error
     try:
         return api.create_repo(repo_id, private=private, exist_ok=True).repo_id
     except (HfHubHTTPError, OSError) as error:

@@ -16,9 +16,14 @@ IMAGE_SUFFIXES = {suffix for suffix, fmt in Image.registered_extensions().items(
 
 
 def load_model(name_or_path: str, device: str | None = None):
-    """A saved model folder or Hub id, loaded with its own code and its preprocessor_config.json."""
-    model = AutoModelForImageClassification.from_pretrained(name_or_path, trust_remote_code=True)
-    processor = AutoImageProcessor.from_pretrained(name_or_path)
+    """A saved model folder or Hub id, loaded with its own code and its preprocessor_config.json; a ValueError
+    naming the folder or id when there is no model there."""
+    try:
+        model = AutoModelForImageClassification.from_pretrained(name_or_path, trust_remote_code=True)
+        processor = AutoImageProcessor.from_pretrained(name_or_path)
+    except (OSError, ValueError) as error:  # no such folder, not a model folder, unknown or unreachable Hub id
+        raise ValueError(f"--model {name_or_path}: no model could be loaded from it ({str(error)[:300]}); give a "
+                         "folder written by scripts/finetune.py or save_pretrained, or a Hub model id") from error
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     return model.to(device).eval(), processor
 

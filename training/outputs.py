@@ -2,7 +2,7 @@
 model card (README.md), all from one record of the run's facts held in memory."""
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
 
@@ -40,8 +40,22 @@ class RunRecord:
     hardware: str
     split_sizes: dict[str, int]
     label_names: list[str]
+    architecture: dict  # the model config's fields that shape the network
+    gradient_accumulation_steps: int = 1
+    changes_on_resume: list[str] = field(default_factory=list)  # accepted with --allow_changed_run
     log_history: list[dict] = field(default_factory=list)
     metrics: dict = field(default_factory=dict)
+
+    def identity(self) -> dict:
+        """The facts that define the run: a checkpoint resumed with other values would not continue it."""
+        return {
+            "recipe": self.recipe, "schedule": [asdict(stage) for stage in self.schedule.stages],
+            "model": self.architecture, "dataset": self.dataset, "split_sizes": self.split_sizes,
+            "labels": self.label_names, "augment": self.augment, "bn_policy": self.bn_policy,
+            "optimizer": self.optimizer, "label_smoothing": self.label_smoothing, "max_grad_norm": self.max_grad_norm,
+            "batch_size": self.batch_size, "world_size": self.world_size,
+            "gradient_accumulation_steps": self.gradient_accumulation_steps, "seed": self.seed,
+        }
 
     @property
     def eval_split(self) -> str:

@@ -60,13 +60,19 @@ def epoch_entries(log_history: list[dict]) -> list[dict]:
 
 
 def plot_training(log_history: list[dict], stage_first_epochs: list[int], out_dir: str | Path) -> list[Path]:
-    """loss.png (every logged step) and curves.png (accuracy and loss per epoch, stage boundaries marked)."""
+    """loss.png (every logged step, or every epoch when fewer were logged) and curves.png (accuracy and loss per
+    epoch, stage boundaries marked)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     steps, losses = step_losses(log_history)
+    title = "Training loss of every logged step"
+    if len(steps) < 2:  # fewer steps than --logging_steps: the epochs' mean losses are the points there are
+        steps, losses = [e["step"] for e in epoch_entries(log_history)], [e["train_loss"] for e in epoch_entries(
+            log_history)]
+        title = "Training loss per epoch (fewer steps than --logging_steps)"
     figure, axis = plt.subplots(figsize=(8, 4))
-    axis.plot(steps, losses, linewidth=1)
-    axis.set(xlabel="optimizer step", ylabel="training loss", title="Training loss of every logged step")
+    axis.plot(steps, losses, "o-" if len(steps) < 20 else "-", linewidth=1)
+    axis.set(xlabel="optimizer step", ylabel="training loss", title=title)
     axis.grid(alpha=0.3)
     figure.tight_layout()
     _save(figure, out_dir / "loss.png")

@@ -10,11 +10,17 @@ from pathlib import Path
 
 import torch
 from transformers import TrainerCallback, default_data_collator
-from transformers.trainer_utils import get_last_checkpoint
 
 from modeling_resnet_cbam import ResNetCBAMConfig, ResNetCBAMForImageClassification
 from training.arguments import FinetuneTrainingArguments, ModelArguments, StageArguments, build_schedule
 from training.callbacks import ChanceLevelCallback, RankConsistencyCallback, StageCallback
+from training.checkpoints import (
+    RunFactsCallback,
+    check_output_dir,
+    check_resume,
+    clear_output_dir,
+    resolve_checkpoint,
+)
 from training.data import DataArguments, ImageData, load_image_data
 from training.device_data import DeviceData, supports_device_data
 from training.hardware import describe, device_name
@@ -23,6 +29,8 @@ from training.outputs import RunRecord
 from training.trainer import StagedTrainer
 
 logger = logging.getLogger(__name__)
+ARCHITECTURE_FIELDS = ("depths", "stem", "cbam_placement", "cbam_reduction", "cbam_kernel_size", "num_channels",
+                       "image_size", "image_mean", "image_std")
 
 
 @dataclass
@@ -83,18 +91,6 @@ def build_run(
     logger.info("speed settings: %s%s", describe(training_args.bf16, training_args.channels_last, training_args.device),
                 ", data on the device" if device_data else f", {training_args.dataloader_num_workers} loader workers")
     logger.info("optimizer: %s", training_args.optimizer.describe())
-    trainer = StagedTrainer(
-        model=model,
-        args=training_args,
-        train_dataset=splits["train"],
-        eval_dataset=splits["validation"],
-        data_collator=default_data_collator,
-        compute_metrics=compute_accuracy,
-        callbacks=[*extra_callbacks, StageCallback(stage_args.bn_policy), RankConsistencyCallback(),
-                   ChanceLevelCallback()],
-        schedule=schedule,
-        device_data=device_data,
-    )
     record = RunRecord(
         output_dir=Path(training_args.output_dir),
         model_id=training_args.hub_model_id or Path(training_args.output_dir).name,
@@ -114,8 +110,45 @@ def build_run(
         hardware=device_name(training_args.device, training_args.world_size),
         split_sizes={name: len(split) for name, split in data.splits.items()},
         label_names=data.label_names,
+        architecture={name: getattr(model.config, name) for name in ARCHITECTURE_FIELDS},
+        gradient_accumulation_steps=training_args.gradient_accumulation_steps,
+    )
+    trainer = StagedTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=splits["train"],
+        eval_dataset=splits["validation"],
+        data_collator=default_data_collator,
+        compute_metrics=compute_accuracy,
+        callbacks=[*extra_callbacks, StageCallback(stage_args.bn_policy), RankConsistencyCallback(),
+                   ChanceLevelCallback(), RunFactsCallback(record.identity())],
+        schedule=schedule,
+        device_data=device_data,
     )
     return Run(trainer, data, record)
+
+
+def prepare_run(
+    model_args: ModelArguments,
+    data_args: DataArguments,
+    stage_args: StageArguments,
+    training_args: FinetuneTrainingArguments,
+    extra_callbacks: list[TrainerCallback] = (),
+) -> tuple[Run, Path | None]:
+    """Everything before training, cheapest checks first: the output folder and the checkpoint to resume, then
+    data, model and Trainer, then whether the checkpoint continues this very run. A previous run that
+    --overwrite_output_dir replaces is deleted last, once everything else has succeeded."""
+    resume = training_args.resume_from_checkpoint
+    to_delete = check_output_dir(training_args.output_dir, training_args.overwrite_output_dir, resume)
+    checkpoint = resolve_checkpoint(resume, training_args.output_dir)
+    run = build_run(model_args, data_args, stage_args, training_args, extra_callbacks)
+    if checkpoint is not None:
+        run.record.changes_on_resume = check_resume(checkpoint, run.record.identity(), training_args.allow_changed_run)
+        for change in run.record.changes_on_resume:
+            logger.warning("--allow_changed_run: resuming %s although %s", checkpoint, change)
+    if to_delete and run.trainer.is_world_process_zero():
+        clear_output_dir(training_args.output_dir, to_delete)
+    return run, checkpoint
 
 
 def trainer_splits(data: ImageData, device_data: DeviceData | None) -> dict:
@@ -123,22 +156,12 @@ def trainer_splits(data: ImageData, device_data: DeviceData | None) -> dict:
     return device_data.splits if device_data else data.splits
 
 
-def resolve_checkpoint(resume: str | None, output_dir: str) -> str | None:
-    """`--resume_from_checkpoint last` takes the newest checkpoint in output_dir."""
-    if resume != "last":
-        return resume
-    checkpoint = get_last_checkpoint(output_dir) if Path(output_dir).is_dir() else None
-    if checkpoint is None:
-        raise FileNotFoundError(f"--resume_from_checkpoint last: no checkpoint in {output_dir}")
-    return checkpoint
-
-
-def train_and_evaluate(run: Run, resume: str | None = None) -> RunRecord:
-    """Train, save the final model, evaluate it on the test split (validation when there is none), and complete
-    the run's record with the metrics and the log history."""
+def train_and_evaluate(run: Run, checkpoint: Path | None = None) -> RunRecord:
+    """Train (from `checkpoint` when given), save the final model, evaluate it on the test split (validation when
+    there is none), and complete the run's record with the metrics and the log history."""
     trainer, data, record = run.trainer, run.data, run.record
     started = time.perf_counter()
-    train_output = trainer.train(resume_from_checkpoint=resolve_checkpoint(resume, trainer.args.output_dir))
+    train_output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     train_seconds = time.perf_counter() - started
     trainer.save_model(trainer.args.output_dir)
     trainer.save_state()

@@ -36,6 +36,10 @@ def _lr_of(plan: StagePlan, group: str):
     return lr
 
 
+class DivergenceError(RuntimeError):
+    """A non-finite loss: training stopped at that step, before the optimizer applied it."""
+
+
 class StagedTrainer(Trainer):
     """A Trainer whose optimizer and scheduler are built once from the schedule and never replaced.
 
@@ -74,7 +78,15 @@ class StagedTrainer(Trainer):
         step = self.state.global_step
         self._micro_batch = self._micro_batch + 1 if step == self._micro_step else 0
         self._micro_step = step
-        return super().training_step(model, self._model_inputs(inputs, train=True), num_items_in_batch)
+        loss = super().training_step(model, self._model_inputs(inputs, train=True), num_items_in_batch)
+        if not torch.isfinite(loss):  # one check a step; the optimizer has not applied this step yet
+            stage = self.plan.stage(step)
+            raise DivergenceError(
+                f"training diverged at step {step + 1} (stage {self.plan.stage_index(step) + 1}, "
+                f"{stage.describe()}; lr now {self.plan.lr(stage.groups[0], step):g}): the loss is {loss.item()}. "
+                "Nothing was saved after the last checkpoint; lower the learning rates (or add warmup) and start again"
+            )
+        return loss
 
     def _augment_seed(self) -> int:
         """A seed per (run seed, optimizer step, micro-batch, rank): augmentation that resumes exactly."""

@@ -1,0 +1,120 @@
+"""The output folder and its checkpoints: a finished run is never overwritten by accident, and a run resumes only
+from a complete checkpoint of the same run.
+
+Each checkpoint gets `run_facts.json` (what defines the run: schedule, model, data, batch, optimizer, ...) once the
+Trainer has written everything else into it. That file is the checkpoint's completion mark: a crash while saving
+leaves a folder without it, which `--resume_from_checkpoint last` skips, saying so.
+"""
+
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+
+from safetensors import safe_open
+from transformers import TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+logger = logging.getLogger(__name__)
+
+RUN_FACTS = "run_facts.json"
+RESUMABLE = ("model.safetensors", "optimizer.pt", "scheduler.pt", "trainer_state.json", RUN_FACTS)
+
+
+class RunFolderError(ValueError):
+    """An output folder or checkpoint that cannot be used as asked, with what to do instead."""
+
+
+def check_output_dir(output_dir: str | Path, overwrite: bool, resume: str | None) -> list[str]:
+    """Before anything loads: refuse a folder that holds a finished model or checkpoints, unless the run resumes
+    from it or --overwrite_output_dir says to replace it. Returns what is there to delete (empty: nothing)."""
+    folder = Path(output_dir)
+    held = [name for name in ("model.safetensors", "README.md") if (folder / name).is_file()]
+    held += sorted(path.name for path in folder.glob(f"{PREFIX_CHECKPOINT_DIR}-*") if path.is_dir())
+    if not held or resume:
+        return []
+    if not overwrite:
+        raise RunFolderError(
+            f"{folder} already holds a run ({', '.join(held[:4])}{', ...' if len(held) > 4 else ''}): continue it with "
+            "--resume_from_checkpoint last, replace it with --overwrite_output_dir, or choose another --output_dir"
+        )
+    return held
+
+
+def clear_output_dir(output_dir: str | Path, held: list[str]) -> None:
+    """--overwrite_output_dir, once everything has loaded: delete the previous run, and say so."""
+    shutil.rmtree(output_dir)
+    logger.warning("--overwrite_output_dir: deleted the previous run in %s (%s)", output_dir, ", ".join(held))
+
+
+def checkpoint_problem(checkpoint: Path) -> str | None:
+    """What makes a checkpoint folder unusable for a resume (a missing or unreadable file), or None."""
+    missing = [name for name in RESUMABLE if not (checkpoint / name).is_file()]
+    if missing:
+        return f"{', '.join(missing)} missing"
+    try:
+        with safe_open(checkpoint / "model.safetensors", framework="pt") as weights:
+            weights.keys()
+        facts = json.loads((checkpoint / RUN_FACTS).read_text())
+        json.loads((checkpoint / "trainer_state.json").read_text())["global_step"]
+    except Exception as error:  # a truncated or foreign file, whatever the library says about it
+        return f"unreadable ({type(error).__name__}: {error})"
+    return None if isinstance(facts, dict) else f"{RUN_FACTS} is not a JSON object"
+
+
+def resolve_checkpoint(resume: str | None, output_dir: str | Path) -> Path | None:
+    """The checkpoint to resume from: `last` is the newest complete one in output_dir (incomplete ones are named
+    and skipped); a path must be a complete checkpoint. A RunFolderError says what is wrong, naming the file."""
+    if resume is None:
+        return None
+    if resume != "last":
+        path = Path(resume)
+        problem = checkpoint_problem(path) if path.is_dir() else "not a folder"
+        if problem:
+            raise RunFolderError(f"--resume_from_checkpoint {path}: {problem}")
+        return path
+    candidates = sorted(Path(output_dir).glob(f"{PREFIX_CHECKPOINT_DIR}-*"),
+                        key=lambda p: int(p.name.rsplit("-", 1)[-1]) if p.name.rsplit("-", 1)[-1].isdigit() else -1)
+    for path in reversed(candidates):
+        problem = checkpoint_problem(path)
+        if problem is None:
+            return path
+        logger.warning("--resume_from_checkpoint last: skipping the incomplete checkpoint %s (%s)", path, problem)
+    raise RunFolderError(f"--resume_from_checkpoint last: no complete checkpoint in {output_dir}")
+
+
+def changed_facts(checkpoint: Path, facts: dict) -> list[str]:
+    """How this run's defining facts differ from those saved with the checkpoint, one line each."""
+    saved, facts = json.loads((checkpoint / RUN_FACTS).read_text()), json.loads(json.dumps(facts))
+    return [f"{key}: {json.dumps(saved.get(key))} in the checkpoint, {json.dumps(facts.get(key))} now"
+            for key in sorted(set(saved) | set(facts)) if saved.get(key) != facts.get(key)]
+
+
+class RunFactsCallback(TrainerCallback):
+    """After each checkpoint is written: the run's defining facts into it, atomically, as its completion mark."""
+
+    def __init__(self, facts: dict):
+        self.facts = facts
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+            partial = folder / f".{RUN_FACTS}.partial"
+            partial.write_text(json.dumps(self.facts, indent=2))
+            os.replace(partial, folder / RUN_FACTS)
+
+
+def check_resume(checkpoint: Path, facts: dict, allow_changed_run: bool) -> list[str]:
+    """Before training: the checkpoint must be of this very run with steps left to train. Returns the differences
+    that --allow_changed_run accepted (for the card), else raises a RunFolderError listing them."""
+    changes = changed_facts(checkpoint, facts)
+    if changes and not allow_changed_run:
+        raise RunFolderError(f"{checkpoint} is a checkpoint of another run; resuming it with these arguments would "
+                             "not continue it:\n  " + "\n  ".join(changes) +
+                             "\nResume with the run's own arguments, or accept the changes with --allow_changed_run")
+    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    if state["global_step"] >= state["max_steps"] and not changes:
+        raise RunFolderError(f"{checkpoint} is the end of its run (step {state['global_step']} of "
+                             f"{state['max_steps']}): nothing is left to train")
+    return changes
