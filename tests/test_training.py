@@ -24,6 +24,7 @@ from modeling_resnet_cbam import ResNetCBAMConfig, ResNetCBAMForImageClassificat
 from training.arguments import parse_arguments
 from training.callbacks import freeze_for_stage
 from training.cli import finetune_main
+from training.hardware import usable_cores
 from training.stages import GROUPS, recipe
 
 TINY_RUN = ROOT / "tests" / "tiny_run.py"
@@ -163,6 +164,7 @@ def test_accelerate_launch_on_one_process_runs_the_script(dataset, tmp_path):
     done = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "Stage 3/3 (epochs 3-3, everything)" in done.stdout
+    assert f"{usable_cores()} CPU threads per process" in done.stdout, "not accelerate's OMP_NUM_THREADS=1"
     assert (tmp_path / "out" / "model.safetensors").is_file()
 
 

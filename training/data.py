@@ -192,6 +192,10 @@ def _load_source(args: DataArguments) -> DatasetDict:
         return _load_splits(args)
     except (FileNotFoundError, ValueError) as error:  # datasets' own words say what is missing or empty
         raise DataError(f"cannot load {args.source}: {error}") from error
+    except OSError as error:  # ConnectionError: offline, or the Hub out of reach
+        raise DataError(f"cannot load {args.source} from the Hub ({error}); without network, give a local copy: "
+                        "--dataset_name <folder in Hub layout or written by save_to_disk>, or --train_dir "
+                        "<image folder>") from error
 
 
 def _load_splits(args: DataArguments) -> DatasetDict:
