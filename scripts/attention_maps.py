@@ -11,7 +11,7 @@ from pathlib import Path
 
 from transformers import HfArgumentParser
 
-from training.inference import image_files, load_model, preprocess_file, save_attention_map
+from training.inference import model_and_images, preprocess_file, save_attention_map
 
 
 @dataclass
@@ -24,15 +24,8 @@ class AttentionArguments:
 
 def main(argv: list[str] | None = None) -> int:
     args, paths = HfArgumentParser(AttentionArguments).parse_known_args(argv)
-    if not paths:
-        print("error: give image files or folders", file=sys.stderr)
-        return 2
-    files = image_files(paths)
-    if not files:
-        print(f"error: no image files in {', '.join(paths)}", file=sys.stderr)
-        return 2
     try:
-        model, processor = load_model(args.model, args.device)
+        model, processor, files = model_and_images(args.model, paths, args.device)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

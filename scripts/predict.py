@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from tqdm.auto import tqdm
 from transformers import HfArgumentParser
 
-from training.inference import image_files, load_model, predict_files
+from training.inference import model_and_images, predict_files
 
 
 @dataclass
@@ -28,16 +28,8 @@ class PredictArguments:
 
 def main(argv: list[str] | None = None) -> int:
     args, paths = HfArgumentParser(PredictArguments).parse_known_args(argv)
-    if not paths or any(p.startswith("--") for p in paths):
-        print(f"error: give image files or folders (unknown arguments: {[p for p in paths if p.startswith('--')]})",
-              file=sys.stderr)
-        return 2
-    files = image_files(paths)
-    if not files:
-        print(f"error: no image files in {', '.join(paths)}", file=sys.stderr)
-        return 2
     try:
-        model, processor = load_model(args.model, args.device)
+        model, processor, files = model_and_images(args.model, paths, args.device)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -45,6 +45,18 @@ def image_files(paths: Sequence[str | Path]) -> list[Path]:
     return files
 
 
+def model_and_images(name_or_path: str, paths: Sequence[str], device: str | None = None):
+    """What the image scripts start from: (model, processor, image files); a ValueError when the paths hold no
+    image file or the model cannot be loaded, checked in that order (the cheap check first)."""
+    unknown = [path for path in paths if path.startswith("--")]
+    if not paths or unknown:
+        raise ValueError(f"give image files or folders{f' (unknown arguments: {unknown})' if unknown else ''}")
+    files = image_files(paths)
+    if not files:
+        raise ValueError(f"no image files in {', '.join(paths)}")
+    return *load_model(name_or_path, device), files
+
+
 @dataclass
 class Prediction:
     image: str
