@@ -179,6 +179,23 @@ def test_inference_scripts_name_what_is_missing(tmp_path):
     assert "Traceback" not in done.stderr
 
 
+def test_no_network_for_the_torchvision_weights_names_the_offline_alternatives(monkeypatch):
+    from urllib.error import URLError
+
+    from torchvision.models._api import WeightsEnum
+
+    from modeling_resnet_cbam import ResNetCBAMConfig, ResNetCBAMForImageClassification
+
+    def unreachable(self, *args, **kwargs):
+        raise URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(WeightsEnum, "get_state_dict", unreachable)
+    model = ResNetCBAMForImageClassification(ResNetCBAMConfig())
+    with pytest.raises(ValueError, match="cannot download torchvision's resnet18 ImageNet weights .*local "
+                                         ".safetensors/.pth file or from random weights"):
+        model.load_backbone_weights("torchvision")
+
+
 def test_no_network_for_the_push_is_one_line_before_training(monkeypatch, tmp_path):
     def offline(self, **kwargs):
         raise ConnectionError("[Errno 101] Network is unreachable")

@@ -11,6 +11,7 @@ from tiny_run import TINY
 from training import cli
 from training.hub import IGNORE, HubError, check_push_access, push_folder
 from training.metrics import classification_metrics
+from training.plots import loss_points
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +56,20 @@ def test_the_card_holds_the_runs_real_numbers(finished):
     assert "| 2 | 1 | stem, layer3, layer4, cbam, head at lr 0.0001 |" in card
     assert "pipeline_tag: image-classification" in card and "plots/curves.png" in card
     assert "### Attention maps" in card and "![attention map](plots/attention_0.png)" in card
+
+
+def test_a_local_dataset_is_not_named_as_a_hub_dataset_in_the_card_metadata(finished):
+    header = (finished / "README.md").read_text().split("---")[1]
+    assert "datasets:" not in header and "model-index" not in header and "pipeline_tag: image-classification" in header
+
+
+def test_the_loss_plot_falls_back_to_epochs_on_a_run_shorter_than_logging_steps():
+    history = [{"loss": 2.3, "step": 5}, {"stage": 1, "eval_loss": 2.2, "train_loss": 2.25, "step": 8, "epoch": 1},
+               {"stage": 1, "eval_loss": 2.1, "train_loss": 2.15, "step": 16, "epoch": 2}]
+    assert loss_points(history) == ([8, 16], [2.25, 2.15], "Training loss per epoch (fewer steps than "
+                                                           "--logging_steps)")
+    history.insert(1, {"loss": 2.2, "step": 10})
+    assert loss_points(history)[:2] == ([5, 10], [2.3, 2.2])
 
 
 def test_metrics_are_evaluate_metrics_and_match_a_direct_computation():

@@ -59,17 +59,23 @@ def epoch_entries(log_history: list[dict]) -> list[dict]:
     return [e for e in log_history if "stage" in e and "eval_loss" in e]
 
 
+def loss_points(log_history: list[dict]) -> tuple[list[int], list[float], str]:
+    """The points of loss.png: every logged step, or, when fewer than two steps were logged (a run shorter than
+    --logging_steps), each epoch's mean training loss at its last step; and the title that says which."""
+    steps, losses = step_losses(log_history)
+    if len(steps) >= 2:
+        return steps, losses, "Training loss of every logged step"
+    epochs = epoch_entries(log_history)
+    return ([e["step"] for e in epochs], [e["train_loss"] for e in epochs],
+            "Training loss per epoch (fewer steps than --logging_steps)")
+
+
 def plot_training(log_history: list[dict], stage_first_epochs: list[int], out_dir: str | Path) -> list[Path]:
     """loss.png (every logged step, or every epoch when fewer were logged) and curves.png (accuracy and loss per
     epoch, stage boundaries marked)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    steps, losses = step_losses(log_history)
-    title = "Training loss of every logged step"
-    if len(steps) < 2:  # fewer steps than --logging_steps: the epochs' mean losses are the points there are
-        steps, losses = [e["step"] for e in epoch_entries(log_history)], [e["train_loss"] for e in epoch_entries(
-            log_history)]
-        title = "Training loss per epoch (fewer steps than --logging_steps)"
+    steps, losses, title = loss_points(log_history)
     figure, axis = plt.subplots(figsize=(8, 4))
     axis.plot(steps, losses, "o-" if len(steps) < 20 else "-", linewidth=1)
     axis.set(xlabel="optimizer step", ylabel="training loss", title=title)
