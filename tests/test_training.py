@@ -113,6 +113,7 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(uninterrupted, dataset, t
     killed = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert killed.returncode == -9, killed.stderr[-2000:]
     assert (tmp_path / "out" / "checkpoint-6").is_dir() and not (tmp_path / "out" / "checkpoint-7").exists()
+    assert not (tmp_path / "out" / "checkpoint-6" / "run_facts.json").exists(), "killed before its completion mark"
     run(flags(dataset, tmp_path / "out", "--save_strategy", "no", "--resume_from_checkpoint", "last", *RANDOM_AUGMENT))
     assert_same_weights(output_dir, tmp_path / "out")
 
