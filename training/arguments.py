@@ -259,7 +259,11 @@ class FinetuneTrainingArguments(TrainingArguments):
             raise ValueError(f"--lr_scheduler_type {shape} is not supported; the lr shapes (per stage) are "
                              f"{', '.join(LR_SHAPES)}")
         if isinstance(self.lr_scheduler_kwargs, str):  # a JSON object on the command line
-            self.lr_scheduler_kwargs = json.loads(self.lr_scheduler_kwargs or "{}")
+            try:
+                self.lr_scheduler_kwargs = json.loads(self.lr_scheduler_kwargs or "{}")
+            except json.JSONDecodeError as error:
+                raise ValueError(f"--lr_scheduler_kwargs must be a JSON object such as '{{\"min_lr_rate\": 0.1}}', "
+                                 f"got {self.lr_scheduler_kwargs!r}") from error
         kwargs = self.lr_scheduler_kwargs or {}
         if not isinstance(kwargs, dict) or set(kwargs) - {"min_lr_rate"} or (kwargs and LR_SHAPES[shape] != "cosine"):
             raise ValueError(f"--lr_scheduler_kwargs {kwargs}: only {{\"min_lr_rate\": x}} (the floor of a cosine "
