@@ -54,6 +54,8 @@ FOLDER_CASES = [
      ["checkpoint-12: run_facts.json missing"]),
     ("truncated-weights-in-checkpoint", ["--resume_from_checkpoint", "{out}/checkpoint-12"], "truncated", 2,
      ["checkpoint-12: unreadable (SafetensorError"]),
+    ("resume-another-folder-into-a-finished-run", ["--resume_from_checkpoint", "{out}/../elsewhere/checkpoint-4"],
+     None, 2, ["already holds a run"]),
     ("bad-flag-into-a-finished-run", ["--optim", "lion_8bit"], None, 2, ["--optim lion_8bit is not supported"]),
 ]
 

@@ -28,11 +28,13 @@ class RunFolderError(ValueError):
 
 def check_output_dir(output_dir: str | Path, overwrite: bool, resume: str | None) -> list[str]:
     """Before anything loads: refuse a folder that holds a finished model or checkpoints, unless the run resumes
-    from it or --overwrite_output_dir says to replace it. Returns what is there to delete (empty: nothing)."""
+    from one of its checkpoints or --overwrite_output_dir says to replace it. Returns what is there to delete
+    (empty: nothing)."""
     folder = Path(output_dir)
     held = [name for name in ("model.safetensors", "README.md") if (folder / name).is_file()]
     held += sorted(path.name for path in folder.glob(f"{PREFIX_CHECKPOINT_DIR}-*") if path.is_dir())
-    if not held or resume:
+    resumes_here = resume == "last" or (resume is not None and Path(resume).resolve().parent == folder.resolve())
+    if not held or resumes_here:
         return []
     if not overwrite:
         raise RunFolderError(
