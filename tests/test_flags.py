@@ -53,7 +53,6 @@ def test_every_training_argument_is_classified_exactly_once():
         (["--weight_decay", "-1"], "--weight_decay must be >= 0"),
         (["--warmup_steps", "0.5", "--stages_file", "x.json"], "give each stage its \"shape\" and \"warmup\""),
         (["--stage_lrs", "inf,1,1"], "stage 1: the lr of stem must be a positive finite number, got inf"),
-        (["--max_steps", "10"], "--max_steps: stages are in epochs"),
         (["--fp16"], "--fp16: fp16 is not supported"),
         (["--gradient_checkpointing"], "--gradient_checkpointing: the model does not support"),
         (["--load_best_model_at_end"], "--load_best_model_at_end: the final model is the last epoch's"),
@@ -61,6 +60,17 @@ def test_every_training_argument_is_classified_exactly_once():
         (["--label_names", "label"], "--label_names: the labels are the dataset's label column"),
         (["--hub_strategy", "checkpoint"], "--hub_strategy: the finished folder is pushed once"),
         (["--model_name_or_path", "x", "--depths", "3,4,6,3"], "--depths cannot change a saved model"),
+        (["--stage_epochs", "5,15"], "--stage_epochs gives 2 values for 3 stages"),
+        (["--stage_lrs", "1e-3,0,1e-5"], "stage 2: the lr of stem must be a positive finite number, got 0.0"),
+        (
+            ["--stage_epochs", "1,1,1", "--num_train_epochs", "5"],
+            "the stages last 1+1+1=3 epochs but --num_train_epochs",
+        ),
+        (["--recipe", "gradual"], "unknown recipe 'gradual'"),
+        (["--max_steps", "10"], "--max_steps: stages are in epochs"),
+        (["--cbam_placement", "everywhere"], "cbam_placement must be one of ('stage', 'block'), got 'everywhere'"),
+        (["--depths", "2,2,x,2"], "--depths must be four integers"),
+        (["--bn_policy", "eval"], "--bn_policy must be 'train' or 'frozen'"),
     ],
 )
 def test_refused_and_bad_flags_stop_before_any_loading(tmp_path, capsys, bad_flags, message):

@@ -9,7 +9,7 @@ from helpers import NAMES, hub_layout_folder, random_image, run_script, tiny_dat
 from PIL import Image
 
 from modeling_resnet_cbam import ResNetCBAMConfig, ResNetCBAMForImageClassification
-from training.inference import cbam_attention, image_files, load_model, match_labels, predict_files
+from training.inference import explain, image_files, load_model, match_labels, predict_files
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +108,8 @@ def test_attention_maps_are_in_range_and_written_as_png(model_dir, images, tmp_p
     model, processor = load_model(str(model_dir), "cpu")
     with Image.open(images / "rgb.png") as image:
         pixels = processor(image.convert("RGB"), return_tensors="pt")["pixel_values"][0]
-    attentions = cbam_attention(model, pixels)
+    predicted, attentions = explain(model, pixels)
+    assert predicted in NAMES
     assert [a.name for a in attentions] == ["cbam.layer1", "cbam.layer2", "cbam.layer3", "cbam.layer4"]
     for attention, channels in zip(attentions, (64, 128, 256, 512), strict=True):
         assert attention.spatial.shape == (16, 16) and attention.channel.shape == (channels,)

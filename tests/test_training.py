@@ -186,28 +186,6 @@ def test_trainable_parameters_per_stage_of_the_default_model(recipe_name, expect
     assert sum(p.numel() for p in dropped) == 11_217_874 - expected[0]
 
 
-@pytest.mark.parametrize(
-    "bad_flags, message",
-    [
-        (["--stage_epochs", "5,15"], "--stage_epochs gives 2 values for 3 stages"),
-        (["--stage_lrs", "1e-3,0,1e-5"], "stage 2: the lr of stem must be a positive finite number, got 0.0"),
-        (
-            ["--stage_epochs", "1,1,1", "--num_train_epochs", "5"],
-            "the stages last 1+1+1=3 epochs but --num_train_epochs",
-        ),
-        (["--recipe", "gradual"], "unknown recipe 'gradual'"),
-        (["--max_steps", "10"], "stages are in epochs"),
-        (["--cbam_placement", "everywhere"], "cbam_placement must be one of ('stage', 'block'), got 'everywhere'"),
-        (["--depths", "2,2,x,2"], "--depths must be four integers"),
-        (["--bn_policy", "eval"], "--bn_policy must be 'train' or 'frozen'"),
-    ],
-)
-def test_schedule_errors_come_before_any_loading(tmp_path, capsys, bad_flags, message):
-    code = finetune_main(["--dataset_name", str(tmp_path / "absent"), "--output_dir", str(tmp_path), *bad_flags])
-    assert code == 2
-    assert message in capsys.readouterr().err
-
-
 def test_stages_file_errors_name_the_stage(tmp_path, capsys):
     stages = tmp_path / "stages.json"
     stages.write_text(json.dumps([{"epochs": 2, "lr": {"cbam": 1e-3, "head": 1e-3, "neck": 1e-3}}]))

@@ -42,7 +42,7 @@ class ArchitectureArguments:
 
     def __post_init__(self):
         try:
-            depths = [int(depth) for depth in self.depths.split(",")]
+            depths = _comma_list(self.depths, int, "--depths")
         except ValueError:
             depths = []
         if len(depths) != 4:
@@ -254,7 +254,7 @@ class FinetuneTrainingArguments(TrainingArguments):
         for spec in dataclasses.fields(self):
             if spec.name in REFUSED_FIELDS and _was_set(self, spec):
                 raise ValueError(f"--{spec.name}: {REFUSED_FIELDS[spec.name]}")
-        shape = str(getattr(self.lr_scheduler_type, "value", self.lr_scheduler_type))
+        shape = self._scheduler_name()
         if shape not in LR_SHAPES:
             raise ValueError(f"--lr_scheduler_type {shape} is not supported; the lr shapes (per stage) are "
                              f"{', '.join(LR_SHAPES)}")
@@ -271,13 +271,19 @@ class FinetuneTrainingArguments(TrainingArguments):
         if self.learning_rate is not None and not 0 < self.learning_rate < math.inf:
             raise ValueError(f"--learning_rate must be a positive finite number, got {self.learning_rate}")
 
-    def lr_shape(self) -> dict:
-        """The stage shape these flags ask for: shape, warmup (a fraction) or warmup_steps, floor."""
-        shape = LR_SHAPES[str(getattr(self.lr_scheduler_type, "value", self.lr_scheduler_type))]
+    def _scheduler_name(self) -> str:
+        """--lr_scheduler_type as given (the Trainer turns it into an enum in its own __post_init__)."""
+        return str(getattr(self.lr_scheduler_type, "value", self.lr_scheduler_type))
+
+    def lr_shape(self) -> dict | None:
+        """The stage shape these flags ask for (shape, warmup as a fraction or warmup_steps, floor), or None when
+        they ask for none: constant rates without warmup, as the stages have by default."""
+        shape, floor = LR_SHAPES[self._scheduler_name()], (self.lr_scheduler_kwargs or {}).get("min_lr_rate", 0.0)
+        if shape == "constant" and not self.warmup_steps and not floor:
+            return None
         fraction = self.warmup_steps < 1
         return dict(shape=shape, warmup=self.warmup_steps if fraction else 0.0,
-                    warmup_steps=0 if fraction else int(self.warmup_steps),
-                    floor=(self.lr_scheduler_kwargs or {}).get("min_lr_rate", 0.0))
+                    warmup_steps=0 if fraction else int(self.warmup_steps), floor=floor)
 
 
 ARGUMENTS = (ModelArguments, DataArguments, StageArguments, FinetuneTrainingArguments)
@@ -312,7 +318,7 @@ def build_schedule(stage_args: StageArguments, training_args: FinetuneTrainingAr
     if stage_args.lrs is not None:
         schedule = schedule.with_rates(stage_args.lrs)
     shape = training_args.lr_shape()
-    if shape != dict(shape="constant", warmup=0.0, warmup_steps=0, floor=0.0):
+    if shape is not None:
         if stage_args.stages_file:
             raise stages.ScheduleError("--lr_scheduler_type/--warmup_steps/--lr_scheduler_kwargs and --stages_file: "
                                        "give each stage its \"shape\" and \"warmup\" in the file")

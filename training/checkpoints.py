@@ -76,9 +76,9 @@ def resolve_checkpoint(resume: str | None, output_dir: str | Path) -> Path | Non
         if problem:
             raise RunFolderError(f"--resume_from_checkpoint {path}: {problem}")
         return path
-    candidates = sorted(Path(output_dir).glob(f"{PREFIX_CHECKPOINT_DIR}-*"),
-                        key=lambda p: int(p.name.rsplit("-", 1)[-1]) if p.name.rsplit("-", 1)[-1].isdigit() else -1)
-    for path in reversed(candidates):
+    numbered = {int(path.name.rsplit("-", 1)[1]): path for path in Path(output_dir).glob(f"{PREFIX_CHECKPOINT_DIR}-*")
+                if path.name.rsplit("-", 1)[1].isdigit()}
+    for _, path in sorted(numbered.items(), reverse=True):
         problem = checkpoint_problem(path)
         if problem is None:
             return path

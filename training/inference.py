@@ -132,11 +132,6 @@ def explain(model, pixel_values: torch.Tensor) -> tuple[str, list[CBAMAttention]
     return model.config.id2label[int(outputs.logits[0].argmax())], attentions
 
 
-def cbam_attention(model, pixel_values: torch.Tensor) -> list[CBAMAttention]:
-    """Every CBAM's spatial map and channel weights for one (3, H, W) image."""
-    return explain(model, pixel_values)[1]
-
-
 def save_attention_map(model, pixel_values: torch.Tensor, mean, std, path: str | Path, title: str = "",
                        top_channels: int = 8) -> Path:
     """The attention figure of one normalised image (training/plots.py's plot_attention), titled with the

@@ -60,15 +60,12 @@ class Stage:
         by_lr: dict[float, list[str]] = {}
         for group in self.groups:
             by_lr.setdefault(self.lrs[group], []).append(group)
-        rates = "; ".join(f"{', '.join(groups)} at lr {lr:g}" for lr, groups in by_lr.items())
-        return rates + self.describe_shape(prefix=", ")
-
-    def describe_shape(self, prefix: str = "") -> str:
-        """'' for the constant shape without warmup, else e.g. ', cosine to 0.1x, warmup 20%'."""
-        parts = [] if self.shape == "constant" else [self.shape + (f" to {self.floor:g}x" if self.floor else "")]
+        parts = ["; ".join(f"{', '.join(groups)} at lr {lr:g}" for lr, groups in by_lr.items())]
+        if self.shape != "constant":  # e.g. 'cosine to 0.1x'
+            parts.append(self.shape + (f" to {self.floor:g}x" if self.floor else ""))
         if self.warmup_steps or self.warmup:
             parts.append(f"warmup {self.warmup_steps} steps" if self.warmup_steps else f"warmup {self.warmup:.0%}")
-        return prefix + ", ".join(parts) if parts else ""
+        return ", ".join(parts)
 
 
 @dataclass(frozen=True)
