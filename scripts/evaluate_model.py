@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from transformers import HfArgumentParser
 
 from training.data import DataArguments
-from training.inference import evaluate_split, evaluation_report, load_model
+from training.inference import check_tta, evaluate_split, evaluation_report, load_model
 from training.plots import plot_confusion_matrix
 
 
@@ -29,13 +29,15 @@ class EvaluateArguments:
     batch_size: int = field(default=256, metadata={"help": "Images per forward pass."})
     seed: int = field(default=42, metadata={"help": "Seed of a carved validation split (as in training)."})
     device: str | None = field(default=None, metadata={"help": "cuda or cpu (default: cuda when present)."})
+    tta: str = field(default="none", metadata={"help": "none, or flip: the mean softmax of each image and its mirror."})
 
 
 def main(argv: list[str] | None = None) -> int:
     try:
         args, data_args = HfArgumentParser((EvaluateArguments, DataArguments)).parse_args_into_dataclasses(argv)
+        check_tta(args.tta)
         model, processor = load_model(args.model, args.device)
-        result = evaluate_split(model, processor, data_args, args.split, args.seed, args.batch_size)
+        result = evaluate_split(model, processor, data_args, args.split, args.seed, args.batch_size, args.tta)
     except ValueError as error:  # DataError included: a bad split, column, label set or image, named
         print(f"error: {error}", file=sys.stderr)
         return 2

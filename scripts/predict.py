@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from tqdm.auto import tqdm
 from transformers import HfArgumentParser
 
-from training.inference import model_and_images, predict_files
+from training.inference import check_tta, model_and_images, predict_files
 
 
 @dataclass
@@ -24,17 +24,20 @@ class PredictArguments:
     batch_size: int = field(default=64, metadata={"help": "Images per forward pass."})
     num_workers: int = field(default=2, metadata={"help": "Processes decoding images."})
     device: str | None = field(default=None, metadata={"help": "cuda or cpu (default: cuda when present)."})
+    tta: str = field(default="none", metadata={"help": "none, or flip: the mean softmax of each image and its mirror."})
 
 
 def main(argv: list[str] | None = None) -> int:
     args, paths = HfArgumentParser(PredictArguments).parse_known_args(argv)
     try:
+        check_tta(args.tta)
         model, processor, files = model_and_images(args.model, paths, args.device)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     results, failed = [], 0
-    for result in predict_files(model, processor, files, args.top_k, args.batch_size, args.num_workers):
+    for result in predict_files(model, processor, files, args.top_k, args.batch_size, args.num_workers,
+                                tta=args.tta):
         results.append(result)
         if result.error:
             failed += 1

@@ -5,19 +5,23 @@ anything loads. Every `TrainingArguments` field is classified below: read by thi
 Trainer as it is, or refused when set (the Trainer would ignore or contradict it here).
 """
 
+import argparse
 import dataclasses
 import json
 import math
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
+import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
 from modeling_resnet_cbam import ResNetCBAMConfig
 from training import stages
 from training.data import DataArguments
 from training.hardware import bf16_is_fast, default_num_workers, launch
+from training.inference import check_tta
 from training.optimizers import OptimizerSpec
 
 
@@ -66,7 +70,7 @@ class ModelArguments(ArchitectureArguments):
         super().__post_init__()
         if self.model_name_or_path:
             given = [f"--{f.name}" for f in dataclasses.fields(ArchitectureArguments) if _was_set(self, f)]
-            given += ["--backbone_weights"] if self.backbone_weights != "torchvision" else []
+            given += ["--backbone_weights"] if self.backbone_weights not in ("torchvision", "none") else []
             if given:
                 raise ValueError(f"{', '.join(given)} cannot change a saved model: --model_name_or_path "
                                  f"{self.model_name_or_path} keeps its own architecture and weights")
@@ -76,7 +80,10 @@ class ModelArguments(ArchitectureArguments):
 class StageArguments:
     _argument_group_name = "stages (resnet-cbam)"
 
-    recipe: str = field(default="staged", metadata={"help": "staged (default), seed-exact, or full (one stage)."})
+    recipe: str = field(
+        default="staged", metadata={"help": "staged (default), seed-exact, full (one stage, Adam), or fast (one "
+                                    "stage from scratch: SGD one-cycle, crop-flip, label smoothing, flip TTA)."}
+    )
     stage_epochs: str | None = field(default=None, metadata={"help": "Stage lengths in epochs, e.g. 5,15,30."})
     stage_lrs: str | None = field(default=None, metadata={"help": "One lr per stage, e.g. 1e-3,1e-4,1e-5."})
     stages_file: str | None = field(default=None, metadata={"help": "A JSON list of stages (overrides recipe)."})
@@ -104,7 +111,7 @@ RECIPE_FIELDS = {
     "optim_args", "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon", "label_smoothing_factor",
     "max_grad_norm", "per_device_train_batch_size", "gradient_accumulation_steps", "seed", "bf16", "use_cpu",
     "push_to_hub", "hub_model_id", "hub_token", "hub_private_repo", "resume_from_checkpoint", "output_dir",
-}  # and this project's own: channels_last, data_on_device, overwrite_output_dir, allow_changed_run
+}  # and this project's own: channels_last, data_on_device, overwrite_output_dir, allow_changed_run, ema_decay, tta
 # Passed to the Trainer as they are, and known to work with this recipe.
 TRAINER_FIELDS = {
     "per_device_eval_batch_size", "tf32", "torch_compile", "torch_compile_backend", "torch_compile_mode",
@@ -166,6 +173,13 @@ REFUSED_FIELDS = {
     "do_eval": "the script always trains, evaluates each epoch and evaluates the final model",
     "do_predict": "the script always trains, evaluates each epoch and evaluates the final model",
 }
+# What a recipe sets besides its schedule: the defaults of other flags, each still overridden by the flag itself.
+# fast: the time-to-accuracy recipe for training from random weights (README, "Learning fast from scratch").
+RECIPE_DEFAULTS = {
+    "fast": dict(optim="sgd", optim_args="momentum=0.9,nesterov=True", weight_decay=5e-4, label_smoothing_factor=0.2,
+                 per_device_train_batch_size=stages.FAST_BATCH, augment="crop-flip", ema_decay=0.99, tta="flip",
+                 backbone_weights="none"),
+}
 LR_SHAPES = {"constant": "constant", "constant_with_warmup": "constant", "cosine": "cosine", "linear": "linear",
              "cosine_with_min_lr": "cosine"}
 
@@ -194,7 +208,8 @@ class FinetuneTrainingArguments(TrainingArguments):
         default=None, metadata={"help": "Default: the sum of the stage lengths; if given, it must equal it."}
     )
     learning_rate: float | None = field(
-        default=None, metadata={"help": "The lr of --recipe full (default 1e-3). Staged recipes take --stage_lrs."}
+        default=None, metadata={"help": "The peak lr of the one-stage recipes (full: 1e-3, fast: "
+                                f"{stages.FAST_LR:g}). Staged recipes take --stage_lrs."}
     )
     lr_scheduler_type: str = field(
         default="constant", metadata={"help": "The lr shape inside each stage: constant (default), cosine, linear."}
@@ -232,6 +247,14 @@ class FinetuneTrainingArguments(TrainingArguments):
         default=False, metadata={"help": "Resume a checkpoint although the run's defining arguments changed (the "
                                  "differences are logged and written into the model card)."}
     )
+    ema_decay: float = field(
+        default=0.0, metadata={"help": "Keep an exponential moving average of the weights with this decay (e.g. "
+                               "0.99), used for every evaluation and the saved model; 0 (default): none."}
+    )
+    tta: str = field(
+        default="none", metadata={"help": "Test-time augmentation of every evaluation: none (default) or flip (the "
+                                  "mean of the softmax of each image and its mirror)."}
+    )
 
     def __post_init__(self):
         self._refuse_unsupported()
@@ -265,9 +288,15 @@ class FinetuneTrainingArguments(TrainingArguments):
                 raise ValueError(f"--lr_scheduler_kwargs must be a JSON object such as '{{\"min_lr_rate\": 0.1}}', "
                                  f"got {self.lr_scheduler_kwargs!r}") from error
         kwargs = self.lr_scheduler_kwargs or {}
-        if not isinstance(kwargs, dict) or set(kwargs) - {"min_lr_rate"} or (kwargs and LR_SHAPES[shape] != "cosine"):
+        if (not isinstance(kwargs, dict) or set(kwargs) - {"min_lr_rate", "start_factor"}
+                or ("min_lr_rate" in kwargs and LR_SHAPES[shape] != "cosine")
+                or ("start_factor" in kwargs and not self.warmup_steps)):
             raise ValueError(f"--lr_scheduler_kwargs {kwargs}: only {{\"min_lr_rate\": x}} (the floor of a cosine "
-                             "shape, as a fraction of the peak) is supported")
+                             "shape, as a fraction of the peak) and {\"start_factor\": x} (where warmup starts, "
+                             "as a fraction of the peak; with --warmup_steps) are supported")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"--ema_decay must be in [0, 1) (0: no average; e.g. 0.99), got {self.ema_decay}")
+        check_tta(self.tta)
         if self.learning_rate is not None and not 0 < self.learning_rate < math.inf:
             raise ValueError(f"--learning_rate must be a positive finite number, got {self.learning_rate}")
 
@@ -278,25 +307,31 @@ class FinetuneTrainingArguments(TrainingArguments):
     def lr_shape(self) -> dict | None:
         """The stage shape these flags ask for (shape, warmup as a fraction or warmup_steps, floor), or None when
         they ask for none: constant rates without warmup, as the stages have by default."""
-        shape, floor = LR_SHAPES[self._scheduler_name()], (self.lr_scheduler_kwargs or {}).get("min_lr_rate", 0.0)
+        kwargs = self.lr_scheduler_kwargs or {}
+        shape, floor = LR_SHAPES[self._scheduler_name()], kwargs.get("min_lr_rate", 0.0)
         if shape == "constant" and not self.warmup_steps and not floor:
             return None
         fraction = self.warmup_steps < 1
         return dict(shape=shape, warmup=self.warmup_steps if fraction else 0.0,
-                    warmup_steps=0 if fraction else int(self.warmup_steps), floor=floor)
+                    warmup_steps=0 if fraction else int(self.warmup_steps), start=kwargs.get("start_factor", 0.0),
+                    floor=floor)
 
 
 ARGUMENTS = (ModelArguments, DataArguments, StageArguments, FinetuneTrainingArguments)
 
 
 def parse_arguments(argv: list[str] | None = None):
-    """Flags, or a single .json / .yaml file holding them all: (model, data, stage, training) arguments."""
+    """Flags, or a single .json / .yaml file holding them all: (model, data, stage, training) arguments. The recipe's
+    defaults (RECIPE_DEFAULTS) apply to every flag not given."""
     parser = HfArgumentParser(ARGUMENTS)
     argv = sys.argv[1:] if argv is None else argv
-    if len(argv) == 1 and argv[0].endswith(".json"):
-        return parser.parse_json_file(argv[0])
-    if len(argv) == 1 and argv[0].endswith((".yaml", ".yml")):
-        return parser.parse_yaml_file(argv[0])
+    if len(argv) == 1 and argv[0].endswith((".json", ".yaml", ".yml")):
+        path = Path(argv[0])
+        values = json.loads(path.read_text()) if path.suffix == ".json" else yaml.safe_load(path.read_text())
+        return parser.parse_dict({**RECIPE_DEFAULTS.get(values.get("recipe"), {}), **values})
+    probe = argparse.ArgumentParser(add_help=False)
+    probe.add_argument("--recipe")
+    parser.set_defaults(**RECIPE_DEFAULTS.get(probe.parse_known_args(argv)[0].recipe, {}))
     return parser.parse_args_into_dataclasses(argv)
 
 
@@ -305,14 +340,13 @@ def build_schedule(stage_args: StageArguments, training_args: FinetuneTrainingAr
     num_train_epochs = training_args.num_train_epochs
     if stage_args.stages_file:
         schedule = stages.from_json(stage_args.stages_file)
-    elif stage_args.recipe == "full":
-        schedule = stages.recipe("full", full_epochs=int(num_train_epochs or 50),
-                                 full_lr=training_args.learning_rate or 1e-3)
     else:
-        schedule = stages.recipe(stage_args.recipe)
-    if training_args.learning_rate is not None and (stage_args.stages_file or stage_args.recipe != "full"):
-        raise stages.ScheduleError("--learning_rate sets the lr of --recipe full; the stages have their own rates: "
-                                   "use --stage_lrs (one per stage) or a --stages_file")
+        given = {"epochs": int(num_train_epochs or 0), "lr": training_args.learning_rate}
+        schedule = stages.recipe(stage_args.recipe, **{key: value for key, value in given.items() if value})
+    if training_args.learning_rate is not None and (stage_args.stages_file or
+                                                    stage_args.recipe not in stages.ONE_STAGE_RECIPES):
+        raise stages.ScheduleError("--learning_rate sets the lr of --recipe full or fast; the stages have their own "
+                                   "rates: use --stage_lrs (one per stage) or a --stages_file")
     if stage_args.epochs is not None:
         schedule = schedule.with_lengths(stage_args.epochs)
     if stage_args.lrs is not None:
@@ -326,5 +360,5 @@ def build_schedule(stage_args: StageArguments, training_args: FinetuneTrainingAr
     if stage_args.scale_lr_with_batch:
         args = training_args
         batch = args.per_device_train_batch_size * args.world_size * args.gradient_accumulation_steps
-        schedule = schedule.scaled(batch / stages.TUTORIAL_BATCH)
+        schedule = schedule.scaled(batch / stages.recipe_batch(stage_args.recipe))
     return schedule.validate(num_train_epochs)

@@ -22,7 +22,7 @@ ROW = "__row__"  # the row in the source split, carried along so that errors can
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 TUTORIAL_IMAGE_SIZE = 32
-AUGMENTATIONS = ("tutorial", "none")
+AUGMENTATIONS = ("tutorial", "crop-flip", "none")
 AUGMENT_ALIASES = {"seed": "tutorial"}  # the old name, accepted for one release
 # The tutorial's augmentation parameters, shared by the PIL path here and the kornia path in device_data.py
 COLOR_JITTER = (0.2, 0.2, 0.2, 0.1)  # brightness, contrast, saturation, hue
@@ -74,7 +74,8 @@ class DataArguments:
     )
     image_std: list[float] | None = field(default=None, metadata={"help": "Per-channel std, as image_mean."})
     augment: str = field(
-        default="tutorial", metadata={"help": "tutorial (random crop with padding, flip, colour jitter, rotation) or "
+        default="tutorial", metadata={"help": "tutorial (random crop with padding, flip, colour jitter, rotation), "
+                                      "crop-flip (random crop of the reflect-padded image, flip: for short runs), or "
                                       "none (normalisation only). 'seed' is the old name of 'tutorial'."}
     )
     verify_images: bool = field(
@@ -347,6 +348,8 @@ def build_transforms(data: ImageData, train: bool, augment: str = "tutorial") ->
         steps += [crop, v2.RandomHorizontalFlip(), v2.ColorJitter(*COLOR_JITTER), v2.RandomRotation(ROTATION_DEGREES)]
     else:  # every image to the model's size, whatever the first one's was (PIL leaves a same-size image as it is)
         steps += [v2.Resize(size, antialias=True), v2.CenterCrop(size)]
+    if train and augment == "crop-flip":  # a translation of at most crop_padding pixels, and a mirror
+        steps += [v2.RandomCrop(size, padding=crop_padding(size), padding_mode="reflect"), v2.RandomHorizontalFlip()]
     steps += [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(data.image_mean, data.image_std)]
     return v2.Compose(steps)
 

@@ -64,16 +64,23 @@ class IndexedSplit(torch.utils.data.Dataset):
         return {"index": index, "labels": self.store.labels[index], "store": self.store_id}
 
 
-def tutorial_augmentation(size: int, mean, std) -> nn.Module:
-    """The tutorial's augmentations (torchvision semantics, random per sample), then Normalize, on float [0, 1]
-    input."""
-    return K.AugmentationSequential(
-        K.RandomCrop((size, size), padding=crop_padding(size)),
-        K.RandomHorizontalFlip(),
-        K.ColorJitter(*COLOR_JITTER, p=1.0),
-        K.RandomRotation(float(ROTATION_DEGREES), resample="nearest", p=1.0),  # torchvision's default
-        K.Normalize(mean=torch.tensor(mean), std=torch.tensor(std)),
-    )
+def device_augmentation(augment: str, size: int, mean, std) -> nn.Module:
+    """The PIL path's augmentations of `augment` (data.build_transforms; torchvision semantics, random per sample),
+    then Normalize, on float [0, 1] input."""
+    steps = {
+        "tutorial": [
+            K.RandomCrop((size, size), padding=crop_padding(size)),
+            K.RandomHorizontalFlip(),
+            K.ColorJitter(*COLOR_JITTER, p=1.0),
+            K.RandomRotation(float(ROTATION_DEGREES), resample="nearest", p=1.0),  # torchvision's default
+        ],
+        "crop-flip": [
+            K.RandomCrop((size, size), padding=crop_padding(size), padding_mode="reflect"),
+            K.RandomHorizontalFlip(),
+        ],
+        "none": [],
+    }[augment]
+    return K.AugmentationSequential(*steps, K.Normalize(mean=torch.tensor(mean), std=torch.tensor(std)))
 
 
 class DeviceData:
@@ -88,10 +95,8 @@ class DeviceData:
                        for name, split in data.splits.items()]
         self.splits = {name: IndexedSplit(store, i) for i, (name, store) in enumerate(zip(data.splits, self.stores,
                                                                                         strict=True))}
-        normalize = K.Normalize(mean=torch.tensor(data.image_mean), std=torch.tensor(data.image_std))
-        self.train_transform = tutorial_augmentation(size, data.image_mean, data.image_std) \
-            if augment == "tutorial" else normalize
-        self.eval_transform = normalize
+        self.train_transform = device_augmentation(augment, size, data.image_mean, data.image_std)
+        self.eval_transform = device_augmentation("none", size, data.image_mean, data.image_std)
         logger.info("device-resident data: %s images decoded once",
                     ", ".join(f"{name} {len(s):,}" for name, s in self.splits.items()))
 

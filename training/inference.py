@@ -13,6 +13,25 @@ from transformers import AutoImageProcessor, AutoModelForImageClassification
 from training.plots import denormalize, plot_attention
 
 IMAGE_SUFFIXES = {suffix for suffix, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
+TTA_CHOICES = ("none", "flip")
+
+
+def check_tta(tta: str) -> None:
+    if tta not in TTA_CHOICES:
+        raise ValueError(f"--tta must be one of {', '.join(TTA_CHOICES)}, got {tta!r}")
+
+
+def class_probabilities(model, pixel_values: torch.Tensor, tta: str = "none",
+                        logits: torch.Tensor | None = None) -> torch.Tensor:
+    """The softmax over the classes of a batch of images; with tta="flip", the mean of the softmax of each image and
+    of its mirror image. `logits`: the model's logits of `pixel_values`, when the caller already has them."""
+    if logits is None:
+        logits = model(pixel_values=pixel_values).logits
+    probabilities = logits.float().softmax(dim=-1)
+    if tta == "flip":
+        mirrored = model(pixel_values=pixel_values.flip(-1)).logits.float().softmax(dim=-1)
+        probabilities = (probabilities + mirrored) / 2
+    return probabilities
 
 
 def load_model(name_or_path: str, device: str | None = None):
@@ -85,8 +104,9 @@ def _collate(items):
 
 
 def predict_files(model, processor, files: list[Path], top_k: int = 3, batch_size: int = 64,
-                  num_workers: int = 2, progress: bool = True) -> Iterator[Prediction]:
-    """Top-k labels and probabilities per file, in the order given; failures carry their error."""
+                  num_workers: int = 2, progress: bool = True, tta: str = "none") -> Iterator[Prediction]:
+    """Top-k labels and probabilities (with flip TTA when asked) per file, in the order given; failures carry their
+    error."""
     from tqdm.auto import tqdm
 
     loader = DataLoader(_ImageFiles(files, processor), batch_size=batch_size, num_workers=num_workers,
@@ -99,8 +119,8 @@ def predict_files(model, processor, files: list[Path], top_k: int = 3, batch_siz
             results = {index: Prediction(str(files[index]), error=error) for index, _, error in batch if error}
             if good:
                 with torch.inference_mode():
-                    logits = model(torch.stack([p for _, p in good]).to(device)).logits
-                scores, labels = logits.float().softmax(dim=-1).topk(top_k, dim=-1)
+                    probabilities = class_probabilities(model, torch.stack([p for _, p in good]).to(device), tta)
+                scores, labels = probabilities.topk(top_k, dim=-1)
                 for (index, _), row_scores, row_labels in zip(good, scores.tolist(), labels.tolist(), strict=True):
                     predictions = [{"label": model.config.id2label[label], "score": score}
                                    for score, label in zip(row_scores, row_labels, strict=True)]
@@ -155,8 +175,9 @@ def match_labels(dataset_labels: Sequence[str], model_labels: dict[int, str]) ->
     return [by_name[name] for name in dataset_labels]
 
 
-def predict_split(model, split, batch_size: int = 256, num_workers: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
-    """Predicted model classes and dataset labels of a transformed split (pixel_values, labels)."""
+def predict_split(model, split, batch_size: int = 256, num_workers: int = 2,
+                  tta: str = "none") -> tuple[torch.Tensor, torch.Tensor]:
+    """Predicted model classes (with flip TTA when asked) and dataset labels of a transformed split."""
     from tqdm.auto import tqdm
     from transformers import default_data_collator
 
@@ -165,14 +186,16 @@ def predict_split(model, split, batch_size: int = 256, num_workers: int = 2) -> 
     predictions, labels = [], []
     with torch.inference_mode():
         for batch in tqdm(loader, unit="batch"):
-            predictions.append(model(batch["pixel_values"].to(device)).logits.argmax(dim=-1).cpu())
+            predictions.append(class_probabilities(model, batch["pixel_values"].to(device), tta).argmax(dim=-1).cpu())
             labels.append(batch["labels"])
     return torch.cat(predictions), torch.cat(labels)
 
 
-def evaluate_split(model, processor, data_args, split: str, seed: int = 42, batch_size: int = 256) -> dict:
-    """Accuracy, per-class accuracy and confusion matrix of a model on one split of a dataset, its images prepared
-    as the model's processor says and its labels matched to the model's by name. Loads only that split."""
+def evaluate_split(model, processor, data_args, split: str, seed: int = 42, batch_size: int = 256,
+                   tta: str = "none") -> dict:
+    """Accuracy, per-class accuracy and confusion matrix of a model (with flip TTA when asked) on one split of a
+    dataset, its images prepared as the model's processor says and its labels matched to the model's by name.
+    Loads only that split."""
     from training.data import load_image_data
     from training.metrics import classification_metrics
 
@@ -181,19 +204,20 @@ def evaluate_split(model, processor, data_args, split: str, seed: int = 42, batc
     data_args.augment = "none"  # evaluation images are never augmented (only the train split is)
     data = load_image_data(data_args, seed=seed, split=split)
     to_model = match_labels(data.label_names, model.config.id2label)
-    predictions, labels = predict_split(model, data.splits[split], batch_size)
+    predictions, labels = predict_split(model, data.splits[split], batch_size, tta=tta)
     names = [model.config.id2label[i] for i in range(model.config.num_labels)]
     references = [to_model[label] for label in labels.tolist()]
     result = classification_metrics().compute(predictions=predictions.tolist(), references=references,
                                               num_classes=len(names))
-    return {"split": split, "images": len(references), "labels": names, **result}
+    return {"split": split, "images": len(references), "tta": tta, "labels": names, **result}
 
 
 def evaluation_report(result: dict) -> str:
     """evaluate_split's result as text: accuracy, per-class accuracy, confusion matrix."""
     names = result["labels"]
     width = max(map(len, names))
-    lines = [f"{result['split']}: {result['images']:,} images, accuracy {100 * result['accuracy']:.2f}%",
+    tta = " with flip TTA" if result.get("tta") == "flip" else ""
+    lines = [f"{result['split']}: {result['images']:,} images, accuracy{tta} {100 * result['accuracy']:.2f}%",
              "per-class accuracy:"]
     lines += [f"  {name:<{width}}  {100 * value:6.2f}%" for name, value in zip(names, result["per_class_accuracy"],
                                                                               strict=True)]

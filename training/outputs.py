@@ -42,6 +42,8 @@ class RunRecord:
     label_names: list[str]
     architecture: dict  # the model config's fields that shape the network
     gradient_accumulation_steps: int = 1
+    ema_decay: float = 0.0  # 0: no average of the weights
+    tta: str = "none"  # of every evaluation
     changes_on_resume: list[str] = field(default_factory=list)  # accepted with --allow_changed_run
     log_history: list[dict] = field(default_factory=list)
     metrics: dict = field(default_factory=dict)
@@ -52,7 +54,8 @@ class RunRecord:
             "recipe": self.recipe, "schedule": [asdict(stage) for stage in self.schedule.stages],
             "model": self.architecture, "dataset": self.dataset, "split_sizes": self.split_sizes,
             "labels": self.label_names, "augment": self.augment, "bn_policy": self.bn_policy,
-            "optimizer": self.optimizer, "label_smoothing": self.label_smoothing, "max_grad_norm": self.max_grad_norm,
+            "optimizer": self.optimizer, "label_smoothing": self.label_smoothing,
+            "ema_decay": self.ema_decay, "max_grad_norm": self.max_grad_norm,
             "batch_size": self.batch_size, "world_size": self.world_size,
             "gradient_accumulation_steps": self.gradient_accumulation_steps, "seed": self.seed,
         }

@@ -23,6 +23,7 @@ from training.checkpoints import (
 )
 from training.data import DataArguments, ImageData, load_image_data
 from training.device_data import DeviceData, supports_device_data
+from training.ema import EMACallback
 from training.hardware import describe, device_name
 from training.metrics import classification_metrics, compute_accuracy
 from training.outputs import RunRecord
@@ -71,8 +72,10 @@ def build_run(
     stage_args: StageArguments,
     training_args: FinetuneTrainingArguments,
     extra_callbacks: list[TrainerCallback] = (),
+    checkpoint: Path | None = None,
 ) -> Run:
-    """Validate the schedule, then load data and model and assemble the Trainer (nothing trained yet)."""
+    """Validate the schedule, then load data and model and assemble the Trainer (nothing trained yet); `checkpoint`:
+    the one training will resume from (the EMA of the weights continues from it)."""
     schedule = build_schedule(stage_args, training_args)
     training_args.num_train_epochs = schedule.total_epochs
     with training_args.main_process_first(desc="loading the dataset"):
@@ -103,6 +106,8 @@ def build_run(
         backbone=weights,
         optimizer=training_args.optimizer.describe(),
         label_smoothing=training_args.label_smoothing_factor,
+        ema_decay=training_args.ema_decay,
+        tta=training_args.tta,
         max_grad_norm=training_args.max_grad_norm,
         batch_size=training_args.per_device_train_batch_size,
         world_size=training_args.world_size,
@@ -113,6 +118,7 @@ def build_run(
         architecture={name: getattr(model.config, name) for name in ARCHITECTURE_FIELDS},
         gradient_accumulation_steps=training_args.gradient_accumulation_steps,
     )
+    ema = [EMACallback(training_args.ema_decay, checkpoint)] if training_args.ema_decay else []
     trainer = StagedTrainer(
         model=model,
         args=training_args,
@@ -121,7 +127,7 @@ def build_run(
         data_collator=default_data_collator,
         compute_metrics=compute_accuracy,
         callbacks=[*extra_callbacks, StageCallback(stage_args.bn_policy), RankConsistencyCallback(),
-                   ChanceLevelCallback(), RunFactsCallback(record.identity())],
+                   ChanceLevelCallback(), *ema, RunFactsCallback(record.identity())],  # facts last: complete
         schedule=schedule,
         device_data=device_data,
     )
@@ -141,7 +147,7 @@ def prepare_run(
     resume = training_args.resume_from_checkpoint
     to_delete = check_output_dir(training_args.output_dir, training_args.overwrite_output_dir, resume)
     checkpoint = resolve_checkpoint(resume, training_args.output_dir)
-    run = build_run(model_args, data_args, stage_args, training_args, extra_callbacks)
+    run = build_run(model_args, data_args, stage_args, training_args, extra_callbacks, checkpoint)
     if checkpoint is not None:
         run.record.changes_on_resume = check_resume(checkpoint, run.record.identity(), training_args.allow_changed_run)
         for change in run.record.changes_on_resume:
@@ -163,6 +169,8 @@ def train_and_evaluate(run: Run, checkpoint: Path | None = None) -> RunRecord:
     started = time.perf_counter()
     train_output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     train_seconds = time.perf_counter() - started
+    if trainer.ema is not None:  # the averaged weights are the model from here on: saved, evaluated, shown
+        trainer.ema.copy_to(trainer.model)
     trainer.save_model(trainer.args.output_dir)
     trainer.save_state()
     split = data.eval_split

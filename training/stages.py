@@ -15,7 +15,8 @@ from modeling_resnet_cbam import PARAMETER_GROUPS as GROUPS
 NEW_MODULES = ("stem", "cbam", "head")  # randomly initialised, whatever the backbone weights
 SHAPES = ("constant", "cosine", "linear")
 TUTORIAL_BATCH = 64  # the batch size the named recipes' rates were set for
-STAGE_FILE_KEYS = {"epochs", "lr", "train", "name", "shape", "warmup", "warmup_steps", "floor"}
+STAGE_FILE_KEYS = {"epochs", "lr", "train", "name", "shape", "warmup", "warmup_steps", "start", "floor"}
+STAGE_OPTIONS = ("name", "shape", "warmup", "warmup_steps", "start", "floor")
 
 
 class ScheduleError(ValueError):
@@ -30,6 +31,7 @@ class Stage:
     shape: str = "constant"  # constant | cosine (to `floor` x the peak) | linear (to 0)
     warmup: float = 0.0  # fraction of the stage's steps spent rising linearly to the peak
     warmup_steps: int = 0  # the same as a number of steps; wins over `warmup` when set
+    start: float = 0.0  # the rate warmup starts from, as a fraction of the peak (0.2: a one-cycle triangle)
     floor: float = 0.0  # cosine only: the rate at the stage's end, as a fraction of the peak
 
     @property
@@ -45,10 +47,11 @@ class Stage:
 
     def factor(self, step: int, steps: int) -> float:
         """The multiplier of the peak rates at 0-based step `step` of this stage's `steps`. Never 0 on a step
-        that trains: warmup reaches the peak at its last step, and the decay ends one step short of its end value."""
+        that trains: warmup rises from `start` to reach the peak at its last step, and the decay ends one step short
+        of its end value."""
         warmup = self.warmup_length(steps)
         if step < warmup:
-            return (step + 1) / warmup
+            return self.start + (1 - self.start) * (step + 1) / warmup
         progress = (step - warmup) / (steps - warmup)
         if self.shape == "cosine":
             return self.floor + (1 - self.floor) * 0.5 * (1 + math.cos(math.pi * progress))
@@ -64,7 +67,8 @@ class Stage:
         if self.shape != "constant":  # e.g. 'cosine to 0.1x'
             parts.append(self.shape + (f" to {self.floor:g}x" if self.floor else ""))
         if self.warmup_steps or self.warmup:
-            parts.append(f"warmup {self.warmup_steps} steps" if self.warmup_steps else f"warmup {self.warmup:.0%}")
+            parts.append((f"warmup {self.warmup_steps} steps" if self.warmup_steps else f"warmup {self.warmup:.0%}")
+                         + (f" from {self.start:g}x" if self.start else ""))
         return ", ".join(parts)
 
 
@@ -101,10 +105,11 @@ class Schedule:
         """Every rate times `factor` (the linear scaling rule for a batch `factor` times the recipe's)."""
         return Schedule(tuple(replace(s, lrs={g: lr * factor for g, lr in s.lrs.items()}) for s in self.stages))
 
-    def with_shape(self, shape: str, warmup: float = 0.0, warmup_steps: int = 0, floor: float = 0.0) -> "Schedule":
+    def with_shape(self, shape: str, warmup: float = 0.0, warmup_steps: int = 0, start: float = 0.0,
+                   floor: float = 0.0) -> "Schedule":
         """The same shape and warmup in every stage (the command line's --lr_scheduler_type and --warmup_*)."""
-        return Schedule(tuple(replace(s, shape=shape, warmup=warmup, warmup_steps=warmup_steps, floor=floor)
-                              for s in self.stages))
+        return Schedule(tuple(replace(s, shape=shape, warmup=warmup, warmup_steps=warmup_steps, start=start,
+                                      floor=floor) for s in self.stages))
 
     def _check_count(self, values: list, flag: str) -> None:
         if len(values) != len(self.stages):
@@ -144,6 +149,10 @@ def _validate_stage(stage: Stage, where: str) -> None:
         raise ScheduleError(f"{where}: warmup must be a fraction of the stage in [0, 1), got {stage.warmup!r}")
     if not isinstance(stage.warmup_steps, int) or isinstance(stage.warmup_steps, bool) or stage.warmup_steps < 0:
         raise ScheduleError(f"{where}: warmup_steps must be a non-negative integer, got {stage.warmup_steps!r}")
+    warms = stage.warmup or stage.warmup_steps
+    if not _is_number(stage.start) or not 0 <= stage.start < 1 or (stage.start and not warms):
+        raise ScheduleError(f"{where}: start is the fraction in [0, 1) of the peak that warmup starts from, with a "
+                            f"warmup only; got {stage.start!r}")
     if not _is_number(stage.floor) or not 0 <= stage.floor < 1 or (stage.floor and stage.shape != "cosine"):
         raise ScheduleError(f"{where}: floor is a fraction in [0, 1) of the peak, for the cosine shape only; "
                             f"got {stage.floor!r} with shape {stage.shape}")
@@ -194,11 +203,24 @@ def _all(lr: float, groups=GROUPS) -> dict[str, float]:
     return dict.fromkeys(groups, lr)
 
 
-RECIPES = ("staged", "seed-exact", "full")
+RECIPES = ("staged", "seed-exact", "full", "fast")
+ONE_STAGE_RECIPES = ("full", "fast")  # their length and lr come from --num_train_epochs and --learning_rate
+# fast: a triangle (from 0.2x the peak to the peak at 20% of the steps, then linear to 0), as Keller Jordan's
+# ResNet-18 CIFAR-10 baseline (cifar10-airbench), at a batch of 128: on a CPU a larger batch is no faster per image
+# (README, "Learning fast from scratch"), and in one or two epochs more steps learn more. The peak lr is twice that
+# baseline's 0.2 at 500 scaled linearly to 128.
+FAST_BATCH, FAST_LR, FAST_EPOCHS = 128, 0.1, 2
 
 
-def recipe(name: str, full_epochs: int = 50, full_lr: float = 1e-3) -> Schedule:
-    """The named recipes: `staged` (default), `seed-exact` (the tutorial's frozen stem) and `full` (one stage)."""
+def recipe_batch(name: str) -> int:
+    """The batch size a named recipe's rates were set for (--scale_lr_with_batch scales from it)."""
+    return FAST_BATCH if name == "fast" else TUTORIAL_BATCH
+
+
+def recipe(name: str, epochs: int | None = None, lr: float | None = None) -> Schedule:
+    """The named recipes: `staged` (default), `seed-exact` (the tutorial's frozen stem), and the one-stage `full`
+    (Adam's constant 1e-3 for 50 epochs) and `fast` (a triangle for SGD, 2 epochs), whose `epochs` and `lr` can be
+    given."""
     if name == "staged":
         return Schedule(
             (
@@ -216,7 +238,10 @@ def recipe(name: str, full_epochs: int = 50, full_lr: float = 1e-3) -> Schedule:
             )
         )
     if name == "full":
-        return Schedule((Stage(full_epochs, _all(full_lr), "everything"),))
+        return Schedule((Stage(epochs or 50, _all(lr or 1e-3), "everything"),))
+    if name == "fast":
+        return Schedule((Stage(epochs or FAST_EPOCHS, _all(lr or FAST_LR), "everything", shape="linear", warmup=0.2,
+                               start=0.2),))
     raise ScheduleError(f"unknown recipe {name!r}; the recipes are {', '.join(RECIPES)}")
 
 
@@ -245,7 +270,7 @@ def from_json(path: str | Path) -> Schedule:
             train = entry.get("train", "all")
             train = GROUPS if train == "all" else [train] if isinstance(train, str) else train
             lrs = dict.fromkeys(train, lr)
-        options = {key: entry[key] for key in ("name", "shape", "warmup", "warmup_steps", "floor") if key in entry}
+        options = {key: entry[key] for key in STAGE_OPTIONS if key in entry}
         stage = Stage(entry["epochs"], lrs, **options)
         _validate_stage(stage, f"{path}: stage {index}")
         stages.append(stage)

@@ -7,6 +7,8 @@ from torch.nn import functional as F
 from torch.optim.lr_scheduler import LambdaLR
 from transformers import Trainer
 
+from training.ema import EMACallback, WeightEMA
+from training.inference import class_probabilities
 from training.stages import GROUPS, Schedule, StagePlan
 
 
@@ -47,6 +49,8 @@ class StagedTrainer(Trainer):
       frozen at the start is still optimised once unfrozen, and a checkpoint's optimizer state always fits.
     - StageLR: the lr of every group at every step, from the plan of the schedule over the Trainer's steps.
     - The loss: cross-entropy with --label_smoothing_factor, computed here on float32 logits.
+    - Evaluation: with the EMA of the weights when --ema_decay is on (training/ema.py), and with --tta flip, on the
+      mean softmax of each image and its mirror (the logits it reports are the log of that mean).
     - Training loss and accuracy are accumulated on the device and added, with the stage, its lrs, the trainable
       parameter count and the epoch time, to the log entry of each epoch's evaluation.
     """
@@ -62,6 +66,17 @@ class StagedTrainer(Trainer):
     @property
     def plan(self) -> StagePlan:
         return self.lr_scheduler.plan
+
+    @property
+    def ema(self) -> WeightEMA | None:
+        """The average of the weights that EMACallback keeps, once training has started it."""
+        return next((c.ema for c in self.callback_handler.callbacks if isinstance(c, EMACallback)), None)
+
+    def evaluate(self, *args, **kwargs):
+        if self.ema is None:
+            return super().evaluate(*args, **kwargs)
+        with self.ema.swapped_into(self.model):
+            return super().evaluate(*args, **kwargs)
 
     def create_optimizer(self, model=None):
         if self.optimizer is None:
@@ -111,6 +126,9 @@ class StagedTrainer(Trainer):
         """A per-batch mean (the Trainer scales it for gradient accumulation), smoothed as the flag says."""
         labels = inputs["labels"]
         outputs = model(pixel_values=inputs["pixel_values"])
+        if not model.training and self.args.tta != "none":
+            probabilities = class_probabilities(model, inputs["pixel_values"], self.args.tta, outputs.logits)
+            outputs.logits = probabilities.clamp_min(torch.finfo(torch.float32).tiny).log()
         loss = F.cross_entropy(outputs.logits.float(), labels, label_smoothing=self.args.label_smoothing_factor)
         if model.training:
             with torch.no_grad():
