@@ -44,7 +44,7 @@ def test_every_training_argument_is_classified_exactly_once():
         (["--lr_scheduler_type", "polynomial"], "--lr_scheduler_type polynomial is not supported; the lr shapes"),
         (["--lr_scheduler_kwargs", '{"num_cycles": 2}'], "only {\"min_lr_rate\": x} (the floor"),
         (["--lr_scheduler_kwargs", "min_lr_rate=0.1"], "--lr_scheduler_kwargs must be a JSON object such as"),
-        (["--learning_rate", "5e-4"], "--learning_rate sets the lr of --recipe full or fast; the stages have their own"),
+        (["--learning_rate", "5e-4"], "--learning_rate sets the lr of --recipe full or fast; the stages"),
         (["--recipe", "full", "--learning_rate", "inf"], "--learning_rate must be a positive finite number"),
         (["--optim_args", "momentum=0.9"], "only --optim sgd takes optim_args"),
         (["--optim", "sgd", "--adam_beta2", "0.99"], "--adam_beta2 set with --optim sgd: they apply to adamw only"),

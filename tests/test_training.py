@@ -17,6 +17,7 @@ from helpers import (
     flags,
     load_alone,
 )
+from safetensors.torch import load_file
 from tiny_run import TINY as TINY_FLAGS
 from tiny_run import run
 
@@ -28,12 +29,14 @@ from training.hardware import usable_cores
 from training.stages import GROUPS, recipe
 
 TINY_RUN = ROOT / "tests" / "tiny_run.py"
+EMA = ["--ema_decay", "0.5"]  # the resumed runs must continue the average of the weights too
 
 
 @pytest.fixture(scope="module")
 def uninterrupted(dataset, tmp_path_factory):
     output_dir = tmp_path_factory.mktemp("run") / "out"
-    result, recorder = run(flags(dataset, output_dir, "--save_strategy", "steps", "--save_steps", "1", *RANDOM_AUGMENT))
+    result, recorder = run(flags(dataset, output_dir, "--save_strategy", "steps", "--save_steps", "1", *RANDOM_AUGMENT,
+                                 *EMA))
     return output_dir, result, recorder
 
 
@@ -93,10 +96,15 @@ def test_resume_ends_with_the_uninterrupted_weights(uninterrupted, dataset, tmp_
             "--resume_from_checkpoint",
             str(output_dir / f"checkpoint-{checkpoint}"),
             *RANDOM_AUGMENT,
+            *EMA,
         )
     )
-    assert_same_weights(output_dir, tmp_path / "out")
+    assert_same_weights(output_dir, tmp_path / "out")  # the saved models are the averages of the weights
     assert resumed_recorder.steps == recorder.steps[checkpoint:]
+    live = load_file(output_dir / "checkpoint-12" / "model.safetensors")
+    average = load_file(output_dir / "model.safetensors")
+    assert (output_dir / "checkpoint-12" / "ema.safetensors").exists()
+    assert not torch.equal(live["classifier.weight"], average["classifier.weight"])
 
 
 def test_a_killed_run_resumes_from_its_last_checkpoint(uninterrupted, dataset, tmp_path):
@@ -108,13 +116,14 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(uninterrupted, dataset, t
         "--kill_after_save",
         "6",
         "--",
-        *flags(dataset, tmp_path / "out", "--save_strategy", "steps", "--save_steps", "1", *RANDOM_AUGMENT),
+        *flags(dataset, tmp_path / "out", "--save_strategy", "steps", "--save_steps", "1", *RANDOM_AUGMENT, *EMA),
     ]
     killed = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert killed.returncode == -9, killed.stderr[-2000:]
     assert (tmp_path / "out" / "checkpoint-6").is_dir() and not (tmp_path / "out" / "checkpoint-7").exists()
     assert not (tmp_path / "out" / "checkpoint-6" / "run_facts.json").exists(), "killed before its completion mark"
-    run(flags(dataset, tmp_path / "out", "--save_strategy", "no", "--resume_from_checkpoint", "last", *RANDOM_AUGMENT))
+    run(flags(dataset, tmp_path / "out", "--save_strategy", "no", "--resume_from_checkpoint", "last", *RANDOM_AUGMENT,
+              *EMA))
     assert_same_weights(output_dir, tmp_path / "out")
 
 

@@ -328,11 +328,21 @@ def parse_arguments(argv: list[str] | None = None):
     if len(argv) == 1 and argv[0].endswith((".json", ".yaml", ".yml")):
         path = Path(argv[0])
         values = json.loads(path.read_text()) if path.suffix == ".json" else yaml.safe_load(path.read_text())
-        return parser.parse_dict({**RECIPE_DEFAULTS.get(values.get("recipe"), {}), **values})
+        return parser.parse_dict({**recipe_defaults(values.get("recipe"), values.get("optim")), **values})
     probe = argparse.ArgumentParser(add_help=False)
     probe.add_argument("--recipe")
-    parser.set_defaults(**RECIPE_DEFAULTS.get(probe.parse_known_args(argv)[0].recipe, {}))
+    probe.add_argument("--optim")
+    given = probe.parse_known_args(argv)[0]
+    parser.set_defaults(**recipe_defaults(given.recipe, given.optim))
     return parser.parse_args_into_dataclasses(argv)
+
+
+def recipe_defaults(recipe: str | None, optim: str | None = None) -> dict:
+    """The defaults a recipe gives other flags; another --optim than the recipe's drops the recipe's --optim_args."""
+    defaults = dict(RECIPE_DEFAULTS.get(recipe, {}))
+    if optim is not None and optim != defaults.get("optim", optim):
+        defaults.pop("optim_args", None)
+    return defaults
 
 
 def build_schedule(stage_args: StageArguments, training_args: FinetuneTrainingArguments) -> stages.Schedule:
