@@ -58,6 +58,22 @@ def test_fast_sets_its_optimizer_shape_and_defaults_and_every_flag_still_wins():
         ("adamw_torch_fused", 0.0, "none", "tutorial")
 
 
+def test_fast_scales_from_its_own_batch_and_any_recipe_takes_the_triangle_from_flags():
+    from training.arguments import build_schedule
+
+    _, _, stage_args, training_args = parse_arguments(["--recipe", "fast", "--per_device_train_batch_size", "512",
+                                                       "--scale_lr_with_batch", "true"])
+    (stage,) = build_schedule(stage_args, training_args).stages
+    assert set(stage.lrs.values()) == {FAST_LR * 512 / FAST_BATCH}
+    _, _, stage_args, training_args = parse_arguments(["--lr_scheduler_type", "linear", "--warmup_steps", "0.25",
+                                                       "--lr_scheduler_kwargs", '{"start_factor": 0.2}'])
+    stages = build_schedule(stage_args, training_args).stages
+    assert len(stages) == 3 and all((s.shape, s.warmup, s.start) == ("linear", 0.25, 0.2) for s in stages)
+    assert stages[0].factor(0, 8) == pytest.approx(0.2 + 0.8 / 2)
+    with pytest.raises(ValueError, match="start_factor"):
+        parse_arguments(["--lr_scheduler_kwargs", '{"start_factor": 0.2}'])  # no warmup to start
+
+
 def test_fast_from_a_json_file_takes_the_same_defaults(tmp_path):
     (tmp_path / "run.json").write_text(json.dumps({"recipe": "fast", "label_smoothing_factor": 0.1}))
     _, data_args, _, training_args = parse_arguments([str(tmp_path / "run.json")])
@@ -167,28 +183,48 @@ def test_flip_tta_is_the_mean_of_the_two_softmaxes():
     assert not torch.allclose(probabilities, plain, atol=1e-4), "the mirror changes the prediction of noise"
 
 
-def test_tta_in_the_scripts_changes_what_they_report(dataset, tmp_path):
-    assert finetune_main(TINY + flags(dataset, tmp_path / "out", "--save_strategy", "no", "--tta", "flip")) == 0
-    card = (tmp_path / "out" / "README.md").read_text()
+@pytest.fixture(scope="module")
+def tta_run(dataset, tmp_path_factory):
+    output_dir = tmp_path_factory.mktemp("tta") / "out"
+    assert finetune_main(TINY + flags(dataset, output_dir, "--save_strategy", "no", "--tta", "flip")) == 0
+    return output_dir
+
+
+def test_compare_runs_tables_and_plots_accuracy_against_time(tta_run, tmp_path):
+    done = run_script("compare_runs.py", f"{tta_run}=tiny", str(tta_run), "--plot", str(tmp_path / "time.png"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    history = json.loads((tta_run / "trainer_state.json").read_text())["log_history"]
+    epochs = [entry for entry in history if "stage" in entry]
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| tiny |")]
+    assert len(rows) == len(epochs) == 3
+    assert rows[-1] == (f"| tiny | 3 | {sum(e['epoch_time'] for e in epochs) / 60:.1f} | "
+                        f"{100 * epochs[-1]['eval_accuracy']:.2f}% |")
+    assert (tmp_path / "time.png").stat().st_size > 10_000
+    done = run_script("compare_runs.py", str(tmp_path / "absent"))
+    assert done.returncode == 2 and "absent: no trainer_state.json" in done.stderr
+
+
+def test_tta_in_the_scripts_changes_what_they_report(tta_run, dataset, tmp_path):
+    card = (tta_run / "README.md").read_text()
     assert "flip TTA" in card
     image = tmp_path / "a.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(image)
     scores = {}
     for tta in ("none", "flip"):
-        done = run_script("predict.py", "--model", str(tmp_path / "out"), str(image), "--tta", tta, "--top_k", "4",
+        done = run_script("predict.py", "--model", str(tta_run), str(image), "--tta", tta, "--top_k", "4",
                           "--json", str(tmp_path / f"{tta}.json"), "--num_workers", "0")
         assert done.returncode == 0, done.stderr[-2000:]
         (predicted,) = json.loads((tmp_path / f"{tta}.json").read_text())
         scores[tta] = {p["label"]: p["score"] for p in predicted["predictions"]}
-        done = run_script("evaluate_model.py", "--model", str(tmp_path / "out"), "--dataset_name", str(dataset),
+        done = run_script("evaluate_model.py", "--model", str(tta_run), "--dataset_name", str(dataset),
                           "--split", "validation", "--validation_split", "8", "--tta", tta)
         assert done.returncode == 0, done.stderr[-2000:]
         assert ("accuracy with flip TTA" in done.stdout) == (tta == "flip")
     assert scores["none"] != scores["flip"]
-    model = ResNetCBAMForImageClassification.from_pretrained(tmp_path / "out").eval()
+    model = ResNetCBAMForImageClassification.from_pretrained(tta_run).eval()
     from training.inference import load_model, preprocess_file
 
-    _, processor = load_model(str(tmp_path / "out"))
+    _, processor = load_model(str(tta_run))
     pixels = preprocess_file(processor, image)[None]
     with torch.no_grad():
         expected = class_probabilities(model, pixels, "flip")[0]

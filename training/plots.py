@@ -110,6 +110,30 @@ def plot_training(log_history: list[dict], stage_first_epochs: list[int], out_di
     return [out_dir / "loss.png", _save(figure, out_dir / "curves.png")]
 
 
+def accuracy_over_time(log_history: list[dict]) -> list[tuple[float, float, float]]:
+    """(epoch, seconds since training started, validation accuracy) of each evaluation of a run: the seconds add up
+    the `epoch_time` of each evaluation's summary (training and evaluation since the one before)."""
+    points, seconds = [], 0.0
+    for entry in epoch_entries(log_history):
+        seconds += entry["epoch_time"]
+        points.append((entry["epoch"], seconds, entry["eval_accuracy"]))
+    return points
+
+
+def plot_accuracy_over_time(runs: dict[str, list[dict]], path: str | Path, title: str = "") -> Path:
+    """Validation accuracy against wall-clock seconds, one line per run (label -> log history)."""
+    figure, axis = plt.subplots(figsize=(8, 4.5))
+    for label, history in runs.items():
+        _, seconds, accuracy = zip(*accuracy_over_time(history), strict=True)
+        axis.plot([s / 60 for s in seconds], [100 * a for a in accuracy], "o-", label=label)
+    axis.set(xlabel="wall-clock minutes (training and evaluation)", ylabel="validation accuracy (%)",
+             title=title or "Validation accuracy against time")
+    axis.grid(alpha=0.3)
+    axis.legend()
+    figure.tight_layout()
+    return _save(figure, path)
+
+
 def plot_confusion_matrix(
     matrix: Sequence[Sequence[int]], labels: Sequence[str], path: str | Path, title: str = "Confusion matrix"
 ) -> Path:
