@@ -11,7 +11,7 @@ from pathlib import Path
 
 from transformers import HfArgumentParser
 
-from training.inference import model_and_images, preprocess_file, save_attention_map
+from training.inference import model_and_images, preprocess_image, save_attention_map
 
 
 @dataclass
@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     failed = 0
     for file in files:
         try:
-            pixel_values = preprocess_file(processor, file)
+            pixel_values = preprocess_image(processor, file)
         except Exception as error:  # any decoding failure is reported by file name
             print(f"{file}: cannot read: {error}", file=sys.stderr)
             failed += 1

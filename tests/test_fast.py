@@ -222,10 +222,10 @@ def test_tta_in_the_scripts_changes_what_they_report(tta_run, dataset, tmp_path)
         assert ("accuracy with flip TTA" in done.stdout) == (tta == "flip")
     assert scores["none"] != scores["flip"]
     model = ResNetCBAMForImageClassification.from_pretrained(tta_run).eval()
-    from training.inference import load_model, preprocess_file
+    from training.inference import load_model, preprocess_image
 
     _, processor = load_model(str(tta_run))
-    pixels = preprocess_file(processor, image)[None]
+    pixels = preprocess_image(processor, image)[None]
     with torch.no_grad():
         expected = class_probabilities(model, pixels, "flip")[0]
     for index, label in model.config.id2label.items():

@@ -65,7 +65,7 @@ class WeightEMA:
     def load(self, folder: Path) -> None:
         path = Path(folder) / EMA_FILE
         if not path.exists():
-            raise FileNotFoundError(f"{folder}: {EMA_FILE} missing; the run was saved without --ema_decay")
+            raise FileNotFoundError(f"{folder}: {EMA_FILE} missing: that run kept no average of the weights")
         saved = load_file(str(path))
         if saved.keys() != self.state.keys():
             raise ValueError(f"{path}: holds the average of another architecture")
@@ -83,9 +83,14 @@ class EMACallback(TrainerCallback):
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         self.ema = WeightEMA(model, self.decay)
-        if self.checkpoint is not None:
+        if self.checkpoint is None:
+            return
+        if (Path(self.checkpoint) / EMA_FILE).exists():
             self.ema.load(self.checkpoint)
             logger.info("EMA of the weights resumed from %s", self.checkpoint)
+        else:  # a complete checkpoint of a run without EMA, resumed with --allow_changed_run --ema_decay
+            logger.warning("%s holds no %s: the average of the weights starts from its weights", self.checkpoint,
+                           EMA_FILE)
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         self.ema.update(model, state.global_step)

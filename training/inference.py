@@ -47,10 +47,13 @@ def load_model(name_or_path: str, device: str | None = None):
     return model.to(device).eval(), processor
 
 
-def preprocess_file(processor, path: str | Path) -> torch.Tensor:
-    """One image file as the model's (3, H, W) input: any mode converted to RGB, then the processor's steps."""
-    with Image.open(path) as image:
+def preprocess_image(processor, image: str | Path | Image.Image) -> torch.Tensor:
+    """One image (a file or a PIL image) as the model's (3, H, W) input: any mode converted to RGB (grayscale,
+    palette, RGBA, CMYK, 16-bit), then the processor's steps."""
+    if isinstance(image, Image.Image):
         return processor(image.convert("RGB"), return_tensors="pt")["pixel_values"][0]
+    with Image.open(image) as opened:
+        return preprocess_image(processor, opened)
 
 
 def image_files(paths: Sequence[str | Path]) -> list[Path]:
@@ -94,7 +97,7 @@ class _ImageFiles(Dataset):
 
     def __getitem__(self, index: int):
         try:
-            return index, preprocess_file(self.processor, self.files[index]), None
+            return index, preprocess_image(self.processor, self.files[index]), None
         except Exception as error:  # any decoding failure is reported by file name
             return index, None, f"{type(error).__name__}: {error}"
 

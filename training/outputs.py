@@ -1,5 +1,5 @@
-"""What a finished run writes beside its saved model: the plots, attention maps of a few evaluation images, and the
-model card (README.md), all from one record of the run's facts held in memory."""
+"""What a finished run writes beside its saved model: the plots, attention maps of a few evaluation images, the
+model card (README.md) and the demo's Space folder, all from one record of the run's facts held in memory."""
 
 import logging
 from dataclasses import asdict, dataclass, field
@@ -11,6 +11,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from training.data import ImageData
 from training.inference import save_attention_map
 from training.plots import epoch_entries, plot_confusion_matrix, plot_training
+from training.space import write_space
 from training.stages import Schedule
 
 logger = logging.getLogger(__name__)
@@ -80,7 +81,8 @@ def write_run_outputs(record: RunRecord, model, data: ImageData) -> Path:
                                   title=f"{split} image {index} ({data.label_names[row['labels']]})")
         attention_maps.append(str(path.relative_to(record.output_dir)))
     card = write_model_card(record, model, attention_maps)
-    logger.info("plots in %s, model card %s", plots, card)
+    space = write_space(record.output_dir, data, record.model_id, record.dataset, hub_model="/" in record.model_id)
+    logger.info("plots in %s, model card %s, demo Space in %s", plots, card, space)
     return card
 
 
