@@ -145,3 +145,28 @@ def test_the_space_app_in_a_real_browser(finished, tmp_path):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_demo_script_passes_every_flag_to_the_server(finished, monkeypatch, tmp_path):
+    pytest.importorskip("gradio", reason="the demo's extra is not installed: pip install -e '.[demo]'")
+    import importlib.util
+
+    from training import demo
+
+    spec = importlib.util.spec_from_file_location("demo_script", Path(hub.__file__).parents[1] / "scripts" / "demo.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    calls = []
+    monkeypatch.setattr(demo, "serve", lambda *args, **kwargs: calls.append((args, kwargs)))
+    Image.new("RGB", (8, 8)).save(tmp_path / "x.png")
+    assert script.main(["--model", str(finished), "--port", "7999", "--host", "0.0.0.0", "--share", "true",
+                        "--top_k", "2", "--examples", str(tmp_path), "--device", "cpu"]) == 0
+    assert calls == [((str(finished), [tmp_path / "x.png"], 2, "cpu"),
+                      {"server_name": "0.0.0.0", "server_port": 7999, "share": True})]
+    calls.clear()
+    assert script.main(["--model", str(finished)]) == 0  # a run folder offers its own examples
+    (args, kwargs), = calls
+    assert [p.name for p in args[1]] == sorted(p.name for p in (finished / "space" / "examples").iterdir())
+    assert kwargs == {"server_name": "127.0.0.1", "server_port": 7860, "share": False}
+    done = run_script("demo.py", "--model", str(tmp_path / "absent"))
+    assert done.returncode == 2 and "no model could be loaded from it" in done.stderr
