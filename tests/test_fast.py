@@ -32,7 +32,7 @@ def test_fast_sets_its_optimizer_shape_and_defaults_and_every_flag_still_wins():
     assert (spec.name, spec.hyperparameters, spec.weight_decay) == \
         ("sgd", {"momentum": 0.9, "nesterov": True}, 5e-4)
     assert training_args.label_smoothing_factor == 0.2 and training_args.per_device_train_batch_size == FAST_BATCH
-    assert (training_args.ema_decay, training_args.tta, data_args.augment) == (0.99, "flip", "crop-flip")
+    assert (training_args.ema_decay, training_args.tta, data_args.augment) == (0.0, "flip", "crop-flip")
     assert model_args.backbone_weights == "none"
     from training.arguments import build_schedule
 
@@ -46,9 +46,9 @@ def test_fast_sets_its_optimizer_shape_and_defaults_and_every_flag_still_wins():
     assert factors[20] == 1.0 and all(a > b for a, b in zip(factors[20:], factors[21:], strict=False))  # then falling
 
     _, data_args, stage_args, training_args = parse_arguments(
-        ["--recipe", "fast", "--optim", "adamw_torch", "--ema_decay", "0", "--tta", "none", "--augment", "none",
+        ["--recipe", "fast", "--optim", "adamw_torch", "--ema_decay", "0.9", "--tta", "none", "--augment", "none",
          "--learning_rate", "0.05", "--num_train_epochs", "3"])
-    assert training_args.optimizer.name == "adamw_torch" and training_args.ema_decay == 0
+    assert training_args.optimizer.name == "adamw_torch" and training_args.ema_decay == 0.9
     assert (training_args.tta, data_args.augment) == ("none", "none")
     (stage,) = build_schedule(stage_args, training_args).stages
     assert stage.epochs == 3 and set(stage.lrs.values()) == {0.05}

@@ -174,10 +174,11 @@ REFUSED_FIELDS = {
     "do_predict": "the script always trains, evaluates each epoch and evaluates the final model",
 }
 # What a recipe sets besides its schedule: the defaults of other flags, each still overridden by the flag itself.
-# fast: the time-to-accuracy recipe for training from random weights (README, "Learning fast from scratch").
+# fast: the time-to-accuracy recipe for training from random weights (README, "Learning fast from scratch"). No EMA:
+# over 2 epochs of CIFAR-10 its average scored 73.96% against the live weights' 74.50% (both with flip TTA).
 RECIPE_DEFAULTS = {
     "fast": dict(optim="sgd", optim_args="momentum=0.9,nesterov=True", weight_decay=5e-4, label_smoothing_factor=0.2,
-                 per_device_train_batch_size=stages.FAST_BATCH, augment="crop-flip", ema_decay=0.99, tta="flip",
+                 per_device_train_batch_size=stages.FAST_BATCH, augment="crop-flip", ema_decay=0.0, tta="flip",
                  backbone_weights="none"),
 }
 LR_SHAPES = {"constant": "constant", "constant_with_warmup": "constant", "cosine": "cosine", "linear": "linear",
