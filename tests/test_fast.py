@@ -74,6 +74,16 @@ def test_fast_scales_from_its_own_batch_and_any_recipe_takes_the_triangle_from_f
         parse_arguments(["--lr_scheduler_kwargs", '{"start_factor": 0.2}'])  # no warmup to start
 
 
+def test_a_given_lr_shape_replaces_the_recipes_even_constant():
+    from training.arguments import build_schedule
+
+    _, _, stage_args, training_args = parse_arguments(["--recipe", "fast", "--lr_scheduler_type", "constant"])
+    (stage,) = build_schedule(stage_args, training_args).stages
+    assert (stage.shape, stage.warmup, stage.start) == ("constant", 0.0, 0.0)
+    _, _, stage_args, training_args = parse_arguments(["--recipe", "fast"])
+    assert build_schedule(stage_args, training_args).stages[0].shape == "linear"
+
+
 def test_fast_from_a_json_file_takes_the_same_defaults(tmp_path):
     (tmp_path / "run.json").write_text(json.dumps({"recipe": "fast", "label_smoothing_factor": 0.1}))
     _, data_args, _, training_args = parse_arguments([str(tmp_path / "run.json")])

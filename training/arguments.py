@@ -212,8 +212,9 @@ class FinetuneTrainingArguments(TrainingArguments):
         default=None, metadata={"help": "The peak lr of the one-stage recipes (full: 1e-3, fast: "
                                 f"{stages.FAST_LR:g}). Staged recipes take --stage_lrs."}
     )
-    lr_scheduler_type: str = field(
-        default="constant", metadata={"help": "The lr shape inside each stage: constant (default), cosine, linear."}
+    lr_scheduler_type: str | None = field(
+        default=None, metadata={"help": "The lr shape inside each stage, replacing the recipe's: constant, cosine, "
+                                "linear. Default: the recipe's (constant; fast: its triangle)."}
     )
     warmup_steps: float = field(
         default=0, metadata={"help": "Linear warmup at the start of each stage: a number of steps, or a fraction "
@@ -278,6 +279,9 @@ class FinetuneTrainingArguments(TrainingArguments):
         for spec in dataclasses.fields(self):
             if spec.name in REFUSED_FIELDS and _was_set(self, spec):
                 raise ValueError(f"--{spec.name}: {REFUSED_FIELDS[spec.name]}")
+        # the shape asked for, if any (None: the recipe's); the Trainer's own field needs a value it knows
+        self.lr_shape_given = None if self.lr_scheduler_type is None else self._scheduler_name()
+        self.lr_scheduler_type = self.lr_scheduler_type or "constant"
         shape = self._scheduler_name()
         if shape not in LR_SHAPES:
             raise ValueError(f"--lr_scheduler_type {shape} is not supported; the lr shapes (per stage) are "
@@ -307,10 +311,10 @@ class FinetuneTrainingArguments(TrainingArguments):
 
     def lr_shape(self) -> dict | None:
         """The stage shape these flags ask for (shape, warmup as a fraction or warmup_steps, floor), or None when
-        they ask for none: constant rates without warmup, as the stages have by default."""
+        they ask for none: no --lr_scheduler_type, warmup or floor, so the recipe's own shapes stay."""
         kwargs = self.lr_scheduler_kwargs or {}
         shape, floor = LR_SHAPES[self._scheduler_name()], kwargs.get("min_lr_rate", 0.0)
-        if shape == "constant" and not self.warmup_steps and not floor:
+        if self.lr_shape_given is None and not self.warmup_steps and not floor:
             return None
         fraction = self.warmup_steps < 1
         return dict(shape=shape, warmup=self.warmup_steps if fraction else 0.0,
