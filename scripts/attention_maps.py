@@ -11,6 +11,7 @@ from pathlib import Path
 
 from transformers import HfArgumentParser
 
+from training.arguments import check_at_least
 from training.inference import model_and_images, preprocess_image, save_attention_map
 
 
@@ -21,10 +22,14 @@ class AttentionArguments:
     top_channels: int = field(default=8, metadata={"help": "Channel weights shown per CBAM."})
     device: str | None = field(default=None, metadata={"help": "cuda or cpu (default: cuda when present)."})
 
+    def __post_init__(self):
+        check_at_least(self, top_channels=1)
+
 
 def main(argv: list[str] | None = None) -> int:
-    args, paths = HfArgumentParser(AttentionArguments).parse_known_args(argv)
     try:
+        parser = HfArgumentParser(AttentionArguments)
+        args, paths = parser.parse_args_into_dataclasses(argv, return_remaining_strings=True)
         model, processor, files = model_and_images(args.model, paths, args.device)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)

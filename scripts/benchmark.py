@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 
 from transformers import HfArgumentParser
 
+from training.arguments import check_at_least
 from training.benchmark import run_benchmark
 
 
@@ -33,9 +34,16 @@ class BenchmarkArguments:
     torch_compile: bool = field(default=False, metadata={"help": "As finetune.py's --torch_compile."})
     json: str | None = field(default=None, metadata={"help": "Write the figures as JSON."})
 
+    def __post_init__(self):
+        check_at_least(self, steps=1, warmup=0, eval_images=1, batch_size=1)
+
 
 def main(argv: list[str] | None = None) -> int:
-    (args,) = HfArgumentParser(BenchmarkArguments).parse_args_into_dataclasses(argv)
+    try:
+        (args,) = HfArgumentParser(BenchmarkArguments).parse_args_into_dataclasses(argv)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     options = {k: v for k, v in asdict(args).items() if k != "json"}
     result = run_benchmark(**{"dataset": options.pop("dataset_name"), **options})
     width = max(map(len, result))

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from transformers import HfArgumentParser
 
+from training.arguments import check_at_least
 from training.inference import image_files
 
 
@@ -28,9 +29,18 @@ class DemoArguments:
     )
     device: str | None = field(default=None, metadata={"help": "cuda or cpu (default: cuda when present)."})
 
+    def __post_init__(self):
+        check_at_least(self, top_k=1, port=1)
+        if self.port > 65535:
+            raise ValueError(f"--port must be at most 65535, got {self.port}")
+
 
 def main(argv: list[str] | None = None) -> int:
-    args = HfArgumentParser(DemoArguments).parse_args_into_dataclasses(argv)[0]
+    try:
+        args = HfArgumentParser(DemoArguments).parse_args_into_dataclasses(argv)[0]
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     try:
         from training.demo import default_examples, serve
     except ImportError as error:

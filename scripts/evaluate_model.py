@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from transformers import HfArgumentParser
 
+from training.arguments import check_at_least
 from training.data import DataArguments
 from training.inference import check_tta, evaluate_split, evaluation_report, load_model
 from training.plots import plot_confusion_matrix
@@ -31,11 +32,14 @@ class EvaluateArguments:
     device: str | None = field(default=None, metadata={"help": "cuda or cpu (default: cuda when present)."})
     tta: str = field(default="none", metadata={"help": "none, or flip: the mean softmax of each image and its mirror."})
 
+    def __post_init__(self):
+        check_at_least(self, batch_size=1)
+        check_tta(self.tta)
+
 
 def main(argv: list[str] | None = None) -> int:
     try:
         args, data_args = HfArgumentParser((EvaluateArguments, DataArguments)).parse_args_into_dataclasses(argv)
-        check_tta(args.tta)
         model, processor = load_model(args.model, args.device)
         result = evaluate_split(model, processor, data_args, args.split, args.seed, args.batch_size, args.tta)
     except ValueError as error:  # DataError included: a bad split, column, label set or image, named

@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 import torch
 from transformers import HfArgumentParser
 
-from training.data import DataArguments, DataError, data_facts, data_report, load_image_data
+from training.arguments import check_at_least
+from training.data import DataArguments, data_facts, data_report, load_image_data
 from training.plots import save_image_grid
 
 
@@ -23,13 +24,16 @@ class InspectArguments:
     batch_size: int = field(default=256, metadata={"help": "Images in the batch whose mean/std is measured."})
     seed: int = field(default=42, metadata={"help": "Seed of the validation split and the shuffles."})
 
+    def __post_init__(self):
+        check_at_least(self, grid_size=1, batch_size=1)
+
 
 def main(argv: list[str] | None = None) -> int:
     try:
         data_args, args = HfArgumentParser((DataArguments, InspectArguments)).parse_args_into_dataclasses(argv)
         torch.manual_seed(args.seed)
         data = load_image_data(data_args, seed=args.seed)
-    except DataError as error:
+    except ValueError as error:  # DataError included
         print(f"error: {error}", file=sys.stderr)
         return 2
     facts = data_facts(data, args.batch_size, args.seed)

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from tqdm.auto import tqdm
 from transformers import HfArgumentParser
 
+from training.arguments import check_at_least
 from training.inference import check_tta, model_and_images, predict_files
 
 
@@ -26,11 +27,15 @@ class PredictArguments:
     device: str | None = field(default=None, metadata={"help": "cuda or cpu (default: cuda when present)."})
     tta: str = field(default="none", metadata={"help": "none, or flip: the mean softmax of each image and its mirror."})
 
+    def __post_init__(self):
+        check_at_least(self, top_k=1, batch_size=1, num_workers=0)
+        check_tta(self.tta)
+
 
 def main(argv: list[str] | None = None) -> int:
-    args, paths = HfArgumentParser(PredictArguments).parse_known_args(argv)
     try:
-        check_tta(args.tta)
+        parser = HfArgumentParser(PredictArguments)
+        args, paths = parser.parse_args_into_dataclasses(argv, return_remaining_strings=True)
         model, processor, files = model_and_images(args.model, paths, args.device)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)

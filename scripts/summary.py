@@ -12,7 +12,7 @@ from torchinfo import summary
 from transformers import HfArgumentParser
 
 from modeling_resnet_cbam import ResNetCBAMConfig, ResNetCBAMForImageClassification
-from training.arguments import ArchitectureArguments
+from training.arguments import ArchitectureArguments, check_at_least
 
 
 @dataclass
@@ -21,6 +21,11 @@ class SummaryArguments:
     num_labels: int = field(default=10, metadata={"help": "Classes of the head."})
     image_size: int | None = field(default=None, metadata={"help": "Input side in pixels (default: the config's)."})
     depth: int = field(default=4, metadata={"help": "How many module levels the table shows."})
+
+    def __post_init__(self):
+        check_at_least(self, num_labels=1, depth=1)
+        if self.image_size is not None:
+            check_at_least(self, image_size=1)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,11 +1,13 @@
 """Tiny synthetic data made inside the tests, and the checks that several test modules share."""
 
+import importlib.util
 import io
 import json
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from types import ModuleType
 
 import torch
 from datasets import Dataset, DatasetDict
@@ -96,6 +98,14 @@ def load_alone(folder: Path, x_file: Path, workdir: Path) -> dict:
     )
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def load_script(name: str) -> ModuleType:
+    """scripts/NAME.py as a module, to call its main(argv) in this process."""
+    spec = importlib.util.spec_from_file_location(f"script_{name}", ROOT / "scripts" / f"{name}.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script
 
 
 def run_script(name: str, *args: str) -> subprocess.CompletedProcess:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import flags, run_script
+from helpers import flags, load_script, run_script
 from PIL import Image
 from tiny_run import TINY
 
@@ -149,13 +149,9 @@ def test_the_space_app_in_a_real_browser(finished, tmp_path):
 
 def test_demo_script_passes_every_flag_to_the_server(finished, monkeypatch, tmp_path):
     pytest.importorskip("gradio", reason="the demo's extra is not installed: pip install -e '.[demo]'")
-    import importlib.util
-
     from training import demo
 
-    spec = importlib.util.spec_from_file_location("demo_script", Path(hub.__file__).parents[1] / "scripts" / "demo.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script("demo")
     calls = []
     monkeypatch.setattr(demo, "serve", lambda *args, **kwargs: calls.append((args, kwargs)))
     Image.new("RGB", (8, 8)).save(tmp_path / "x.png")

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import NAMES, hub_layout_folder, random_image, run_script, tiny_dataset, truncated_jpeg
+from helpers import NAMES, hub_layout_folder, load_script, random_image, run_script, tiny_dataset, truncated_jpeg
 from PIL import Image
 
 from modeling_resnet_cbam import ResNetCBAMConfig, ResNetCBAMForImageClassification
@@ -121,3 +121,19 @@ def test_attention_maps_are_in_range_and_written_as_png(model_dir, images, tmp_p
     for name in ("rgb", "gray"):
         with Image.open(tmp_path / "maps" / f"{name}_attention.png") as png:
             assert png.format == "PNG" and png.size[0] > 600
+
+
+@pytest.mark.parametrize("script, argv, message", [
+    ("predict", ["--model", "m", "x.png", "--top_k", "0"], "--top_k must be at least 1, got 0"),
+    ("predict", ["--model", "m", "--num_workers", "-1"], "--num_workers must be at least 0, got -1"),
+    ("evaluate_model", ["--model", "m", "--batch_size", "0"], "--batch_size must be at least 1, got 0"),
+    ("attention_maps", ["--model", "m", "--top_channels", "0"], "--top_channels must be at least 1, got 0"),
+    ("demo", ["--model", "m", "--top_k", "-3"], "--top_k must be at least 1, got -3"),
+    ("demo", ["--model", "m", "--port", "70000"], "--port must be at most 65535, got 70000"),
+    ("inspect_data", ["--grid_size", "0"], "--grid_size must be at least 1, got 0"),
+    ("benchmark", ["--steps", "0"], "--steps must be at least 1, got 0"),
+    ("summary", ["--depth", "0"], "--depth must be at least 1, got 0"),
+], ids=lambda value: value if isinstance(value, str) and not value.startswith("--") else None)
+def test_every_scripts_counts_below_their_minimum_are_refused_before_loading(script, argv, message, capsys):
+    assert load_script(script).main(argv) == 2  # "m" is no model: the flag is refused before anything loads
+    assert message in capsys.readouterr().err

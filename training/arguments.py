@@ -25,6 +25,13 @@ from training.inference import check_tta
 from training.optimizers import OptimizerSpec
 
 
+def check_at_least(args, **minimums: int) -> None:
+    """Refuse a count flag below its minimum (--top_k 0, --batch_size -1), naming the flag, before any work."""
+    for name, minimum in minimums.items():
+        if getattr(args, name) < minimum:
+            raise ValueError(f"--{name} must be at least {minimum}, got {getattr(args, name)}")
+
+
 def _comma_list(text: str | None, kind, flag: str) -> list | None:
     if text is None:
         return None
