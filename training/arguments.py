@@ -99,8 +99,9 @@ class StageArguments:
                                    "frozen (their BatchNorm in eval mode)."}
     )
     scale_lr_with_batch: bool = field(
-        default=False, metadata={"help": "Multiply every stage's lr by (global batch / the recipe's batch: 128 for "
-                                 "fast, else 64): the linear scaling rule for running the recipe at a larger batch."}
+        default=False, metadata={"help": "Multiply every stage's lr by (global batch / the recipe's batch: "
+                                 f"{stages.FAST_BATCH} for fast, {stages.TUTORIAL_BATCH} for the others): the linear "
+                                 "scaling rule for running the recipe at a larger batch."}
     )
 
     def __post_init__(self):
