@@ -71,6 +71,8 @@ def test_every_training_argument_is_classified_exactly_once():
         (["--cbam_placement", "everywhere"], "cbam_placement must be one of ('stage', 'block'), got 'everywhere'"),
         (["--depths", "2,2,x,2"], "--depths must be four integers"),
         (["--bn_policy", "eval"], "--bn_policy must be 'train' or 'frozen'"),
+        (["--recipe", "fast", "--per_device_train_batch_size", "0"], "--per_device_train_batch_size must be at least"),
+        (["--gradient_accumulation_steps", "0"], "--gradient_accumulation_steps must be at least 1, got 0"),
     ],
 )
 def test_refused_and_bad_flags_stop_before_any_loading(tmp_path, capsys, bad_flags, message):
