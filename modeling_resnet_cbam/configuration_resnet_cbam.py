@@ -5,7 +5,8 @@ from transformers import PreTrainedConfig
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2023, 0.1994, 0.2010)
 STEMS = ("cifar", "imagenet")
-CBAM_PLACEMENTS = ("stage", "block")
+CBAM_PLACEMENTS = ("stage", "block", "none")
+CBAM_INITS = ("default", "identity")
 
 
 class ResNetCBAMConfig(PreTrainedConfig):
@@ -30,6 +31,12 @@ class ResNetCBAMConfig(PreTrainedConfig):
             `"stage"`: one CBAM after the output of each of layer1..layer4.
             `"block"`: one CBAM inside every basic block, on the residual branch before the addition (the CBAM
             paper's reference code).
+            `"none"`: no CBAM at all: torchvision's plain ResNet (the baseline, and what a backbone is pretrained as).
+        cbam_init (`str`, *optional*, defaults to `"default"`):
+            `"default"`: the paper's CBAM, `x * channel * spatial`, from PyTorch's default init.
+            `"identity"`: each CBAM is wrapped in a learnable scalar gate g initialised at 0, computing
+            `x + g * (CBAM(x) - x)`: a network into which CBAM has just been inserted computes exactly what it
+            computed without it, and the attention is learned from there (as ReZero or LayerScale start a branch).
         stem (`str`, *optional*, defaults to `"cifar"`):
             `"cifar"`: 3x3 stride-1 convolution and no max-pool, for 32 px images.
             `"imagenet"`: 7x7 stride-2 convolution and a 3x3 stride-2 max-pool, for 224 px images.
@@ -58,6 +65,7 @@ class ResNetCBAMConfig(PreTrainedConfig):
     cbam_reduction: int = 16
     cbam_kernel_size: int = 7
     cbam_placement: str = "stage"
+    cbam_init: str = "default"
     stem: str = "cifar"
     num_channels: int = 3
     image_size: int = 32
@@ -81,6 +89,8 @@ class ResNetCBAMConfig(PreTrainedConfig):
             raise ValueError(f"depths must be four positive integers (layer1..layer4), got {self.depths}")
         if self.cbam_placement not in CBAM_PLACEMENTS:
             raise ValueError(f"cbam_placement must be one of {CBAM_PLACEMENTS}, got {self.cbam_placement!r}")
+        if self.cbam_init not in CBAM_INITS:
+            raise ValueError(f"cbam_init must be one of {CBAM_INITS}, got {self.cbam_init!r}")
         if self.stem not in STEMS:
             raise ValueError(f"stem must be one of {STEMS}, got {self.stem!r}")
         if not 1 <= self.cbam_reduction <= 64:

@@ -27,6 +27,7 @@ STAGE_NAMES = ("layer1", "layer2", "layer3", "layer4")
 # The parts a training schedule can freeze or give their own learning rate, in forward order.
 PARAMETER_GROUPS = ("stem", *STAGE_NAMES, "cbam", "head")
 STAGE_WIDTHS = (64, 128, 256, 512)
+BACKBONE_PREFIX = "resnet_cbam.backbone"  # where a saved classifier of this project keeps torchvision's names
 WEIGHT_FILE_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
 TORCHVISION_ARCHITECTURES = {(2, 2, 2, 2): "resnet18", (3, 4, 6, 3): "resnet34"}
 # Every entry so that AutoModel and pipeline("image-classification") load either class from one folder.
@@ -65,18 +66,26 @@ class SpatialAttention(nn.Module):
 
 
 class CBAM(nn.Module):
-    """Channel attention, then spatial attention. Returns the attended features and both attention tensors."""
+    """Channel attention, then spatial attention. Returns the attended features and both attention tensors.
 
-    def __init__(self, channels: int, reduction: int, kernel_size: int):
+    With `gated`, the output is `x + gate * (attended - x)` with a learnable scalar `gate` that starts at 0: the
+    module starts as the identity, so inserting it leaves a pretrained network's function unchanged.
+    """
+
+    def __init__(self, channels: int, reduction: int, kernel_size: int, gated: bool = False):
         super().__init__()
         self.channel = ChannelAttention(channels, reduction)
         self.spatial = SpatialAttention(kernel_size)
+        self.gate = nn.Parameter(torch.zeros(1)) if gated else None
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         channel_weights = self.channel(x)
-        x = x * channel_weights
-        spatial_map = self.spatial(x)
-        return x * spatial_map, channel_weights, spatial_map
+        weighted = x * channel_weights
+        spatial_map = self.spatial(weighted)
+        attended = weighted * spatial_map
+        if self.gate is not None:
+            attended = x + self.gate * (attended - x)
+        return attended, channel_weights, spatial_map
 
 
 class BasicBlock(nn.Module):
@@ -146,7 +155,7 @@ class ResNetBackbone(nn.Module):
 
 
 def _make_cbam(config: ResNetCBAMConfig, channels: int) -> CBAM:
-    return CBAM(channels, config.cbam_reduction, config.cbam_kernel_size)
+    return CBAM(channels, config.cbam_reduction, config.cbam_kernel_size, gated=config.cbam_init == "identity")
 
 
 @dataclass
@@ -156,15 +165,20 @@ class BackboneLoadReport:
     source: str
     loaded: list[str] = field(default_factory=list)
     new: list[str] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # the source's tensors this model has no place for (names there)
+    dropped: list[str] = field(default_factory=list)  # the source's 7x7 conv1 under the CIFAR stem (names there)
 
     def __str__(self) -> str:
         new_modules = sorted({_module_of(name) for name in self.new})
-        return (
+        skipped_modules = sorted({_module_of(name) for name in self.skipped})
+        text = (
             f"backbone weights from {self.source}: {len(self.loaded)} tensors loaded, "
             f"{len(self.new)} new ({', '.join(new_modules) or 'none'}), "
-            f"{len(self.skipped)} skipped ({', '.join(self.skipped) or 'none'})"
+            f"{len(self.skipped)} skipped ({', '.join(skipped_modules) or 'none'})"
         )
+        if self.dropped:
+            text += f", {', '.join(self.dropped)} dropped (the 7x7 ImageNet stem: the CIFAR stem's 3x3 conv1 is new)"
+        return text
 
 
 def _module_of(tensor_name: str) -> str:
@@ -239,6 +253,8 @@ class ResNetCBAMPreTrainedModel(PreTrainedModel):
             init.zeros_(module.running_mean)
             init.ones_(module.running_var)
             init.zeros_(module.num_batches_tracked)
+        elif isinstance(module, CBAM) and module.gate is not None:
+            init.zeros_(module.gate)  # the identity at the start (cbam_init="identity")
 
     @staticmethod
     def parameter_group(name: str) -> str:
@@ -289,8 +305,9 @@ class ResNetCBAMPreTrainedModel(PreTrainedModel):
         """Load ImageNet ResNet weights into the backbone by name and report what was loaded, new and skipped.
 
         `source` is `"torchvision"` (IMAGENET1K_V1, downloaded by torchvision on first use), a Hub id of a timm
-        ResNet (e.g. `"timm/resnet18.a1_in1k"`), or a local `.safetensors` / `.pth` file. A file of another
-        architecture is a ValueError naming the first tensor that does not fit.
+        ResNet (e.g. `"timm/resnet18.a1_in1k"`), a local `.safetensors` / `.pth` file, or a model saved by this
+        project (its folder or its `model.safetensors`: the backbone loads, its CBAM and classifier are skipped).
+        A file of another architecture is a ValueError naming the first tensor that does not fit.
         """
         backbone = self.base_model.backbone
         prefix = next(name for name, module in self.named_modules() if module is backbone) + "."
@@ -298,8 +315,8 @@ class ResNetCBAMPreTrainedModel(PreTrainedModel):
         report = BackboneLoadReport(source=str(source))
         to_load = {}
         for key, tensor in _read_resnet_state_dict(source, self.config.depths).items():
-            if key.startswith("fc."):
-                report.skipped.append(key)  # the ImageNet classifier
+            if key.startswith(("fc.", "classifier.")) or "cbam" in key.split("."):
+                report.skipped.append(key)  # the source's classifier, and its CBAM (a saved ResNet-CBAM)
                 continue
             if key not in own:
                 raise ValueError(
@@ -308,7 +325,8 @@ class ResNetCBAMPreTrainedModel(PreTrainedModel):
                 )
             if tensor.shape != own[key].shape:
                 if key == "conv1.weight" and self.config.stem == "cifar":
-                    continue  # the CIFAR stem replaces the 7x7 ImageNet one: it starts from its random init
+                    report.dropped.append(key)  # the CIFAR stem replaces the 7x7 ImageNet one: it starts at random
+                    continue
                 raise ValueError(
                     f"{source}: tensor '{key}' has shape {tuple(tensor.shape)} but this model's is "
                     f"{tuple(own[key].shape)}; the weights are of another architecture"
@@ -343,6 +361,12 @@ def _read_resnet_state_dict(source: str | os.PathLike, depths: list[int]) -> dic
                 f"cannot download torchvision's {architecture} ImageNet weights ({error}); without network, start "
                 "from a local .safetensors/.pth file or from random weights (backbone_weights='none')"
             ) from error
+    elif Path(source).is_dir():  # a model saved by this project (save_pretrained)
+        weights = Path(source) / "model.safetensors"
+        if not weights.is_file():
+            raise FileNotFoundError(f"backbone weights: {source} is a folder without model.safetensors (a model "
+                                    "saved by this project has one)")
+        state_dict = _read_file(weights)
     elif Path(source).is_file():
         state_dict = _read_file(Path(source))
     elif source.startswith((".", "/", "~")) or source.count("/") != 1 or source.endswith(WEIGHT_FILE_SUFFIXES):
@@ -365,7 +389,8 @@ def _read_resnet_state_dict(source: str | os.PathLike, depths: list[int]) -> dic
     if not_tensors:
         raise ValueError(f"{source}: '{not_tensors[0]}' is a {type(state_dict[not_tensors[0]]).__name__}, not a "
                          "tensor; the file is not a ResNet state dict")
-    return {key.removeprefix("module."): tensor for key, tensor in state_dict.items()}
+    # torchvision's names: DDP's "module." wrapper dropped, and a saved ResNet-CBAM's backbone prefix
+    return {key.removeprefix("module.").removeprefix(f"{BACKBONE_PREFIX}."): tensor for key, tensor in state_dict.items()}
 
 
 def _read_file(path: Path) -> dict:

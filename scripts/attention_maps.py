@@ -31,6 +31,8 @@ def main(argv: list[str] | None = None) -> int:
         parser = HfArgumentParser(AttentionArguments)
         args, paths = parser.parse_args_into_dataclasses(argv, return_remaining_strings=True)
         model, processor, files = model_and_images(args.model, paths, args.device)
+        if not model.cbam_names:
+            raise ValueError(f"{args.model} has no CBAM (cbam_placement none): it has no attention to show")
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

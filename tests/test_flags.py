@@ -68,7 +68,7 @@ def test_every_training_argument_is_classified_exactly_once():
         ),
         (["--recipe", "gradual"], "unknown recipe 'gradual'"),
         (["--max_steps", "10"], "--max_steps: stages are in epochs"),
-        (["--cbam_placement", "everywhere"], "cbam_placement must be one of ('stage', 'block'), got 'everywhere'"),
+        (["--cbam_placement", "everywhere"], "cbam_placement must be one of ('stage', 'block', 'none'), got 'everywhere'"),
         (["--depths", "2,2,x,2"], "--depths must be four integers"),
         (["--bn_policy", "eval"], "--bn_policy must be 'train' or 'frozen'"),
         (["--recipe", "fast", "--per_device_train_batch_size", "0"], "--per_device_train_batch_size must be at least"),

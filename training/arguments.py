@@ -47,7 +47,10 @@ class ArchitectureArguments:
 
     depths: str = field(default="2,2,2,2", metadata={"help": "Blocks per stage: 2,2,2,2 (ResNet18), 3,4,6,3 (34)."})
     stem: str = field(default="cifar", metadata={"help": "cifar (3x3 stride 1, no max-pool) or imagenet."})
-    cbam_placement: str = field(default="stage", metadata={"help": "stage (after layer1..4) or block."})
+    cbam_placement: str = field(default="stage", metadata={"help": "stage (after layer1..4), block, or none "
+                                                           "(the plain ResNet: no CBAM)."})
+    cbam_init: str = field(default="default", metadata={"help": "default (the paper's) or identity (each CBAM behind "
+                                                       "a learnable gate at 0: the network starts as without it)."})
     cbam_reduction: int = field(default=16, metadata={"help": "Channel-attention MLP reduction ratio."})
     cbam_kernel_size: int = field(default=7, metadata={"help": "Spatial-attention kernel size."})
 
@@ -59,7 +62,8 @@ class ArchitectureArguments:
         if len(depths) != 4:
             raise ValueError(f"--depths must be four integers such as 2,2,2,2, got {self.depths!r}")
         self.architecture = dict(depths=depths, stem=self.stem, cbam_placement=self.cbam_placement,
-                                 cbam_reduction=self.cbam_reduction, cbam_kernel_size=self.cbam_kernel_size)
+                                 cbam_init=self.cbam_init, cbam_reduction=self.cbam_reduction,
+                                 cbam_kernel_size=self.cbam_kernel_size)
         ResNetCBAMConfig(**self.architecture)  # a ValueError naming the field that cannot build a model
 
 
@@ -70,7 +74,8 @@ class ModelArguments(ArchitectureArguments):
     )
     backbone_weights: str = field(
         default="torchvision",
-        metadata={"help": "torchvision (ImageNet), a timm Hub id, a .safetensors/.pth file, or none."},
+        metadata={"help": "torchvision (ImageNet), a timm Hub id, a .safetensors/.pth file, a model folder saved by "
+                          "this project (its backbone), or none."},
     )
 
     def __post_init__(self):

@@ -62,6 +62,8 @@ class Demo:
         with torch.inference_mode():
             probabilities = class_probabilities(self.model, pixels[None].to(self.device), "flip" if tta else "none")[0]
         labels = {self.model.config.id2label[i]: float(p) for i, p in enumerate(probabilities.tolist())}
+        if not self.model.cbam_names:  # a plain ResNet (cbam_placement none): labels only
+            return labels, None
         picture = Path(self.pictures.name) / f"{Path(path).stem}-attention.png"
         save_attention_map(self.model, pixels, self.processor.image_mean, self.processor.image_std, picture,
                            title=Path(path).name)

@@ -74,7 +74,8 @@ def write_run_outputs(record: RunRecord, model, data: ImageData) -> Path:
     plot_confusion_matrix(record.metrics[f"{split}_confusion_matrix"], record.label_names,
                           plots / "confusion_matrix.png", title=f"Confusion matrix ({split}, accuracy {accuracy:.2%})")
     attention_maps = []
-    for index in range(min(ATTENTION_EXAMPLES, len(data.splits[split]))):
+    examples = ATTENTION_EXAMPLES if model.cbam_names else 0  # a plain ResNet (cbam_placement none) has none
+    for index in range(min(examples, len(data.splits[split]))):
         row = data.splits[split][index]
         path = save_attention_map(model, row["pixel_values"], data.image_mean, data.image_std,
                                   plots / f"attention_{index}.png",

@@ -30,8 +30,8 @@ from training.outputs import RunRecord
 from training.trainer import StagedTrainer
 
 logger = logging.getLogger(__name__)
-ARCHITECTURE_FIELDS = ("depths", "stem", "cbam_placement", "cbam_reduction", "cbam_kernel_size", "num_channels",
-                       "image_size", "image_mean", "image_std")
+ARCHITECTURE_FIELDS = ("depths", "stem", "cbam_placement", "cbam_init", "cbam_reduction", "cbam_kernel_size",
+                       "num_channels", "image_size", "image_mean", "image_std")
 
 
 @dataclass
