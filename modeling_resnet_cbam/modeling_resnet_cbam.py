@@ -390,7 +390,8 @@ def _read_resnet_state_dict(source: str | os.PathLike, depths: list[int]) -> dic
         raise ValueError(f"{source}: '{not_tensors[0]}' is a {type(state_dict[not_tensors[0]]).__name__}, not a "
                          "tensor; the file is not a ResNet state dict")
     # torchvision's names: DDP's "module." wrapper dropped, and a saved ResNet-CBAM's backbone prefix
-    return {key.removeprefix("module.").removeprefix(f"{BACKBONE_PREFIX}."): tensor for key, tensor in state_dict.items()}
+    return {key.removeprefix("module.").removeprefix(f"{BACKBONE_PREFIX}."): tensor
+            for key, tensor in state_dict.items()}
 
 
 def _read_file(path: Path) -> dict:
