@@ -15,8 +15,9 @@ from training.trainer import DivergenceError
 logger = logging.getLogger("finetune")
 
 
-def setup_logging(training_args: FinetuneTrainingArguments) -> None:
-    level = logging.INFO if training_args.should_log else logging.WARNING
+def setup_logging(training_args: FinetuneTrainingArguments | None = None) -> None:
+    """Log lines with the time on stdout: INFO on the process that logs (every process without training_args)."""
+    level = logging.INFO if training_args is None or training_args.should_log else logging.WARNING
     logging.basicConfig(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S", level=level, stream=sys.stdout
     )

@@ -55,6 +55,10 @@ class DataArguments:
     label_column_name: str | None = field(
         default=None, metadata={"help": "Default: the first of label, labels, fine_label."}
     )
+    labels: str | None = field(
+        default=None, metadata={"help": "Keep only these classes, comma-separated names (e.g. dog,frog,horse), in "
+                                "every split, relabelled 0..k-1 in this order. Default: every class."}
+    )
     validation_split: str = field(
         default="0.1",
         metadata={
@@ -94,6 +98,10 @@ class DataArguments:
         return not self.train_dir and not Path(self.dataset_name).exists()
 
     def __post_init__(self):
+        self.label_subset = None if self.labels is None else [name.strip() for name in self.labels.split(",")]
+        if self.label_subset is not None and (not all(self.label_subset) or
+                                              len(set(self.label_subset)) != len(self.label_subset)):
+            raise DataError(f"--labels must be distinct class names separated by commas, got {self.labels!r}")
         if self.augment in AUGMENT_ALIASES:
             logger.warning("--augment %s is now called %s", self.augment, AUGMENT_ALIASES[self.augment])
             self.augment = AUGMENT_ALIASES[self.augment]
@@ -152,11 +160,14 @@ def load_image_data(args: DataArguments, seed: int = 42, split: str | None = Non
     raw = DatasetDict({name: split.add_column(ROW, range(len(split))) for name, split in raw.items()})
     raw = _as_class_labels(raw, label_column, reference)
     label_names = raw[reference].features[label_column].names
+    for name, each in raw.items():
+        _check_labels(each, name, label_column, len(label_names))
+    if args.label_subset is not None:
+        raw = _keep_classes(raw, label_column, args.label_subset, args.source, reference)
+        label_names = args.label_subset
     if split is None and len(label_names) < 2:
         raise DataError(f"the train split of {args.source} has {len(label_names)} class ({', '.join(label_names)}): "
                         "a classifier needs at least two")
-    for name, each in raw.items():
-        _check_labels(each, name, label_column, len(label_names))
     splits = _train_validation_test(raw, args.validation_split, label_column, seed) if reference == "train" else raw
     splits = _limit(splits, args, seed)
     _require_rows(splits)
@@ -246,6 +257,26 @@ def _as_class_labels(raw: DatasetDict, label_column: str, reference: str = "trai
                 raise DataError(f"the {name} split has classes the {reference} split lacks: {', '.join(unknown)}")
             split = split.align_labels_with_mapping({n: i for i, n in enumerate(feature.names)}, label_column)
         out[name] = split.cast_column(label_column, feature)
+    return DatasetDict(out)
+
+
+def _keep_classes(raw: DatasetDict, label_column: str, names: list[str], source: str, reference: str) -> DatasetDict:
+    """--labels: only the rows of these classes, in every split, relabelled 0..k-1 in the given order (no image is
+    decoded). A name the dataset lacks is a DataError listing the dataset's names."""
+    available = raw[reference].features[label_column].names
+    unknown = [name for name in names if name not in available]
+    if unknown:
+        raise DataError(f"--labels: {', '.join(map(repr, unknown))} not among the classes of {source}: "
+                        f"{', '.join(available)}")
+    new_index = np.full(len(available), -1)
+    new_index[[available.index(name) for name in names]] = np.arange(len(names))
+    feature = ClassLabel(names=list(names))
+    out = {}
+    for name, split in raw.items():
+        relabelled = new_index[labels_of(split, label_column)]
+        rows = np.flatnonzero(relabelled >= 0)
+        kept = split.select(rows).remove_columns(label_column)
+        out[name] = kept.add_column(label_column, relabelled[rows].tolist(), feature=feature)
     return DatasetDict(out)
 
 

@@ -134,6 +134,27 @@ def plot_accuracy_over_time(runs: dict[str, list[dict]], path: str | Path, title
     return _save(figure, path)
 
 
+def plot_study(runs: list[dict], path: str | Path, title: str = "") -> Path:
+    """The transfer study's figure: validation accuracy against epoch, one line per row, each row's stage ends
+    marked with a diamond on its own line (training/study.py's results)."""
+    figure, axis = plt.subplots(figsize=(10, 5.5))
+    for run in runs:
+        epochs = [entry["epoch"] for entry in run["epochs"]]
+        accuracy = [100 * entry["accuracy"] for entry in run["epochs"]]
+        (line,) = axis.plot(epochs, accuracy, "-", linewidth=1.5, label=f"{run['name']}: {accuracy[-1]:.1f}%")
+        ends = [(e, 100 * a) for e, a in zip(run["stage_ends"][:-1], run["accuracy_at_stage_ends"][:-1],
+                                             strict=True) if a is not None]
+        if ends:
+            axis.plot(*zip(*ends, strict=True), "D", color=line.get_color(), markersize=6)
+    axis.set(xlabel="epoch (diamonds: the end of a stage)", ylabel="validation accuracy (%)",
+             title=title or "Validation accuracy per epoch")
+    axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8, loc="lower right")
+    figure.tight_layout()
+    return _save(figure, path)
+
+
 def plot_confusion_matrix(
     matrix: Sequence[Sequence[int]], labels: Sequence[str], path: str | Path, title: str = "Confusion matrix"
 ) -> Path:
