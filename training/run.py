@@ -187,6 +187,7 @@ def train_and_evaluate(run: Run, checkpoint: Path | None = None) -> RunRecord:
         f"{split}_per_class_accuracy": dict(zip(data.label_names, final["per_class_accuracy"], strict=True)),
         f"{split}_confusion_matrix": final["confusion_matrix"],
         "eval_split": split,
+        "split_sizes": record.split_sizes,
         "label_names": data.label_names,
         "train_wall_seconds": train_seconds,
     }

@@ -223,15 +223,8 @@ def run_result(name: str, description: str, folder: Path, stage_ends: list[int])
         "best_accuracy": max(by_epoch.values()),
         "eval_split": split,
         "train_wall_seconds": results["train_wall_seconds"],
-        "split_sizes": _split_sizes(folder),
+        "split_sizes": results["split_sizes"],
     }
-
-
-def _split_sizes(folder: Path) -> dict:
-    """The image count of each split, from the run facts of its last checkpoint."""
-    checkpoints = sorted(folder.glob("checkpoint-*"), key=lambda path: int(path.name.rsplit("-", 1)[1]))
-    facts = checkpoints[-1] / "run_facts.json" if checkpoints else None
-    return json.loads(facts.read_text())["split_sizes"] if facts and facts.is_file() else {}
 
 
 def stage_ends_of(row: StudyRow, args: StudyArguments) -> list[int]:
