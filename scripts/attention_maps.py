@@ -19,7 +19,8 @@ from training.inference import model_and_images, preprocess_image, save_attentio
 class AttentionArguments:
     model: str = field(metadata={"help": "A model folder or Hub id (loaded with trust_remote_code)."})
     out_dir: str = field(default="attention_maps", metadata={"help": "Where the PNG files go."})
-    top_channels: int = field(default=8, metadata={"help": "Channel weights shown per CBAM."})
+    top_channels: int = field(default=8, metadata={"help": "Channels shown per CBAM: half the "
+                                                                     "strongest, half the weakest."})
     device: str | None = field(default=None, metadata={"help": "cuda or cpu (default: cuda when present)."})
 
     def __post_init__(self):

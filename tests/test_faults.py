@@ -1,15 +1,20 @@
 """Bad input and faults, as a table: each case's exit code, the words its message must hold, and that an existing
 output folder is left exactly as it was (a finished tiny run, copied afresh for each case)."""
 
+import errno
 import hashlib
 import json
 import shutil
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
 from datasets import concatenate_datasets
-from helpers import flags, hub_layout_folder, random_dataset, run_script, tiny_dataset
+from helpers import ROOT, flags, hub_layout_folder, random_dataset, run_script, tiny_dataset
 from safetensors.torch import save_file
 from tiny_run import TINY
 
@@ -205,3 +210,219 @@ def test_no_network_for_the_push_is_one_line_before_training(monkeypatch, tmp_pa
     monkeypatch.setattr(hub.HfApi, "whoami", offline)
     with pytest.raises(hub.HubError, match="cannot reach the Hub \\(ConnectionError: .*push the folder later"):
         hub.check_push_access("someone/model", token="hf_x")
+
+
+# Round two: each numbered case of the reliability issue, through the command line where it can be.
+
+def foreign_model(root: Path, kind: str) -> Path:
+    from transformers import BertConfig, BertModel, ResNetConfig, ResNetForImageClassification
+
+    if kind == "resnet":
+        model = ResNetForImageClassification(ResNetConfig(embedding_size=8, hidden_sizes=[8, 8, 8, 8], depths=[1] * 4))
+    else:
+        model = BertModel(BertConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=8))
+    model.save_pretrained(root / kind)
+    return root / kind
+
+
+def resnet_cbam_missing_a_tensor(root: Path) -> Path:
+    from safetensors.torch import load_file
+
+    from modeling_resnet_cbam import ResNetCBAMConfig, ResNetCBAMForImageClassification
+
+    ResNetCBAMForImageClassification(ResNetCBAMConfig(depths=[1, 1, 1, 1], num_labels=4)).save_pretrained(root / "m")
+    tensors = load_file(root / "m" / "model.safetensors")
+    del tensors["resnet_cbam.backbone.layer2.0.conv1.weight"]
+    save_file(tensors, root / "m" / "model.safetensors", metadata={"format": "pt"})
+    return root / "m"
+
+
+def strings_with_a_test_only_class(root: Path) -> Path:
+    from datasets import Dataset, Features, Image, Value
+
+    def split(labels, seed):
+        images = [random_dataset(1, ["x"], size=(16, 16), seed=seed + i)[0]["img"] for i in range(len(labels))]
+        return Dataset.from_dict({"img": images, "label": labels},
+                                 features=Features({"img": Image(), "label": Value("string")}))
+
+    return hub_layout_folder(root, {"train": split(["a", "b"] * 8, 0), "test": split(["a", "b", "c"] * 2, 50)})
+
+
+def image_folder_with_an_empty_class(others: list[str]):
+    def make(root: Path) -> Path:
+        from helpers import image_folder
+
+        image_folder(root, n_per_class=6, names=others, size=(16, 16), fmt="PNG")
+        (root / "bird").mkdir()
+        return root
+    return make
+
+
+# (id, make the data or model, flags beyond TINY with {out}/{model} placeholders, exit code, words in the message)
+ROUND_TWO_CASES = [
+    ("3-foreign-transformers-resnet", lambda root: foreign_model(root, "resnet"), ["--model_name_or_path", "{made}"],
+     2, ["is a resnet model, not a ResNet-CBAM (model_type 'resnet_cbam')", "--backbone_weights"]),
+    ("3-foreign-bert", lambda root: foreign_model(root, "bert"), ["--model_name_or_path", "{made}"], 2,
+     ["is a bert model, not a ResNet-CBAM"]),
+    ("3-missing-tensors", resnet_cbam_missing_a_tensor, ["--model_name_or_path", "{made}"], 2,
+     ["no weights for resnet_cbam.backbone.layer2.0.conv1.weight (and 0 more tensors)"]),
+    ("4-changed-architecture", None, ["--resume_from_checkpoint", "{finished}/checkpoint-4", "--allow_changed_run",
+                                      "--depths", "2,1,1,1"], 2,
+     ["--allow_changed_run cannot resume", "with another depths", "--backbone_weights"]),
+    ("5-class-only-in-test", strings_with_a_test_only_class, ["--dataset_name", "{made}"], 2,
+     ["has no image of 1 class(es): 'c' (2 in test)"]),
+    ("6-empty-class-folder-beside-one", image_folder_with_an_empty_class(["cat"]), ["--train_dir", "{made}"], 2,
+     ["the class folder(s) bird hold no image"]),
+    ("6-empty-class-folder-beside-two", image_folder_with_an_empty_class(["cat", "dog"]), ["--train_dir", "{made}"],
+     2, ["the class folder(s) bird hold no image"]),
+    ("7-label-smoothing", None, ["--label_smoothing_factor", "1.5"], 2, ["--label_smoothing_factor must be in [0, 1)"]),
+    ("7-seed", None, ["--seed", "-1"], 2, ["--seed must be at least 0, got -1"]),
+    ("7-output-dir-is-a-file", lambda root: (root.mkdir(), root / "file.txt", (root / "file.txt").write_text("x"))[1],
+     ["--output_dir", "{made}"], 2, ["is an existing file, not a folder"]),
+    ("7-output-dir-not-creatable", lambda root: (root.mkdir(), (root / "file.txt").write_text("x"), root)[2],
+     ["--output_dir", "{made}/file.txt/run"], 2, ["cannot be written"]),
+]
+
+
+@pytest.mark.parametrize("case, make, extra, code, words", ROUND_TWO_CASES, ids=[c[0] for c in ROUND_TWO_CASES])
+def test_round_two_faults_are_one_clear_line_and_leave_nothing(finished_run, dataset, tmp_path, capsys, case, make,
+                                                               extra, code, words):
+    made = make(tmp_path / "made") if make else None
+    before = snapshot(finished_run)
+    assert TINY[:2] == ["--depths", "1,1,1,1"]
+    tiny = TINY if "--model_name_or_path" not in extra else TINY[2:]  # a saved model keeps its own --depths
+    argv = [*tiny, *flags(dataset, tmp_path / "out"), *[e.format(made=made, finished=finished_run) for e in extra]]
+    assert finetune_main(argv) == code
+    err = capsys.readouterr().err
+    for word in words:
+        assert word in err, err
+    assert "Traceback" not in err and len([line for line in err.splitlines() if "error" in line]) == 1, err
+    assert not (tmp_path / "out").exists(), "a refused run leaves no output folder behind"
+    assert snapshot(finished_run) == before
+
+
+def test_a_folder_that_another_run_holds_is_refused_naming_it(finished_run, dataset, tmp_path):
+    """Two real processes on one folder: the second, started while the first runs, is refused with exit 2."""
+    folder = tmp_path / "out"
+    command = [sys.executable, str(ROOT / "tests" / "interrupt_run.py"), "slow-finish", "--",
+               *flags(dataset, folder), "--save_strategy", "no"]
+    first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (folder / ".run.lock").exists() and time.time() < deadline:
+        time.sleep(0.1)
+    owner = json.loads((folder / ".run.lock").read_text())
+    second = subprocess.run(command[:2] + ["none"] + command[3:], capture_output=True, text=True, timeout=300)
+    out, err = first.communicate(timeout=300)
+    assert first.returncode == 0, err[-2000:]
+    assert second.returncode == 2, second.stderr[-2000:]
+    assert f"is in use by another run (pid {owner['pid']} on {owner['host']}" in second.stderr
+    assert "Traceback" not in second.stderr
+    assert not (folder / ".run.lock").exists(), "released at the end"
+    assert (folder / "run_complete.json").is_file() and (folder / "model.safetensors").is_file()
+
+
+def test_a_stale_lock_is_reported_and_taken_over(dataset, tmp_path, caplog):
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    folder = tmp_path / "out"
+    folder.mkdir()
+    lock = {"pid": int(gone.stdout), "host": socket.gethostname(), "started": "2026-01-01 00:00:00"}
+    (folder / ".run.lock").write_text(json.dumps(lock))
+    assert finetune_main([*TINY, *flags(dataset, folder), "--save_strategy", "no"]) == 0
+    assert f"removing the stale lock of pid {lock['pid']}" in caplog.text
+    assert not (folder / ".run.lock").exists()
+
+
+def test_sigterm_as_training_ends_leaves_a_finish_that_resume_completes(dataset, tmp_path):
+    """A real process, SIGTERM as the final model starts to be written: exit 143 with what to do; the resume writes
+    every missing output from the last checkpoint without training, and says so."""
+    folder = tmp_path / "out"
+    command = [sys.executable, str(ROOT / "tests" / "interrupt_run.py"), "sigterm-at-finish", "--",
+               *flags(dataset, folder), "--save_strategy", "epoch"]
+    stopped = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert stopped.returncode == 143, stopped.stderr[-2000:]
+    assert "stopped by SIGTERM; the last complete checkpoint is" in stopped.stderr and "checkpoint-12" in stopped.stderr
+    assert "--resume_from_checkpoint last" in stopped.stderr and "Traceback" not in stopped.stderr
+    assert not (folder / "run_complete.json").exists() and not (folder / ".run.lock").exists()
+    assert finetune_main([*TINY, *flags(dataset, folder), "--save_strategy", "epoch"]) == 2, "a rerun is refused"
+    resumed = subprocess.run(command[:2] + ["none"] + command[3:] + ["--resume_from_checkpoint", "last"],
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "lacks some of its final outputs (an interrupted finish): writing them from it" in resumed.stdout
+    for name in ("model.safetensors", "all_results.json", "README.md", "run_complete.json", "space"):
+        assert (folder / name).exists(), name
+    assert_same_weights_as_checkpoint(folder, "checkpoint-12")
+    card = (folder / "README.md").read_text()
+    assert "written from `checkpoint-12`" in card
+    assert json.loads((folder / "all_results.json").read_text())["train_runtime"] > 0.5
+
+
+def assert_same_weights_as_checkpoint(folder: Path, checkpoint: str) -> None:
+    from safetensors.torch import load_file
+
+    final, saved = load_file(folder / "model.safetensors"), load_file(folder / checkpoint / "model.safetensors")
+    assert final.keys() == saved.keys() and all(torch.equal(final[k], saved[k]) for k in final)
+
+
+def test_sigterm_in_training_says_what_was_saved(dataset, tmp_path):
+    folder = tmp_path / "out"
+    stopped = subprocess.run([sys.executable, str(ROOT / "tests" / "interrupt_run.py"), "sigterm-in-training", "--",
+                              *flags(dataset, folder), "--save_strategy", "epoch"],
+                             capture_output=True, text=True, timeout=300)
+    assert stopped.returncode == 143, stopped.stderr[-2000:]
+    assert f"the last complete checkpoint is {folder / 'checkpoint-4'}" in stopped.stderr
+    assert not (folder / ".run.lock").exists() and not (folder / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize("where, failure, words", [
+    ("checkpoint", OSError(errno.ENOSPC, "No space left on device"),
+     ["could not write checkpoint-4 in", "the disk is full (", "MiB free there); no complete checkpoint yet"]),
+    ("checkpoint", RuntimeError("[enforce fail at inline_container.cc:664] . PytorchStreamWriter failed writing file "
+                                "data/0: file write failed"),
+     ["could not write checkpoint-4 in", "PytorchStreamWriter"]),
+    ("final", OSError(errno.ENOSPC, "No space left on device"),
+     ["could not write the final model in", "the disk is full", "the last complete checkpoint is checkpoint-12",
+      "--resume_from_checkpoint last"]),
+])
+def test_a_failed_write_names_the_file_the_reason_and_what_is_complete(dataset, tmp_path, capsys, monkeypatch, where,
+                                                                       failure, words):
+    from transformers import Trainer
+
+    from training.trainer import StagedTrainer
+
+    def fail(*args, **kwargs):
+        raise failure
+
+    if where == "checkpoint":
+        monkeypatch.setattr(Trainer, "_save_optimizer_and_scheduler", fail)
+    else:
+        save_model = StagedTrainer.save_model
+        monkeypatch.setattr(StagedTrainer, "save_model", lambda self, *a, _internal_call=False, **k:
+                            save_model(self, *a, _internal_call=True, **k) if _internal_call else fail())
+    assert finetune_main([*TINY, *flags(dataset, tmp_path / "out"), "--save_strategy", "epoch"]) == 1
+    err = capsys.readouterr().err
+    for word in words:
+        assert word in err, err
+    assert "Traceback" not in err and not (tmp_path / "out" / "run_complete.json").exists()
+
+
+def test_results_and_card_say_when_a_figure_is_on_a_subset(tmp_path):
+    source = hub_layout_folder(tmp_path / "ds", {"train": tiny_dataset(10, size=(16, 16)),
+                                                  "test": tiny_dataset(3, size=(16, 16), seed=9)})
+    folder = tmp_path / "out"
+    assert finetune_main([*TINY, *flags(source, folder), "--max_eval_samples", "5", "--save_strategy", "no"]) == 0
+    results = json.loads((folder / "all_results.json").read_text())
+    assert results["test_images"] == "5 of the 12 test images (--max_eval_samples)"
+    assert results["split_sizes"] == {"train": 32, "validation": 5, "test": 5}
+    assert results["source_split_sizes"] == {"train": 32, "validation": 8, "test": 12}
+    card = (folder / "README.md").read_text()
+    assert "(5 of the 12 test images (--max_eval_samples))" in card
+    assert "they are on 5 of the 12 test images (--max_eval_samples), not the whole split" in card
+
+
+def test_the_channel_panel_shows_the_strongest_and_weakest_channels():
+    from training.plots import channel_extremes
+
+    weights = torch.tensor([0.50, 0.52, 0.49, 0.61, 0.40, 0.50, 0.55, 0.45])
+    assert channel_extremes(weights, 4).tolist() == [3, 6, 7, 4]
+    assert channel_extremes(weights, 3).tolist() == [3, 6, 4]
+    assert sorted(channel_extremes(weights, 20).tolist()) == list(range(8))

@@ -48,7 +48,7 @@ def test_the_card_holds_the_runs_real_numbers(finished):
     card = (finished / "README.md").read_text()
     results = json.loads((finished / "all_results.json").read_text())
     history = json.loads((finished / "trainer_state.json").read_text())["log_history"]
-    assert f"**test accuracy: {100 * results['test_accuracy']:.2f}%** (12 images)" in card
+    assert f"**test accuracy: {100 * results['test_accuracy']:.2f}%** (12 test images)" in card
     for name, value in results["test_per_class_accuracy"].items():
         assert f"| {name} | {100 * value:.2f}% |" in card
     for entry in (e for e in history if "stage" in e):

@@ -182,7 +182,7 @@ def test_labels_apply_to_every_split_and_the_card_follows(tmp_path):
     assert results["label_names"] == ["ship", "dog"] and len(results["test_confusion_matrix"]) == 2
     assert np.sum(results["test_confusion_matrix"]) == 6  # 3 ship and 3 dog test images
     card = (out / "README.md").read_text()
-    assert "Classes (2): ship, dog." in card and "16 train, 4 validation, 6 test" in card
+    assert "Classes (2): ship, dog." in card and "16 train images, 4 validation images, 6 test images" in card
 
 
 TINY_STUDY = ["--source_labels", "a,b,c", "--target_labels", "d,e,f", "--pretrain_epochs", "1",

@@ -293,7 +293,10 @@ class FinetuneTrainingArguments(TrainingArguments):
             if spec.name in REFUSED_FIELDS and _was_set(self, spec):
                 raise ValueError(f"--{spec.name}: {REFUSED_FIELDS[spec.name]}")
         check_at_least(self, per_device_train_batch_size=1, per_device_eval_batch_size=1,
-                       gradient_accumulation_steps=1, dataloader_num_workers=0)
+                       gradient_accumulation_steps=1, dataloader_num_workers=0, seed=0)
+        if not 0 <= self.label_smoothing_factor < 1:
+            raise ValueError(f"--label_smoothing_factor must be in [0, 1) (0: none; e.g. 0.1), got "
+                             f"{self.label_smoothing_factor}")
         # the shape asked for, if any (None: the recipe's); the Trainer's own field needs a value it knows
         self.lr_shape_given = None if self.lr_scheduler_type is None else self._scheduler_name()
         self.lr_scheduler_type = self.lr_scheduler_type or "constant"

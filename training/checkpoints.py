@@ -6,10 +6,12 @@ Trainer has written everything else into it. That file is the checkpoint's compl
 leaves a folder without it, which `--resume_from_checkpoint last` skips, saying so.
 """
 
+import errno
 import json
 import logging
 import os
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 from safetensors import safe_open
@@ -19,11 +21,56 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 logger = logging.getLogger(__name__)
 
 RUN_FACTS = "run_facts.json"
+RUN_COMPLETE = "run_complete.json"  # written last of a finished run's outputs: the folder is complete
+LOCK = ".run.lock"  # training/lock.py's
+WEIGHT_SHAPES = ("depths", "stem", "cbam_placement", "cbam_init", "cbam_reduction", "cbam_kernel_size", "num_channels")
 RESUMABLE = ("model.safetensors", "optimizer.pt", "scheduler.pt", "trainer_state.json", RUN_FACTS)
 
 
 class RunFolderError(ValueError):
     """An output folder or checkpoint that cannot be used as asked, with what to do instead."""
+
+
+class WriteError(RuntimeError):
+    """A file of the run could not be written: which, why (the disk is full, with the free space), and what is
+    still complete on disk."""
+
+
+@contextmanager
+def writing(what: str, output_dir: str | Path):
+    """Turn a failed write inside (an OSError, or torch's RuntimeError from its zip writer) into a WriteError."""
+    try:
+        yield
+    except (OSError, RuntimeError) as error:
+        if not isinstance(error, OSError) and "writ" not in str(error).lower():
+            raise
+        raise WriteError(_write_failure(error, what, Path(output_dir))) from error
+
+
+def _write_failure(error: Exception, what: str, folder: Path) -> str:
+    existing = next(path for path in (folder, *folder.parents) if path.exists())
+    free = shutil.disk_usage(existing).free
+    full = getattr(error, "errno", None) == errno.ENOSPC or free < 64 * 2**20
+    why = "the disk is full" if full else (getattr(error, "strerror", None) or str(error).splitlines()[0][:200])
+    try:
+        complete = f"the last complete checkpoint is {resolve_checkpoint('last', folder).name}"
+    except RunFolderError:
+        complete = "no complete checkpoint yet"
+    return (f"could not write {what} in {folder}: {why} ({free / 2**20:,.0f} MiB free there); {complete}. Free "
+            "some space, then continue with --resume_from_checkpoint last")
+
+
+def is_at_end(checkpoint: Path) -> bool:
+    """Whether a checkpoint is the last step of its run (resuming it only writes the final outputs)."""
+    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    return state["global_step"] >= state["max_steps"]
+
+
+def mark_complete(output_dir: str | Path, facts: dict) -> None:
+    """The last write of a finished run: its folder holds every output (model, results, card, plots, Space)."""
+    partial = Path(output_dir) / f".{RUN_COMPLETE}.partial"
+    partial.write_text(json.dumps(facts, indent=2))
+    os.replace(partial, Path(output_dir) / RUN_COMPLETE)
 
 
 def check_output_dir(output_dir: str | Path, overwrite: bool, resume: str | None) -> list[str]:
@@ -44,9 +91,29 @@ def check_output_dir(output_dir: str | Path, overwrite: bool, resume: str | None
     return held
 
 
+def check_writable(folder: Path) -> None:
+    """--output_dir is a folder, or can be made one, and can be written: tried now and undone, before data loads."""
+    if folder.exists() and not folder.is_dir():
+        raise RunFolderError(f"--output_dir {folder} is an existing file, not a folder")
+    made = [path for path in (folder, *folder.parents) if not path.exists()]
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / ".write_test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as error:
+        raise RunFolderError(f"--output_dir {folder} cannot be written ({error.strerror or error})") from error
+    finally:
+        for path in made:  # the deepest first: nothing is left of the try
+            if path.is_dir() and not any(path.iterdir()):
+                path.rmdir()
+
+
 def clear_output_dir(output_dir: str | Path, held: list[str]) -> None:
-    """--overwrite_output_dir, once everything has loaded: delete the previous run, and say so."""
-    shutil.rmtree(output_dir)
+    """--overwrite_output_dir, once everything has loaded: delete the previous run (not this run's lock), and say so."""
+    for path in Path(output_dir).iterdir():
+        if path.name != LOCK:
+            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
     logger.warning("--overwrite_output_dir: deleted the previous run in %s (%s)", output_dir, ", ".join(held))
 
 
@@ -107,16 +174,25 @@ class RunFactsCallback(TrainerCallback):
             os.replace(partial, folder / RUN_FACTS)
 
 
-def check_resume(checkpoint: Path, facts: dict, allow_changed_run: bool) -> list[str]:
-    """Before training: the checkpoint must be of this very run with steps left to train. Returns the differences
-    that --allow_changed_run accepted (for the card), else raises a RunFolderError listing them."""
+def check_resume(checkpoint: Path, facts: dict, allow_changed_run: bool, output_dir: str | Path) -> list[str]:
+    """Before training: the checkpoint must be of this very run with steps left to train, or the end of a run whose
+    outputs were not all written (an interrupted finish: they are written from it). Returns the differences that
+    --allow_changed_run accepted (for the card), else raises a RunFolderError listing them."""
     changes = changed_facts(checkpoint, facts)
+    saved = json.loads((checkpoint / RUN_FACTS).read_text())
+    reshaped = [key for key in WEIGHT_SHAPES if saved.get("model", {}).get(key) != facts["model"].get(key)]
+    reshaped += ["the number of labels"] if len(saved.get("labels", [])) != len(facts["labels"]) else []
+    if reshaped and allow_changed_run:
+        raise RunFolderError(f"--allow_changed_run cannot resume {checkpoint} with another {', '.join(reshaped)}: "
+                             "its weights and optimizer state do not fit the new model. Start a new run instead "
+                             f"(--backbone_weights {checkpoint} starts from its backbone)")
     if changes and not allow_changed_run:
         raise RunFolderError(f"{checkpoint} is a checkpoint of another run; resuming it with these arguments would "
                              "not continue it:\n  " + "\n  ".join(changes) +
                              "\nResume with the run's own arguments, or accept the changes with --allow_changed_run")
     state = json.loads((checkpoint / "trainer_state.json").read_text())
-    if state["global_step"] >= state["max_steps"] and not changes:
+    complete = (Path(output_dir) / RUN_COMPLETE).is_file()
+    if state["global_step"] >= state["max_steps"] and not changes and complete:
         raise RunFolderError(f"{checkpoint} is the end of its run (step {state['global_step']} of "
                              f"{state['max_steps']}): nothing is left to train")
     return changes

@@ -1,18 +1,23 @@
 """The fine-tuning command: parse arguments, refuse bad ones early, run, write the output folder, push."""
 
 import logging
+import signal
 import sys
+from contextlib import contextmanager
 
 import transformers
 
 from training.arguments import FinetuneTrainingArguments, parse_arguments
+from training.checkpoints import RunFolderError, WriteError, mark_complete, resolve_checkpoint, writing
 from training.hardware import configure_threads
 from training.hub import HubError, check_push_access, push_folder
+from training.lock import run_lock
 from training.outputs import write_run_outputs
 from training.run import prepare_run, train_and_evaluate
 from training.trainer import DivergenceError
 
 logger = logging.getLogger("finetune")
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 def setup_logging(training_args: FinetuneTrainingArguments | None = None) -> None:
@@ -24,6 +29,28 @@ def setup_logging(training_args: FinetuneTrainingArguments | None = None) -> Non
     transformers.utils.logging.set_verbosity(logging.WARNING)
 
 
+class Stopped(BaseException):
+    """SIGTERM or SIGINT: unwinds the run like Ctrl-C, so that the lock is released and what is saved is said."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextmanager
+def stop_signals_raise():
+    """SIGTERM and SIGINT raise Stopped in the main thread for the block (a scheduler's pre-emption, `timeout`)."""
+    def stop(signum, frame):
+        raise Stopped(signum)
+
+    previous = {signum: signal.signal(signum, stop) for signum in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
 def finetune_main(argv: list[str] | None = None) -> int:
     try:
         model_args, data_args, stage_args, training_args = parse_arguments(argv)
@@ -32,6 +59,28 @@ def finetune_main(argv: list[str] | None = None) -> int:
         return 2
     setup_logging(training_args)
     logger.info("%d CPU threads per process", configure_threads())
+    try:
+        with stop_signals_raise(), run_lock(training_args.output_dir, take=training_args.process_index == 0):
+            return _finetune(model_args, data_args, stage_args, training_args)
+    except ValueError as error:  # the folder is in use or cannot be written
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except Stopped as stop:
+        print(f"error: stopped by {stop}; {saved_so_far(training_args.output_dir)}", file=sys.stderr)
+        return 128 + stop.signum
+
+
+def saved_so_far(output_dir: str) -> str:
+    """What an interrupted run leaves to continue from, and how."""
+    try:
+        checkpoint = resolve_checkpoint("last", output_dir)
+    except RunFolderError:
+        return f"no complete checkpoint was saved in {output_dir}: the run starts again from the beginning"
+    return (f"the last complete checkpoint is {checkpoint}: continue with the same command and "
+            "--resume_from_checkpoint last (after the end of training, that writes the missing final outputs)")
+
+
+def _finetune(model_args, data_args, stage_args, training_args) -> int:
     push = training_args.push_to_hub
     training_args.push_to_hub = False  # the finished folder is pushed once, below, never checkpoints mid-run
     try:
@@ -44,22 +93,24 @@ def finetune_main(argv: list[str] | None = None) -> int:
         return 2
     try:
         record = train_and_evaluate(run, checkpoint)
-    except DivergenceError as error:  # no final model, card or push for a diverged run
+        if run.trainer.is_world_process_zero():
+            with writing("the model card and plots", record.output_dir):
+                write_run_outputs(record, run.trainer.model, run.data)
+                mark_complete(record.output_dir, {"eval_split": record.eval_split, "metrics": "all_results.json"})
+    except (DivergenceError, WriteError) as error:  # a diverged run publishes nothing; a failed write says what is left
         print(f"error: {error}", file=sys.stderr)
         return 1
     split = record.eval_split
     logger.info("final %s accuracy %.2f%% after %.0f s of training; model in %s", split,
                 100 * record.metrics[f"{split}_accuracy"], record.metrics["train_wall_seconds"], record.output_dir)
-    if not run.trainer.is_world_process_zero():
+    if not run.trainer.is_world_process_zero() or not push:
         return 0
-    write_run_outputs(record, run.trainer.model, run.data)
-    if push:
-        try:
-            url = push_folder(record.output_dir, training_args.hub_model_id, training_args.hub_token)
-        except Exception as error:  # the folder is complete on disk: nothing is lost
-            print(f"error: the push to {training_args.hub_model_id} failed ({error}); the model is saved in "
-                  f"{record.output_dir}: push it with `python scripts/push.py {record.output_dir} "
-                  f"--hub_model_id {training_args.hub_model_id}`", file=sys.stderr)
-            return 1
-        logger.info("pushed to %s", url)
+    try:
+        url = push_folder(record.output_dir, training_args.hub_model_id, training_args.hub_token)
+    except Exception as error:  # the folder is complete on disk: nothing is lost
+        print(f"error: the push to {training_args.hub_model_id} failed ({error}); the model is saved in "
+              f"{record.output_dir}: push it with `python scripts/push.py {record.output_dir} "
+              f"--hub_model_id {training_args.hub_model_id}`", file=sys.stderr)
+        return 1
+    logger.info("pushed to %s", url)
     return 0

@@ -123,6 +123,7 @@ class ImageData:
     image_mean: tuple[float, ...]
     image_std: tuple[float, ...]
     native_size: tuple[int, int]
+    source_sizes: dict[str, int] = field(default_factory=dict)  # each split's images before --max_*_samples
 
     @property
     def id2label(self) -> dict[int, str]:
@@ -169,8 +170,11 @@ def load_image_data(args: DataArguments, seed: int = 42, split: str | None = Non
         raise DataError(f"the train split of {args.source} has {len(label_names)} class ({', '.join(label_names)}): "
                         "a classifier needs at least two")
     splits = _train_validation_test(raw, args.validation_split, label_column, seed) if reference == "train" else raw
+    source_sizes = {name: len(each) for name, each in splits.items()}
     splits = _limit(splits, args, seed)
     _require_rows(splits)
+    if split is None:
+        _check_every_class_trains(splits, label_column, label_names, args)
     splits = DatasetDict({name: s.cast_column(image_column, ImageFeature(decode=False)) for name, s in splits.items()})
     if args.verify_images:
         splits = verify_images(splits, image_column, skip_bad=args.skip_bad_images)
@@ -188,6 +192,7 @@ def load_image_data(args: DataArguments, seed: int = 42, split: str | None = Non
         image_mean=tuple(args.image_mean or default_mean),
         image_std=tuple(args.image_std or default_std),
         native_size=native_size,
+        source_sizes=source_sizes,
     )
     set_transforms(data, args.augment)
     return data
@@ -202,6 +207,8 @@ def _require_rows(splits: DatasetDict) -> None:
 def _load_source(args: DataArguments) -> DatasetDict:
     try:
         return _load_splits(args)
+    except DataError:
+        raise
     except (FileNotFoundError, ValueError) as error:  # datasets' own words say what is missing or empty
         raise DataError(f"cannot load {args.source}: {error}") from error
     except OSError as error:  # ConnectionError: offline, or the Hub out of reach
@@ -212,6 +219,8 @@ def _load_source(args: DataArguments) -> DatasetDict:
 
 def _load_splits(args: DataArguments) -> DatasetDict:
     if args.train_dir:
+        for folder in filter(None, (args.train_dir, args.validation_dir)):
+            _check_class_folders(Path(folder))
         splits = {"train": load_dataset("imagefolder", data_dir=args.train_dir, split="train")}
         if args.validation_dir:
             splits["validation"] = load_dataset("imagefolder", data_dir=args.validation_dir, split="train")
@@ -220,6 +229,17 @@ def _load_splits(args: DataArguments) -> DatasetDict:
         return load_from_disk(args.dataset_name)
     loaded = load_dataset(args.dataset_name, args.dataset_config_name)
     return DatasetDict({_canonical_split(name): split for name, split in loaded.items()})
+
+
+def _check_class_folders(root: Path) -> None:
+    """An image folder's class sub-folders each hold a file: `imagefolder` drops an empty one without a word (and
+    with one class left, reports no label column at all)."""
+    if not root.is_dir():
+        raise DataError(f"{root}: no such folder (an image folder has one sub-folder of images per class)")
+    empty = [path.name for path in sorted(root.iterdir()) if path.is_dir() and not any(p.is_file()
+                                                                                        for p in path.rglob("*"))]
+    if empty:
+        raise DataError(f"{root}: the class folder(s) {', '.join(empty)} hold no image; add images or remove them")
 
 
 def _canonical_split(name: str) -> str:
@@ -278,6 +298,22 @@ def _keep_classes(raw: DatasetDict, label_column: str, names: list[str], source:
         kept = split.select(rows).remove_columns(label_column)
         out[name] = kept.add_column(label_column, relabelled[rows].tolist(), feature=feature)
     return DatasetDict(out)
+
+
+def _check_every_class_trains(splits: DatasetDict, label_column: str, names: list[str], args: DataArguments) -> None:
+    """A class without a training image cannot be learned, yet the head and the card would count it: a DataError
+    naming it and where its images are (another split, or nowhere: an empty class folder or a ClassLabel name)."""
+    counts = {name: np.bincount(labels_of(split, label_column), minlength=len(names)) for name, split in splits.items()}
+    absent = [index for index in range(len(names)) if counts["train"][index] == 0]
+    if not absent:
+        return
+    def where(index: int) -> str:
+        found = [f"{counts[name][index]} in {name}" for name in counts if counts[name][index]]
+        return f"{names[index]!r} ({', '.join(found) if found else 'no image in any split'})"
+    subset = f" of the {args.max_train_samples} kept by --max_train_samples" if args.max_train_samples else ""
+    raise DataError(f"the train split of {args.source} has no image{subset} of {len(absent)} class(es): "
+                    f"{', '.join(map(where, absent))}; a class without training images cannot be learned: add "
+                    "images, or keep the other classes with --labels")
 
 
 def labels_of(split: Dataset, label_column: str) -> np.ndarray:

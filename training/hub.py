@@ -8,7 +8,8 @@ from huggingface_hub.utils import filter_repo_objects
 
 # Checkpoints and the pickled training arguments stay local; weights, code, card, plots and results go (the Space
 # folder goes to a Space, with scripts/push.py --space).
-IGNORE = ["checkpoint-*", "checkpoint-*/**", "training_args.bin", "runs/**", "space/**"]
+IGNORE = ["checkpoint-*", "checkpoint-*/**", "training_args.bin", "runs/**", "space/**", ".run.lock",
+          ".*.partial"]
 
 
 class HubError(RuntimeError):

@@ -43,9 +43,11 @@ class RunRecord:
     label_names: list[str]
     architecture: dict  # the model config's fields that shape the network
     gradient_accumulation_steps: int = 1
+    source_split_sizes: dict[str, int] = field(default_factory=dict)  # before --max_train/eval_samples
     ema_decay: float = 0.0  # 0: no average of the weights
     tta: str = "none"  # of every evaluation
     changes_on_resume: list[str] = field(default_factory=list)  # accepted with --allow_changed_run
+    finished_from: str | None = None  # the checkpoint an interrupted finish was completed from
     log_history: list[dict] = field(default_factory=list)
     metrics: dict = field(default_factory=dict)
 
@@ -64,6 +66,12 @@ class RunRecord:
     @property
     def eval_split(self) -> str:
         return self.metrics["eval_split"]
+
+    def images(self, split: str) -> str:
+        """How many images of a split a figure is on, saying when they are a subset: '64 of the 500 test images'."""
+        used, of = self.split_sizes[split], self.source_split_sizes.get(split, self.split_sizes[split])
+        flag = "--max_train_samples" if split == "train" else "--max_eval_samples"
+        return f"{used:,} {split} images" if used == of else f"{used:,} of the {of:,} {split} images ({flag})"
 
 
 def write_run_outputs(record: RunRecord, model, data: ImageData) -> Path:

@@ -185,9 +185,34 @@ def plot_confusion_matrix(
     return _save(figure, path)
 
 
+def channel_extremes(weights: torch.Tensor, count: int) -> torch.Tensor:
+    """The `count` channels whose weight differs most from the layer's mean: the strongest half (rounded up), then
+    the weakest, each from the most extreme inwards."""
+    order = weights.argsort(descending=True, stable=True)
+    if weights.numel() <= count:
+        return order
+    up = -(-count // 2)
+    return torch.cat([order[:up], order[len(order) - (count - up):]])
+
+
+def _plot_channel_extremes(axis, weights: torch.Tensor, count: int) -> None:
+    """channel_extremes as bars of their difference from the layer's mean, labelled with channel and weight: a
+    layer's weights sit close together, so bars of the weights themselves on a 0-1 axis all look alike."""
+    mean, spread = weights.mean(), weights.std() if weights.numel() > 1 else torch.tensor(0.0)
+    chosen = channel_extremes(weights, count)
+    deviation = (weights[chosen] - mean).numpy()[::-1]
+    axis.barh(range(len(chosen)), deviation, color=["tab:orange" if d >= 0 else "tab:blue" for d in deviation])
+    axis.set_yticks(range(len(chosen)), [f"{c} ({weights[c]:.2f})" for c in chosen.tolist()[::-1]], fontsize=6)
+    limit = float(abs(deviation).max()) * 1.15 or 1e-3
+    axis.set_xlim(-limit, limit)
+    axis.axvline(0, color="black", linewidth=0.6)
+    axis.set_title(f"channel weight - mean {mean:.3f}\n(sd {spread:.3f}; channel (weight))", fontsize=7)
+    axis.tick_params(axis="x", labelsize=6)
+
+
 def plot_attention(image: torch.Tensor, attentions: Sequence, path: str | Path, title: str = "",
                    top_channels: int = 8) -> Path:
-    """The input, each CBAM's spatial map overlaid on it, and each CBAM's strongest channel weights below.
+    """The input, each CBAM's spatial map overlaid on it, and below it the CBAM's strongest and weakest channels.
 
     `image` is (H, W, 3) in [0, 1]; each attention has `.name`, `.spatial` (H, W) in [0, 1] and `.channel` (C,).
     """
@@ -202,13 +227,7 @@ def plot_attention(image: torch.Tensor, attentions: Sequence, path: str | Path, 
         axis.imshow(image.numpy(), interpolation="nearest")
         overlay = axis.imshow(attention.spatial.numpy(), cmap="jet", alpha=0.5, vmin=0, vmax=1)
         axis.set_title(f"{attention.name}\nspatial", fontsize=8)
-        weights, channels = attention.channel.topk(min(top_channels, attention.channel.numel()))
-        bars = axes[1][column]
-        bars.barh(range(len(weights)), weights.numpy()[::-1], color="tab:orange")
-        bars.set_yticks(range(len(weights)), [str(c) for c in channels.tolist()[::-1]], fontsize=7)
-        bars.set_xlim(0, 1)
-        bars.set_title("strongest channels", fontsize=8)
-        bars.tick_params(axis="x", labelsize=7)
+        _plot_channel_extremes(axes[1][column], attention.channel, top_channels)
     for axis in axes[0]:
         axis.axis("off")
     figure.colorbar(overlay, ax=list(axes[0]), fraction=0.02, pad=0.01)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import TrainerCallback, default_data_collator
+from transformers import PreTrainedConfig, TrainerCallback, default_data_collator
 
 from modeling_resnet_cbam import ResNetCBAMConfig, ResNetCBAMForImageClassification
 from training.arguments import FinetuneTrainingArguments, ModelArguments, StageArguments, build_schedule
@@ -19,7 +19,9 @@ from training.checkpoints import (
     check_output_dir,
     check_resume,
     clear_output_dir,
+    is_at_end,
     resolve_checkpoint,
+    writing,
 )
 from training.data import DataArguments, ImageData, load_image_data
 from training.device_data import DeviceData, supports_device_data
@@ -27,6 +29,7 @@ from training.ema import EMACallback
 from training.hardware import describe, device_name
 from training.metrics import classification_metrics, compute_accuracy
 from training.outputs import RunRecord
+from training.plots import epoch_entries
 from training.trainer import StagedTrainer
 
 logger = logging.getLogger(__name__)
@@ -54,9 +57,13 @@ def build_model(args: ModelArguments, data: ImageData) -> tuple[ResNetCBAMForIma
         image_std=list(data.image_std),
     )
     if args.model_name_or_path:
-        model = ResNetCBAMForImageClassification.from_pretrained(
-            args.model_name_or_path, ignore_mismatched_sizes=True, **data_fields
+        model, loading = ResNetCBAMForImageClassification.from_pretrained(
+            args.model_name_or_path, ignore_mismatched_sizes=True, output_loading_info=True, **data_fields
         )
+        missing = loading["missing_keys"]
+        if missing:
+            raise ValueError(f"--model_name_or_path {args.model_name_or_path}: no weights for {sorted(missing)[0]} "
+                             f"(and {len(missing) - 1} more tensors): the saved model does not fit its own config")
         return model, f"the saved model {args.model_name_or_path}"
     model = ResNetCBAMForImageClassification(ResNetCBAMConfig(**args.architecture, **data_fields))
     if args.backbone_weights.lower() == "none":
@@ -64,6 +71,19 @@ def build_model(args: ModelArguments, data: ImageData) -> tuple[ResNetCBAMForIma
     report = model.load_backbone_weights(args.backbone_weights)
     logger.info("%s", report)
     return model, str(report)
+
+
+def check_saved_model(name: str) -> None:
+    """--model_name_or_path must be a ResNet-CBAM: another model_type would load with every tensor missing."""
+    try:
+        config = PreTrainedConfig.get_config_dict(name)[0]
+    except OSError as error:  # no such folder or Hub id, offline, or no config.json
+        raise ValueError(f"--model_name_or_path {name}: cannot read its config.json ({error})") from error
+    found = config.get("model_type")
+    if found != ResNetCBAMConfig.model_type:
+        raise ValueError(f"--model_name_or_path {name} is a {found or 'untyped'} model, not a ResNet-CBAM (model_type "
+                         f"{ResNetCBAMConfig.model_type!r}); to start from a ResNet's weights, give its weights file "
+                         "to --backbone_weights")
 
 
 def build_run(
@@ -114,6 +134,7 @@ def build_run(
         seed=training_args.seed,
         hardware=device_name(training_args.device, training_args.world_size),
         split_sizes={name: len(split) for name, split in data.splits.items()},
+        source_split_sizes=data.source_sizes,
         label_names=data.label_names,
         architecture={name: getattr(model.config, name) for name in ARCHITECTURE_FIELDS},
         gradient_accumulation_steps=training_args.gradient_accumulation_steps,
@@ -144,14 +165,21 @@ def prepare_run(
     """Everything before training, cheapest checks first: the output folder and the checkpoint to resume, then
     data, model and Trainer, then whether the checkpoint continues this very run. A previous run that
     --overwrite_output_dir replaces is deleted last, once everything else has succeeded."""
-    resume = training_args.resume_from_checkpoint
-    to_delete = check_output_dir(training_args.output_dir, training_args.overwrite_output_dir, resume)
-    checkpoint = resolve_checkpoint(resume, training_args.output_dir)
+    resume, output_dir = training_args.resume_from_checkpoint, Path(training_args.output_dir)
+    to_delete = check_output_dir(output_dir, training_args.overwrite_output_dir, resume)
+    checkpoint = resolve_checkpoint(resume, output_dir)
+    if model_args.model_name_or_path:
+        check_saved_model(model_args.model_name_or_path)
     run = build_run(model_args, data_args, stage_args, training_args, extra_callbacks, checkpoint)
     if checkpoint is not None:
-        run.record.changes_on_resume = check_resume(checkpoint, run.record.identity(), training_args.allow_changed_run)
-        for change in run.record.changes_on_resume:
-            logger.warning("--allow_changed_run: resuming %s although %s", checkpoint, change)
+        run.record.changes_on_resume = check_resume(checkpoint, run.record.identity(), training_args.allow_changed_run,
+                                                    output_dir)
+        if is_at_end(checkpoint):
+            run.record.finished_from = checkpoint.name
+            logger.warning("%s is the end of the run's training, but %s lacks some of its final outputs (an "
+                           "interrupted finish): writing them from it, without training", checkpoint, output_dir)
+    for change in run.record.changes_on_resume:
+        logger.warning("--allow_changed_run: resuming %s although %s", checkpoint, change)
     if to_delete and run.trainer.is_world_process_zero():
         clear_output_dir(training_args.output_dir, to_delete)
     return run, checkpoint
@@ -169,10 +197,15 @@ def train_and_evaluate(run: Run, checkpoint: Path | None = None) -> RunRecord:
     started = time.perf_counter()
     train_output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     train_seconds = time.perf_counter() - started
+    if record.finished_from:  # no step was trained now: the run's own time is that of its logged epochs
+        train_seconds = sum(entry["epoch_time"] for entry in epoch_entries(trainer.state.log_history))
+        images = len(trainer.train_dataset) * record.schedule.total_epochs
+        train_output.metrics.update(train_runtime=train_seconds, train_samples_per_second=images / train_seconds)
     if trainer.ema is not None:  # the averaged weights are the model from here on: saved, evaluated, shown
         trainer.ema.copy_to(trainer.model)
-    trainer.save_model(trainer.args.output_dir)
-    trainer.save_state()
+    with writing("the final model", trainer.args.output_dir):
+        trainer.save_model(trainer.args.output_dir)
+        trainer.save_state()
     split = data.eval_split
     prediction = trainer.predict(trainer_splits(data, trainer.device_data)[split], metric_key_prefix=split)
     final = classification_metrics().compute(
@@ -188,10 +221,13 @@ def train_and_evaluate(run: Run, checkpoint: Path | None = None) -> RunRecord:
         f"{split}_confusion_matrix": final["confusion_matrix"],
         "eval_split": split,
         "split_sizes": record.split_sizes,
+        "source_split_sizes": record.source_split_sizes,
+        f"{split}_images": record.images(split),
         "label_names": data.label_names,
         "train_wall_seconds": train_seconds,
     }
     record.log_history = trainer.state.log_history
     if trainer.is_world_process_zero():
-        trainer.save_metrics("all", record.metrics, combined=False)
+        with writing("all_results.json", trainer.args.output_dir):
+            trainer.save_metrics("all", record.metrics, combined=False)
     return record

@@ -56,7 +56,7 @@ class StudyArguments:
     )
     eval_samples: int = field(default=1000, metadata={"help": "Validation images of each fine-tuning run."})
     stage_epochs: str = field(
-        default="2,6,12", metadata={"help": "The three stages' lengths (the tutorial's 5,15,30 scaled down); every "
+        default="1,3,6", metadata={"help": "The three stages' lengths (the tutorial's 5,15,30 scaled down); every "
                                   "row trains for their sum."}
     )
     full_lrs: str = field(default="1e-3,1e-4", metadata={"help": "The lrs swept for one-stage full fine-tuning."})

@@ -7,6 +7,7 @@ from torch.nn import functional as F
 from torch.optim.lr_scheduler import LambdaLR
 from transformers import Trainer
 
+from training.checkpoints import writing
 from training.ema import EMACallback, WeightEMA
 from training.inference import class_probabilities
 from training.stages import GROUPS, Schedule, StagePlan
@@ -88,6 +89,10 @@ class StagedTrainer(Trainer):
         if self.lr_scheduler is None:
             self.lr_scheduler = StageLR(optimizer or self.optimizer, self.schedule.over_steps(num_training_steps))
         return self.lr_scheduler
+
+    def _save_checkpoint(self, model, trial):
+        with writing(f"checkpoint-{self.state.global_step}", self.args.output_dir):
+            super()._save_checkpoint(model, trial)
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         step = self.state.global_step
