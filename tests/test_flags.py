@@ -255,4 +255,4 @@ print(write_model_card(record, model).read_text())
     done = subprocess.run([sys.executable, "-c", script, str(target), str(tmp_path)], capture_output=True, text=True,
                           timeout=300, cwd=tmp_path, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "**validation accuracy: 50.00%** (2 images)" in done.stdout
+    assert "**validation accuracy: 50.00%** (2 validation images)" in done.stdout

@@ -171,10 +171,16 @@ def load_image_data(args: DataArguments, seed: int = 42, split: str | None = Non
                         "a classifier needs at least two")
     splits = _train_validation_test(raw, args.validation_split, label_column, seed) if reference == "train" else raw
     source_sizes = {name: len(each) for name, each in splits.items()}
+    if split is None:
+        _check_every_class_trains(splits, label_column, label_names, args.source)
     splits = _limit(splits, args, seed)
     _require_rows(splits)
-    if split is None:
-        _check_every_class_trains(splits, label_column, label_names, args)
+    if split is None and args.max_train_samples:
+        kept = np.bincount(labels_of(splits["train"], label_column), minlength=len(label_names))
+        if (kept == 0).any():
+            logger.warning("the %d training images kept by --max_train_samples hold no image of %s: the model "
+                           "cannot learn them", args.max_train_samples,
+                           ", ".join(label_names[i] for i in np.flatnonzero(kept == 0)))
     splits = DatasetDict({name: s.cast_column(image_column, ImageFeature(decode=False)) for name, s in splits.items()})
     if args.verify_images:
         splits = verify_images(splits, image_column, skip_bad=args.skip_bad_images)
@@ -300,7 +306,7 @@ def _keep_classes(raw: DatasetDict, label_column: str, names: list[str], source:
     return DatasetDict(out)
 
 
-def _check_every_class_trains(splits: DatasetDict, label_column: str, names: list[str], args: DataArguments) -> None:
+def _check_every_class_trains(splits: DatasetDict, label_column: str, names: list[str], source: str) -> None:
     """A class without a training image cannot be learned, yet the head and the card would count it: a DataError
     naming it and where its images are (another split, or nowhere: an empty class folder or a ClassLabel name)."""
     counts = {name: np.bincount(labels_of(split, label_column), minlength=len(names)) for name, split in splits.items()}
@@ -310,8 +316,7 @@ def _check_every_class_trains(splits: DatasetDict, label_column: str, names: lis
     def where(index: int) -> str:
         found = [f"{counts[name][index]} in {name}" for name in counts if counts[name][index]]
         return f"{names[index]!r} ({', '.join(found) if found else 'no image in any split'})"
-    subset = f" of the {args.max_train_samples} kept by --max_train_samples" if args.max_train_samples else ""
-    raise DataError(f"the train split of {args.source} has no image{subset} of {len(absent)} class(es): "
+    raise DataError(f"the train split of {source} has no image of {len(absent)} class(es): "
                     f"{', '.join(map(where, absent))}; a class without training images cannot be learned: add "
                     "images, or keep the other classes with --labels")
 
