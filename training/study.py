@@ -207,8 +207,9 @@ def run_result(name: str, description: str, folder: Path, stage_ends: list[int])
     the wall time, and the image counts."""
     history = json.loads((folder / "trainer_state.json").read_text())["log_history"]
     results = json.loads((folder / "all_results.json").read_text())
+    entries = epoch_entries(history)
     epochs = [{"epoch": round(entry["epoch"]), "stage": entry["stage"], "accuracy": entry["eval_accuracy"]}
-              for entry in epoch_entries(history)]
+              for entry in entries]
     by_epoch = {entry["epoch"]: entry["accuracy"] for entry in epochs}
     split = results["eval_split"]
     facts = json.loads((folder / STUDY_RUN).read_text())
@@ -222,7 +223,8 @@ def run_result(name: str, description: str, folder: Path, stage_ends: list[int])
         "final_accuracy": results[f"{split}_accuracy"],
         "best_accuracy": max(by_epoch.values()),
         "eval_split": split,
-        "train_wall_seconds": results["train_wall_seconds"],
+        # each epoch's logged time (training and its evaluation), summed: whole even for a run that was resumed
+        "wall_seconds": sum(entry["epoch_time"] for entry in entries),
         "split_sizes": results["split_sizes"],
     }
 
@@ -261,7 +263,7 @@ def run_study(args: StudyArguments, finetune) -> dict:
 
 def results_table(results: dict) -> str:
     """The Markdown table of the rows: accuracy at each stage's end, final and best accuracy, wall time."""
-    lines = ["| row | recipe | after stage 1 | after stage 2 | final | best | train time |",
+    lines = ["| row | recipe | after stage 1 | after stage 2 | final | best | time (train + eval) |",
              "|---|---|---|---|---|---|---|"]
     for run in results["runs"]:
         ends = [f"{100 * a:.2f}% (ep {e})" if a is not None else "" for a, e in
@@ -269,12 +271,12 @@ def results_table(results: dict) -> str:
         ends += [""] * (2 - len(ends))
         lines.append(f"| {run['name']} | {run['description']} | {' | '.join(ends)} | "
                      f"**{100 * run['final_accuracy']:.2f}%** | {100 * run['best_accuracy']:.2f}% | "
-                     f"{run['train_wall_seconds'] / 60:.1f} min |")
+                     f"{run['wall_seconds'] / 60:.1f} min |")
     pretrain = results.get("pretrain")
     if pretrain:
         lines.append("")
         lines.append(f"Pretraining: {100 * pretrain['final_accuracy']:.2f}% validation accuracy after "
-                     f"{pretrain['stage_ends'][-1]} epochs, {pretrain['train_wall_seconds'] / 60:.1f} min.")
+                     f"{pretrain['stage_ends'][-1]} epochs, {pretrain['wall_seconds'] / 60:.1f} min.")
     return "\n".join(lines) + "\n"
 
 
