@@ -52,18 +52,22 @@ def _write_failure(error: Exception, what: str, folder: Path) -> str:
     free = shutil.disk_usage(existing).free
     full = getattr(error, "errno", None) == errno.ENOSPC or free < 64 * 2**20
     why = "the disk is full" if full else (getattr(error, "strerror", None) or str(error).splitlines()[0][:200])
-    try:
-        complete = f"the last complete checkpoint is {resolve_checkpoint('last', folder).name}"
-    except RunFolderError:
-        complete = "no complete checkpoint yet"
+    last = last_complete_checkpoint(folder)
+    complete = f"the last complete checkpoint is {last.name}" if last else "no complete checkpoint yet"
     return (f"could not write {what} in {folder}: {why} ({free / 2**20:,.0f} MiB free there); {complete}. Free "
             "some space, then continue with --resume_from_checkpoint last")
 
 
+def progress(checkpoint: Path) -> tuple[int, int]:
+    """The optimizer step a checkpoint was saved at, and its run's last step."""
+    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    return state["global_step"], state["max_steps"]
+
+
 def is_at_end(checkpoint: Path) -> bool:
     """Whether a checkpoint is the last step of its run (resuming it only writes the final outputs)."""
-    state = json.loads((checkpoint / "trainer_state.json").read_text())
-    return state["global_step"] >= state["max_steps"]
+    step, last = progress(checkpoint)
+    return step >= last
 
 
 def mark_complete(output_dir: str | Path, facts: dict) -> None:
@@ -153,6 +157,14 @@ def resolve_checkpoint(resume: str | None, output_dir: str | Path) -> Path | Non
     raise RunFolderError(f"--resume_from_checkpoint last: no complete checkpoint in {output_dir}")
 
 
+def last_complete_checkpoint(output_dir: str | Path) -> Path | None:
+    """The checkpoint `--resume_from_checkpoint last` would take, or None when there is no complete one."""
+    try:
+        return resolve_checkpoint("last", output_dir)
+    except RunFolderError:
+        return None
+
+
 def changed_facts(checkpoint: Path, facts: dict) -> list[str]:
     """How this run's defining facts differ from those saved with the checkpoint, one line each."""
     saved, facts = json.loads((checkpoint / RUN_FACTS).read_text()), json.loads(json.dumps(facts))
@@ -190,9 +202,7 @@ def check_resume(checkpoint: Path, facts: dict, allow_changed_run: bool, output_
         raise RunFolderError(f"{checkpoint} is a checkpoint of another run; resuming it with these arguments would "
                              "not continue it:\n  " + "\n  ".join(changes) +
                              "\nResume with the run's own arguments, or accept the changes with --allow_changed_run")
-    state = json.loads((checkpoint / "trainer_state.json").read_text())
-    complete = (Path(output_dir) / RUN_COMPLETE).is_file()
-    if state["global_step"] >= state["max_steps"] and not changes and complete:
-        raise RunFolderError(f"{checkpoint} is the end of its run (step {state['global_step']} of "
-                             f"{state['max_steps']}): nothing is left to train")
+    if is_at_end(checkpoint) and not changes and (Path(output_dir) / RUN_COMPLETE).is_file():
+        raise RunFolderError(f"{checkpoint} is the end of its run (step %d of %d): nothing is left to train"
+                             % progress(checkpoint))
     return changes

@@ -8,7 +8,7 @@ from contextlib import contextmanager
 import transformers
 
 from training.arguments import FinetuneTrainingArguments, parse_arguments
-from training.checkpoints import RunFolderError, WriteError, mark_complete, resolve_checkpoint, writing
+from training.checkpoints import WriteError, last_complete_checkpoint, mark_complete, writing
 from training.hardware import configure_threads
 from training.hub import HubError, check_push_access, push_folder
 from training.lock import run_lock
@@ -72,9 +72,8 @@ def finetune_main(argv: list[str] | None = None) -> int:
 
 def saved_so_far(output_dir: str) -> str:
     """What an interrupted run leaves to continue from, and how."""
-    try:
-        checkpoint = resolve_checkpoint("last", output_dir)
-    except RunFolderError:
+    checkpoint = last_complete_checkpoint(output_dir)
+    if checkpoint is None:
         return f"no complete checkpoint was saved in {output_dir}: the run starts again from the beginning"
     return (f"the last complete checkpoint is {checkpoint}: continue with the same command and "
             "--resume_from_checkpoint last (after the end of training, that writes the missing final outputs)")

@@ -21,7 +21,7 @@ from pathlib import Path
 from transformers import HfArgumentParser
 
 from training.arguments import _comma_list, check_at_least
-from training.checkpoints import resolve_checkpoint
+from training.checkpoints import last_complete_checkpoint
 from training.plots import epoch_entries, plot_study
 
 logger = logging.getLogger(__name__)
@@ -178,7 +178,7 @@ def run_once(name: str, flags: list[str], args: StudyArguments, finetune) -> Pat
         if saved != argv and not args.overwrite_output_dir:
             raise StudyError(f"{folder} holds a run made with other flags ({shlex.join(saved)}); rerun it with "
                              "--overwrite_output_dir, or choose another --output_dir")
-        if saved == argv and _has_checkpoint(folder):
+        if saved == argv and last_complete_checkpoint(folder):
             extra = ["--resume_from_checkpoint", "last"]
             logger.info("study: %s stopped part-way: resuming from its last checkpoint", name)
     if args.overwrite_output_dir and not extra:
@@ -192,14 +192,6 @@ def run_once(name: str, flags: list[str], args: StudyArguments, finetune) -> Pat
                          "study again to resume it", code)
     record.write_text(json.dumps({"argv": argv}, indent=2))  # again: --overwrite_output_dir cleared the folder
     return folder
-
-
-def _has_checkpoint(folder: Path) -> bool:
-    try:
-        resolve_checkpoint("last", folder)
-    except ValueError:
-        return False
-    return True
 
 
 def run_result(name: str, description: str, folder: Path, stage_ends: list[int]) -> dict:
@@ -245,7 +237,7 @@ def run_study(args: StudyArguments, finetune) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     rows = [row for row in study_rows(args) if row.name in args.selected]
     (out / "fine_tune_stages.json").write_text(json.dumps(fine_tune_stages(args), indent=2))
-    results = {"arguments": {k: v for k, v in asdict(args).items()}, "runs": []}
+    results = {"arguments": asdict(args), "runs": []}
     if any(row.pretrained for row in rows):
         folder = run_once("pretrain", pretrain_flags(args), args, finetune)
         results["pretrain"] = run_result("pretrain", "plain ResNet18, ImageNet stem, source classes", folder,
