@@ -37,6 +37,10 @@ class ResNetCBAMConfig(PreTrainedConfig):
             `"identity"`: each CBAM is wrapped in a learnable scalar gate g initialised at 0, computing
             `x + g * (CBAM(x) - x)`: a network into which CBAM has just been inserted computes exactly what it
             computed without it, and the attention is learned from there (as ReZero or LayerScale start a branch).
+        zero_init_residual (`bool`, *optional*, defaults to `False`):
+            Start the last BatchNorm scale (`bn2.weight`) of every basic block at 0, so that each block starts as
+            its shortcut (torchvision's `zero_init_residual`; Goyal et al., 2017). Only the initialisation of a new
+            model changes; weights loaded from a file or checkpoint keep their values.
         stem (`str`, *optional*, defaults to `"cifar"`):
             `"cifar"`: 3x3 stride-1 convolution and no max-pool, for 32 px images.
             `"imagenet"`: 7x7 stride-2 convolution and a 3x3 stride-2 max-pool, for 224 px images.
@@ -66,6 +70,7 @@ class ResNetCBAMConfig(PreTrainedConfig):
     cbam_kernel_size: int = 7
     cbam_placement: str = "stage"
     cbam_init: str = "default"
+    zero_init_residual: bool = False
     stem: str = "cifar"
     num_channels: int = 3
     image_size: int = 32

@@ -88,6 +88,10 @@ class CBAM(nn.Module):
         return attended, channel_weights, spatial_map
 
 
+class ResidualBatchNorm(nn.BatchNorm2d):
+    """The last BatchNorm of a basic block's residual branch: `zero_init_residual` starts its scale at 0."""
+
+
 class BasicBlock(nn.Module):
     """torchvision's BasicBlock, with an optional CBAM on the residual branch before the addition."""
 
@@ -97,7 +101,7 @@ class BasicBlock(nn.Module):
         self.bn1 = nn.BatchNorm2d(out_channels)
         self.relu = nn.ReLU(inplace=True)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(out_channels)
+        self.bn2 = ResidualBatchNorm(out_channels)
         self.downsample = None
         if stride != 1 or in_channels != out_channels:
             self.downsample = nn.Sequential(
@@ -248,7 +252,8 @@ class ResNetCBAMPreTrainedModel(PreTrainedModel):
                 bound = 1 / math.sqrt(module.in_features)
                 init.uniform_(module.bias, -bound, bound)
         elif isinstance(module, nn.BatchNorm2d):
-            init.ones_(module.weight)
+            closes_block = isinstance(module, ResidualBatchNorm) and self.config.zero_init_residual
+            (init.zeros_ if closes_block else init.ones_)(module.weight)  # a block starting as its shortcut
             init.zeros_(module.bias)
             init.zeros_(module.running_mean)
             init.ones_(module.running_var)

@@ -51,6 +51,8 @@ class ArchitectureArguments:
                                                            "(the plain ResNet: no CBAM)."})
     cbam_init: str = field(default="default", metadata={"help": "default (the paper's) or identity (each CBAM behind "
                                                        "a learnable gate at 0: the network starts as without it)."})
+    zero_init_residual: bool = field(default=False, metadata={"help": "Each basic block's last BatchNorm scale starts "
+                                     "at 0, so the block starts as its shortcut (default off; fast: on)."})
     cbam_reduction: int = field(default=16, metadata={"help": "Channel-attention MLP reduction ratio."})
     cbam_kernel_size: int = field(default=7, metadata={"help": "Spatial-attention kernel size."})
 
@@ -62,7 +64,8 @@ class ArchitectureArguments:
         if len(depths) != 4:
             raise ValueError(f"--depths must be four integers such as 2,2,2,2, got {self.depths!r}")
         self.architecture = dict(depths=depths, stem=self.stem, cbam_placement=self.cbam_placement,
-                                 cbam_init=self.cbam_init, cbam_reduction=self.cbam_reduction,
+                                 cbam_init=self.cbam_init, zero_init_residual=self.zero_init_residual,
+                                 cbam_reduction=self.cbam_reduction,
                                  cbam_kernel_size=self.cbam_kernel_size)
         ResNetCBAMConfig(**self.architecture)  # a ValueError naming the field that cannot build a model
 

@@ -33,8 +33,8 @@ from training.plots import epoch_entries
 from training.trainer import StagedTrainer
 
 logger = logging.getLogger(__name__)
-ARCHITECTURE_FIELDS = ("depths", "stem", "cbam_placement", "cbam_init", "cbam_reduction", "cbam_kernel_size",
-                       "num_channels", "image_size", "image_mean", "image_std")
+ARCHITECTURE_FIELDS = ("depths", "stem", "cbam_placement", "cbam_init", "zero_init_residual", "cbam_reduction",
+                       "cbam_kernel_size", "num_channels", "image_size", "image_mean", "image_std")
 
 
 @dataclass
