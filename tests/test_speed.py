@@ -27,7 +27,7 @@ def test_device_data_without_augmentation_equals_the_pil_eval_path(dataset):
     device = DeviceData(data, augment="none")
     for split in ("train", "validation"):
         rows = [device.splits[split][i] for i in range(5)]
-        batch = {key: torch.as_tensor([row[key] for row in rows]) for key in rows[0]}
+        batch = torch.utils.data.default_collate(rows)
         inputs = device.inputs(batch, train=split == "train")
         expected = torch.stack([data.splits[split][i]["pixel_values"] for i in range(5)])
         torch.testing.assert_close(inputs["pixel_values"], expected)
@@ -37,8 +37,7 @@ def test_device_data_without_augmentation_equals_the_pil_eval_path(dataset):
 def test_device_data_augments_per_sample(dataset):
     data = load_image_data(DataArguments(dataset_name=str(dataset), validation_split="8", image_size=16))
     device = DeviceData(data)
-    batch = {"index": torch.tensor([0, 0, 0, 0]), "labels": torch.zeros(4, dtype=torch.long),
-             "store": torch.zeros(4, dtype=torch.long)}
+    batch = {"index": torch.tensor([0, 0, 0, 0]), "labels": torch.zeros(4, dtype=torch.long)}
     pixels = device.inputs(batch, train=True)["pixel_values"]
     assert pixels.shape == (4, 3, 16, 16)
     assert not torch.equal(pixels[0], pixels[1]), "the same image twice in a batch gets different augmentations"
@@ -57,3 +56,78 @@ def test_scale_lr_with_batch_multiplies_every_rate(dataset, tmp_path):
     plan = STAGED_1_1_1.over_steps(3 * STEPS_PER_EPOCH)
     for record in recorder.steps:
         assert record["lrs"] == pytest.approx({g: plan.lr(g, record["step"]) * 8 / 64 for g in record["lrs"]})
+
+
+HOST_READS = ("item", "tolist", "__bool__", "__int__", "__float__", "__index__")  # each waits for the device
+
+
+def test_no_training_step_reads_a_tensor_on_the_host(dataset, tmp_path, monkeypatch):
+    """Between logging steps nothing waits for the device: no tensor is read on the host inside a training step
+    (forward, loss, divergence record, device-side augmentation). The reads at logging steps still happen."""
+    from training.trainer import StagedTrainer
+
+    reads = {"in_step": [], "elsewhere": 0}
+    inside = [False]
+    for name in HOST_READS:
+        original = getattr(torch.Tensor, name)
+
+        def counted(tensor, *args, _name=name, _original=original):
+            if inside[0]:
+                reads["in_step"].append(_name)
+            else:
+                reads["elsewhere"] += 1
+            return _original(tensor, *args)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    training_step = StagedTrainer.training_step
+
+    def watched(self, *args, **kwargs):
+        inside[0] = True
+        try:
+            return training_step(self, *args, **kwargs)
+        finally:
+            inside[0] = False
+
+    monkeypatch.setattr(StagedTrainer, "training_step", watched)
+    run(flags(dataset, tmp_path / "out", "--save_strategy", "no", "--data_on_device", "true", "--logging_steps", "2",
+              "--augment", "crop-flip"))
+    assert reads["in_step"] == [], f"host reads inside training steps: {sorted(set(reads['in_step']))}"
+    assert reads["elsewhere"] > 0, "the counting itself works: logging and evaluation read tensors"
+
+
+def test_a_diverged_run_is_stopped_at_the_next_logging_step(dataset, tmp_path, capsys):
+    from tiny_run import TINY
+
+    from training.cli import finetune_main
+
+    folder = tmp_path / "out"
+    code = finetune_main([*TINY, *flags(dataset, folder), "--recipe", "full", "--stage_epochs", "3",
+                          "--learning_rate", "1e30", "--save_strategy", "no", "--logging_steps", "3"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "training diverged at step 2 (stage 1" in err and "stopped at step 3." in err
+    assert not (folder / "model.safetensors").exists() and not (folder / "README.md").exists()
+
+
+def test_logging_nan_inf_filter_is_refused():
+    with pytest.raises(ValueError, match="--logging_nan_inf_filter: a non-finite loss stops the run"):
+        parse_arguments(["--logging_nan_inf_filter", "true"])
+
+
+def test_crop_flip_on_the_device_is_a_crop_of_the_reflect_padded_image_maybe_mirrored():
+    from torch.nn import functional as F
+
+    from training.device_data import CropFlip
+
+    torch.manual_seed(0)
+    images = torch.rand(64, 3, 8, 8)
+    out = CropFlip(2)(images)
+    padded = F.pad(images, (2, 2, 2, 2), mode="reflect")
+    seen = set()
+    for image, result in zip(padded, out, strict=True):
+        found = [(top, left, flip) for top in range(5) for left in range(5) for flip in (False, True)
+                 if torch.equal(result, (lambda crop: crop.flip(-1) if flip else crop)(image[:, top:top + 8,
+                                                                                          left:left + 8]))]
+        assert found, "every output is a crop of its padded image, mirrored or not"
+        seen.update(found)
+    assert {flip for _, _, flip in seen} == {False, True} and len({top for top, _, _ in seen}) == 5

@@ -132,7 +132,7 @@ RECIPE_FIELDS = {
 TRAINER_FIELDS = {
     "per_device_eval_batch_size", "tf32", "torch_compile", "torch_compile_backend", "torch_compile_mode",
     "torch_empty_cache_steps", "logging_strategy", "logging_steps", "logging_first_step", "log_on_each_node",
-    "logging_nan_inf_filter", "log_level", "log_level_replica", "disable_tqdm", "report_to", "run_name", "project",
+    "log_level", "log_level_replica", "disable_tqdm", "report_to", "run_name", "project",
     "trackio_space_id", "trackio_bucket_id", "trackio_static_space_id", "eval_strategy", "eval_steps", "eval_delay",
     "eval_on_start", "eval_do_concat_batches", "eval_accumulation_steps", "save_strategy", "save_steps",
     "save_on_each_node", "save_total_limit", "save_only_model", "full_determinism", "data_seed",
@@ -155,6 +155,8 @@ REFUSED_FIELDS = {
     "optim_target_modules": "every parameter is in the optimizer; the stages decide what trains",
     "use_liger_kernel": "Liger kernels are for language models",
     "liger_kernel_config": "Liger kernels are for language models",
+    "logging_nan_inf_filter": "a non-finite loss stops the run (at the next logging step), so there is none to "
+                              "filter; the filter would also make the CPU wait for the device at every step",
     "use_cache": _UNUSED,
     "neftune_noise_alpha": "NEFTune is for text embeddings",
     "include_num_input_tokens_seen": _UNUSED,
@@ -242,7 +244,9 @@ class FinetuneTrainingArguments(TrainingArguments):
     eval_strategy: str = field(default="epoch", metadata={"help": "When to evaluate: epoch (default), steps, no."})
     save_strategy: str = field(default="epoch", metadata={"help": "When to save a checkpoint: epoch, steps, no."})
     save_total_limit: int | None = 2
-    logging_steps: float = 100
+    logging_steps: float = field(default=100, metadata={"help": "Log the loss every N steps; a non-finite loss "
+                                 "is also found at these steps (or sooner, at an evaluation or checkpoint)."})
+    logging_nan_inf_filter: bool = False  # refused: see REFUSED_FIELDS
     remove_unused_columns: bool = False  # the image column must reach the set_transform
     dataloader_num_workers: int = field(default_factory=default_num_workers)
     dataloader_persistent_workers: bool = True

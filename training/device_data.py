@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from datasets import Dataset
 from torch import nn
+from torch.nn import functional as F
 
 from training.data import COLOR_JITTER, ROTATION_DEGREES, ROW, DataError, ImageData, crop_padding, decode_image
 
@@ -27,7 +28,7 @@ def supports_device_data(data: ImageData) -> bool:
 
 
 class ImageStore:
-    """All images of one split as a (N, 3, H, W) uint8 tensor, moved to the training device on first use."""
+    """All images of one split as a (N, 3, H, W) uint8 tensor, and their labels."""
 
     def __init__(self, split: Dataset, name: str, image_column: str, label_column: str, size: int):
         nbytes = len(split) * 3 * size * size
@@ -45,42 +46,61 @@ class ImageStore:
         self.images = images
         self.labels = torch.as_tensor(raw[label_column])
 
-    def to(self, device: torch.device) -> "ImageStore":
-        if self.images.device != device:
-            self.images = self.images.to(device, non_blocking=True)
-        return self
-
 
 class IndexedSplit(torch.utils.data.Dataset):
-    """What the DataLoader sees: a row index, its label, and which store holds the image."""
+    """What the DataLoader sees: a row's index among the images of every split (its split's offset + the row), and
+    its label. One index tensor says where each image is: no split id to read on the host, which on a GPU would
+    wait for the device at every step."""
 
-    def __init__(self, store: ImageStore, store_id: int):
-        self.store, self.store_id = store, store_id
+    def __init__(self, store: ImageStore, offset: int):
+        self.store, self.offset = store, offset
 
     def __len__(self) -> int:
         return len(self.store.labels)
 
     def __getitem__(self, index: int) -> dict:
-        return {"index": index, "labels": self.store.labels[index], "store": self.store_id}
+        return {"index": self.offset + index, "labels": self.store.labels[index]}
+
+
+class CropFlip(nn.Module):
+    """A random crop of each image reflect-padded by `padding` pixels, then a horizontal flip with probability 1/2:
+    the PIL path's crop-flip, drawn and gathered on the device. kornia's RandomCrop reads its crop boxes on the host
+    (`.tolist()`), which on a GPU waits for the device at every step; this reads nothing."""
+
+    def __init__(self, padding: int):
+        super().__init__()
+        self.padding = padding
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        n, channels, height, width = images.shape
+        pad, device = self.padding, images.device
+        padded = F.pad(images, (pad, pad, pad, pad), mode="reflect").flatten(2)  # (n, c, (h + 2p) * (w + 2p))
+        top = torch.randint(0, 2 * pad + 1, (n, 1, 1), device=device)
+        left = torch.randint(0, 2 * pad + 1, (n, 1, 1), device=device)
+        flip = torch.rand(n, 1, 1, device=device) < 0.5
+        columns = torch.arange(width, device=device)
+        columns = left + torch.where(flip, columns.flip(0), columns)  # (n, 1, w)
+        rows = top + torch.arange(height, device=device)[:, None]  # (n, h, 1)
+        index = (rows * (width + 2 * pad) + columns).flatten(1)  # (n, h * w)
+        return padded.gather(2, index[:, None].expand(n, channels, -1)).view(n, channels, height, width)
 
 
 def device_augmentation(augment: str, size: int, mean, std) -> nn.Module:
     """The PIL path's augmentations of `augment` (data.build_transforms; torchvision semantics, random per sample),
-    then Normalize, on float [0, 1] input."""
-    steps = {
-        "tutorial": [
-            K.RandomCrop((size, size), padding=crop_padding(size)),
-            K.RandomHorizontalFlip(),
-            K.ColorJitter(*COLOR_JITTER, p=1.0),
-            K.RandomRotation(float(ROTATION_DEGREES), resample="nearest", p=1.0),  # torchvision's default
-        ],
-        "crop-flip": [
-            K.RandomCrop((size, size), padding=crop_padding(size), padding_mode="reflect"),
-            K.RandomHorizontalFlip(),
-        ],
-        "none": [],
-    }[augment]
-    return K.AugmentationSequential(*steps, K.Normalize(mean=torch.tensor(mean), std=torch.tensor(std)))
+    then Normalize, on float [0, 1] input. crop-flip and none read no tensor on the host; tutorial's (kornia's
+    crop, colour jitter and rotation) does, a few times a step."""
+    normalize = K.Normalize(mean=torch.tensor(mean), std=torch.tensor(std))
+    if augment == "crop-flip":
+        return nn.Sequential(CropFlip(crop_padding(size)), normalize)
+    if augment == "none":
+        return normalize
+    return K.AugmentationSequential(
+        K.RandomCrop((size, size), padding=crop_padding(size)),
+        K.RandomHorizontalFlip(),
+        K.ColorJitter(*COLOR_JITTER, p=1.0),
+        K.RandomRotation(float(ROTATION_DEGREES), resample="nearest", p=1.0),  # torchvision's default
+        normalize,
+    )
 
 
 class DeviceData:
@@ -91,25 +111,28 @@ class DeviceData:
             raise DataError(f"device-resident data needs images already {data.image_size}x{data.image_size} and at "
                             f"most {MAX_PIXELS} pixels; these are {data.native_size[0]}x{data.native_size[1]}")
         size = data.image_size
-        self.stores = [ImageStore(split, name, data.image_column, data.label_column, size)
-                       for name, split in data.splits.items()]
-        self.splits = {name: IndexedSplit(store, i) for i, (name, store) in enumerate(zip(data.splits, self.stores,
-                                                                                        strict=True))}
+        stores = {name: ImageStore(split, name, data.image_column, data.label_column, size)
+                  for name, split in data.splits.items()}
+        offsets = np.cumsum([0, *(len(store.labels) for store in stores.values())])[:-1].tolist()
+        self.splits = {name: IndexedSplit(store, offset)
+                       for (name, store), offset in zip(stores.items(), offsets, strict=True)}
+        self.images = torch.cat([store.images for store in stores.values()])  # moved to the device on first use
         self.train_transform = device_augmentation(augment, size, data.image_mean, data.image_std)
         self.eval_transform = device_augmentation("none", size, data.image_mean, data.image_std)
         logger.info("device-resident data: %s images decoded once",
                     ", ".join(f"{name} {len(s):,}" for name, s in self.splits.items()))
 
     def inputs(self, batch: dict, train: bool, augment_seed: int | None = None) -> dict:
-        """{"index", "labels", "store"} on the device -> {"pixel_values", "labels"}, augmented when training.
+        """{"index", "labels"} on the device -> {"pixel_values", "labels"}, augmented when training.
 
         With `augment_seed`, the augmentation draws from an RNG seeded with it and leaves the global one alone: the
         trainer seeds it from (seed, step, rank), so a resumed run augments exactly as the uninterrupted one did.
         """
         if "index" not in batch:
             return batch
-        store = self.stores[int(batch["store"][0])].to(batch["index"].device)
-        pixels = store.images[batch["index"]].float().div_(255)
+        if self.images.device != batch["index"].device:
+            self.images = self.images.to(batch["index"].device)
+        pixels = self.images[batch["index"]].float().div_(255)
         transform = (self.train_transform if train else self.eval_transform).to(pixels.device)
         devices = [pixels.device] if pixels.device.type == "cuda" else []
         with torch.no_grad(), torch.random.fork_rng(devices=devices, enabled=augment_seed is not None):

@@ -40,7 +40,35 @@ def _lr_of(plan: StagePlan, group: str):
 
 
 class DivergenceError(RuntimeError):
-    """A non-finite loss: training stopped at that step, before the optimizer applied it."""
+    """A non-finite loss: training stopped at the next logging step, evaluation or checkpoint, saving nothing."""
+
+
+class DivergenceWatch:
+    """The first optimizer step whose loss was not finite, and that loss, kept on the device.
+
+    Recording is two elementwise ops a step and no host synchronisation (a Python `if` on the loss would make the
+    CPU wait for the GPU at every step); `first` reads it once, where the Trainer synchronises anyway.
+    """
+
+    def __init__(self):
+        self._step = self._loss = None
+
+    def record(self, loss: torch.Tensor, step: int) -> None:
+        loss = loss.detach().float()
+        if self._step is None:
+            self._step = torch.full((), -1, dtype=torch.long, device=loss.device)
+            self._loss = torch.zeros((), device=loss.device)
+        first = ~torch.isfinite(loss) & (self._step < 0)
+        self._step = torch.where(first, step, self._step)
+        self._loss = torch.where(first, loss, self._loss)
+
+    def first(self, accelerator) -> tuple[int, float] | None:
+        """(0-based step, loss) of the earliest non-finite loss on any process, or None; every process calls it."""
+        if self._step is None:
+            return None
+        steps = accelerator.gather(self._step[None]).tolist()
+        losses = accelerator.gather(self._loss[None]).tolist()
+        return min(((s, loss) for s, loss in zip(steps, losses, strict=True) if s >= 0), default=None)
 
 
 class StagedTrainer(Trainer):
@@ -52,6 +80,9 @@ class StagedTrainer(Trainer):
     - The loss: cross-entropy with --label_smoothing_factor, computed here on float32 logits.
     - Evaluation: with the EMA of the weights when --ema_decay is on (training/ema.py), and with --tta flip, on the
       mean softmax of each image and its mirror (the logits it reports are the log of that mean).
+    - Divergence: a non-finite loss is recorded on the device at every step and read, once, before each logging
+      step, evaluation and checkpoint, and at the end of training: the run stops there with a DivergenceError,
+      within --logging_steps steps of it, and nothing is written after it. No host synchronisation per step.
     - Training loss and accuracy are accumulated on the device and added, with the stage, its lrs, the trainable
       parameter count and the epoch time, to the log entry of each epoch's evaluation.
     """
@@ -63,6 +94,7 @@ class StagedTrainer(Trainer):
         self._epoch_totals = None
         self._epoch_started = time.perf_counter()
         self._micro_step, self._micro_batch = None, 0  # which micro-batch of the optimizer step this is
+        self.divergence = DivergenceWatch()
 
     @property
     def plan(self) -> StagePlan:
@@ -99,14 +131,31 @@ class StagedTrainer(Trainer):
         self._micro_batch = self._micro_batch + 1 if step == self._micro_step else 0
         self._micro_step = step
         loss = super().training_step(model, self._model_inputs(inputs, train=True), num_items_in_batch)
-        if not torch.isfinite(loss):  # one check a step; the optimizer has not applied this step yet
-            stage = self.plan.stage(step)
-            raise DivergenceError(
-                f"training diverged at step {step + 1} (stage {self.plan.stage_index(step) + 1}, "
-                f"{stage.describe()}; lr now {self.plan.lr(stage.groups[0], step):g}): the loss is {loss.item()}. "
-                "Nothing was saved after the last checkpoint; lower the learning rates (or add warmup) and start again"
-            )
+        self.divergence.record(loss, step)
         return loss
+
+    def train(self, *args, **kwargs):
+        result = super().train(*args, **kwargs)
+        self._stop_if_diverged()  # the steps after the last logging step, before the final model is saved
+        return result
+
+    def _maybe_log_save_evaluate(self, *args, **kwargs):
+        if self.control.should_log or self.control.should_evaluate or self.control.should_save:
+            self._stop_if_diverged()
+        super()._maybe_log_save_evaluate(*args, **kwargs)
+
+    def _stop_if_diverged(self) -> None:
+        diverged = self.divergence.first(self.accelerator)
+        if diverged is None:
+            return
+        step, loss = diverged
+        stage = self.plan.stage(step)
+        raise DivergenceError(
+            f"training diverged at step {step + 1} (stage {self.plan.stage_index(step) + 1}, {stage.describe()}; "
+            f"lr then {self.plan.lr(stage.groups[0], step):g}): the loss was {loss}; stopped at step "
+            f"{self.state.global_step}. Nothing was saved after step {step}; lower the learning rates (or add "
+            "warmup) and start again"
+        )
 
     def _augment_seed(self) -> int:
         """A seed per (run seed, optimizer step, micro-batch, rank): augmentation that resumes exactly."""
