@@ -270,3 +270,20 @@ def test_a_missing_weights_file_is_named(tmp_path):
     model = ResNetCBAMForImageClassification(ResNetCBAMConfig())
     with pytest.raises(FileNotFoundError, match="backbone weights: no file .*missing.pth"):
         model.load_backbone_weights(tmp_path / "missing.pth")
+
+
+def test_zero_init_residual_starts_every_block_as_its_shortcut_and_is_off_by_default():
+    from modeling_resnet_cbam import ResNetCBAMConfig, ResNetCBAMForImageClassification
+
+    torch.manual_seed(0)
+    model = ResNetCBAMForImageClassification(ResNetCBAMConfig(depths=[1, 1, 1, 1], zero_init_residual=True)).eval()
+    x = torch.randn(2, 64, 8, 8)
+    for name in ("layer1", "layer2"):
+        block = getattr(model.resnet_cbam.backbone, name)[0]
+        shortcut = x if block.downsample is None else block.downsample(x)
+        out, _ = block(x)
+        torch.testing.assert_close(out, torch.relu(shortcut))
+        x = out
+    default = ResNetCBAMForImageClassification(ResNetCBAMConfig(depths=[1, 1, 1, 1]))
+    assert (default.resnet_cbam.backbone.layer1[0].bn2.weight == 1).all()
+    assert (model.resnet_cbam.backbone.layer1[0].bn1.weight == 1).all(), "only the block's last BatchNorm is zeroed"
