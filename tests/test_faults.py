@@ -104,16 +104,29 @@ def test_overwrite_output_dir_replaces_the_run_and_says_so(finished_run, dataset
     assert (folder / "model.safetensors").is_file() and (folder / "README.md").is_file()
 
 
+def diverging_run(dataset: Path, folder: Path, capsys, *more: str) -> tuple[int, str]:
+    """A tiny run whose lr (1e30) makes the loss non-finite at step 2: its exit code and stderr."""
+    code = finetune_main([*TINY, *flags(dataset, folder), "--recipe", "full", "--stage_epochs", "3",
+                          "--learning_rate", "1e30", *more])
+    return code, capsys.readouterr().err
+
+
 def test_a_diverging_run_stops_before_the_next_checkpoint_and_publishes_nothing(dataset, tmp_path, capsys):
     folder = tmp_path / "out"
-    code = finetune_main([*TINY, *flags(dataset, folder), "--recipe", "full", "--stage_epochs", "3",
-                          "--learning_rate", "1e30", "--save_strategy", "steps", "--save_steps", "1"])
-    err = capsys.readouterr().err
+    code, err = diverging_run(dataset, folder, capsys, "--save_strategy", "steps", "--save_steps", "1")
     assert code == 1
     assert "training diverged at step 2 (stage 1, stem, layer1" in err and "lr then 1e+30): the loss was" in err
     assert "stopped at step 2. Nothing was saved after step 1" in err
     assert (folder / "checkpoint-1" / "run_facts.json").is_file(), "the last good checkpoint stays"
     assert not (folder / "checkpoint-2").exists()
+    assert not (folder / "model.safetensors").exists() and not (folder / "README.md").exists()
+
+
+def test_a_diverged_run_is_stopped_at_the_next_logging_step(dataset, tmp_path, capsys):
+    folder = tmp_path / "out"
+    code, err = diverging_run(dataset, folder, capsys, "--save_strategy", "no", "--logging_steps", "3")
+    assert code == 1
+    assert "training diverged at step 2 (stage 1" in err and "stopped at step 3." in err
     assert not (folder / "model.safetensors").exists() and not (folder / "README.md").exists()
 
 

@@ -52,7 +52,7 @@ class ArchitectureArguments:
     cbam_init: str = field(default="default", metadata={"help": "default (the paper's) or identity (each CBAM behind "
                                                        "a learnable gate at 0: the network starts as without it)."})
     zero_init_residual: bool = field(default=False, metadata={"help": "Each basic block's last BatchNorm scale starts "
-                                     "at 0, so the block starts as its shortcut (default off; fast: on)."})
+                                     "at 0, so the block starts as its shortcut (default off, fast's too)."})
     cbam_reduction: int = field(default=16, metadata={"help": "Channel-attention MLP reduction ratio."})
     cbam_kernel_size: int = field(default=7, metadata={"help": "Spatial-attention kernel size."})
 
