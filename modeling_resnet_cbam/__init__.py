@@ -1,6 +1,6 @@
 """ResNet with CBAM attention as a Hugging Face model; this folder travels to the Hub as it is."""
 
-from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
+from transformers import AutoBackbone, AutoConfig, AutoModel, AutoModelForImageClassification
 
 from .configuration_resnet_cbam import ResNetCBAMConfig
 from .modeling_resnet_cbam import (
@@ -8,6 +8,7 @@ from .modeling_resnet_cbam import (
     PARAMETER_GROUPS,
     BackboneLoadReport,
     ChannelAttention,
+    ResNetCBAMBackbone,
     ResNetCBAMForImageClassification,
     ResNetCBAMModel,
     ResNetCBAMPreTrainedModel,
@@ -17,12 +18,14 @@ from .modeling_resnet_cbam import (
 AutoConfig.register(ResNetCBAMConfig.model_type, ResNetCBAMConfig, exist_ok=True)
 AutoModel.register(ResNetCBAMConfig, ResNetCBAMModel, exist_ok=True)
 AutoModelForImageClassification.register(ResNetCBAMConfig, ResNetCBAMForImageClassification, exist_ok=True)
+AutoBackbone.register(ResNetCBAMConfig, ResNetCBAMBackbone, exist_ok=True)
 
 __all__ = [
     "CBAM",
     "PARAMETER_GROUPS",
     "BackboneLoadReport",
     "ChannelAttention",
+    "ResNetCBAMBackbone",
     "ResNetCBAMConfig",
     "ResNetCBAMForImageClassification",
     "ResNetCBAMModel",

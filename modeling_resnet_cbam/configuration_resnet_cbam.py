@@ -1,6 +1,7 @@
 """Configuration of a ResNet with CBAM attention (Woo et al., "CBAM: Convolutional Block Attention Module", 2018)."""
 
 from transformers import PreTrainedConfig
+from transformers.backbone_utils import BackboneConfigMixin
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2023, 0.1994, 0.2010)
@@ -9,7 +10,7 @@ CBAM_PLACEMENTS = ("stage", "block", "none")
 CBAM_INITS = ("default", "identity")
 
 
-class ResNetCBAMConfig(PreTrainedConfig):
+class ResNetCBAMConfig(BackboneConfigMixin, PreTrainedConfig):
     r"""
     Configuration of [`ResNetCBAMModel`] and [`ResNetCBAMForImageClassification`]: a torchvision-style ResNet
     built from basic blocks, with CBAM attention. The defaults give a CIFAR-10 ResNet18-CBAM
@@ -52,6 +53,12 @@ class ResNetCBAMConfig(PreTrainedConfig):
             Per-channel mean used to normalise inputs; written into `preprocessor_config.json`.
         image_std (`list[float]`, *optional*, defaults to the CIFAR-10 std):
             Per-channel standard deviation used to normalise inputs; written into `preprocessor_config.json`.
+        out_features (`list[str]`, *optional*):
+            For [`ResNetCBAMBackbone`]: the feature maps it returns, named after transformers' ResNet stages:
+            `"stem"`, then `"stage1"`..`"stage4"` (the outputs of layer1..layer4, each after its CBAM). Defaults to
+            `["stage4"]`; the other models ignore it.
+        out_indices (`list[int]`, *optional*):
+            The same as indices into `stage_names` (`0` is `"stem"`); give one of the two.
 
     Example:
 
@@ -78,6 +85,8 @@ class ResNetCBAMConfig(PreTrainedConfig):
     image_std: list[float] | tuple[float, ...] = CIFAR10_STD
 
     def __post_init__(self, **kwargs):
+        self.stage_names = ["stem", *(f"stage{index}" for index in range(1, 5))]
+        self.set_output_features_output_indices(kwargs.pop("out_features", None), kwargs.pop("out_indices", None))
         if self.id2label is None:
             kwargs.setdefault("num_labels", 10)
         self.depths = list(self.depths)

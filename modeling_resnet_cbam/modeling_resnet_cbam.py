@@ -17,6 +17,8 @@ import torchvision
 from torch import nn
 from transformers import BitImageProcessor, PreTrainedModel
 from transformers import initialization as init
+from transformers.backbone_utils import BackboneMixin
+from transformers.modeling_outputs import BackboneOutput
 from transformers.utils import ModelOutput
 
 from .configuration_resnet_cbam import ResNetCBAMConfig
@@ -35,6 +37,7 @@ AUTO_MAP = {
     "AutoConfig": "configuration_resnet_cbam.ResNetCBAMConfig",
     "AutoModel": "modeling_resnet_cbam.ResNetCBAMModel",
     "AutoModelForImageClassification": "modeling_resnet_cbam.ResNetCBAMForImageClassification",
+    "AutoBackbone": "modeling_resnet_cbam.ResNetCBAMBackbone",
 }
 
 
@@ -488,6 +491,54 @@ class ResNetCBAMForImageClassification(ResNetCBAMPreTrainedModel):
         return output if _or_default(return_dict, self.config.return_dict) else output.to_tuple()
 
 
+class ResNetCBAMBackbone(BackboneMixin, ResNetCBAMModel):
+    """[`ResNetCBAMModel`] as a transformers backbone: the feature maps named in `config.out_features` (`stem`,
+    `stage1`..`stage4`, each stage after its CBAM), for detection and segmentation heads. It loads a saved
+    classifier's weights (its classifier is left out), like transformers' `ResNetBackbone`:
+
+    ```python
+    >>> backbone = AutoBackbone.from_pretrained(folder, trust_remote_code=True, out_features=["stage2", "stage4"])
+    >>> backbone.channels, backbone.strides
+    ([128, 512], [2, 8])
+    ```
+    """
+
+    has_attentions = False  # the CBAM maps are the classifier's outputs (output_attentions), not a backbone's
+
+    def __init__(self, config: ResNetCBAMConfig):
+        super().__init__(config)
+        self.num_features = [64, *STAGE_WIDTHS]
+        stem_stride = 1 if config.stem == "cifar" else 4
+        self.feature_strides = [stem_stride, *(stem_stride * 2**index for index in range(len(STAGE_NAMES)))]
+
+    @property
+    def out_feature_strides(self) -> dict[str, int]:
+        """Each stage's stride: how many input pixels one feature-map position spans, along a side."""
+        return dict(zip(self.stage_names, self.feature_strides, strict=True))
+
+    @property
+    def strides(self) -> list[int]:
+        """The strides of the returned feature maps, in the order of `out_features` (as `channels`)."""
+        return [self.out_feature_strides[name] for name in self.out_features]
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> BackboneOutput | tuple:
+        features = ResNetCBAMModel.forward(self, pixel_values, output_hidden_states=True, return_dict=True)
+        hidden_states = features.hidden_states  # (BackboneMixin.forward, next in line, is abstract)
+        output = BackboneOutput(
+            feature_maps=tuple(hidden_states[self.stage_names.index(name)] for name in self.out_features),
+            hidden_states=hidden_states if _or_default(output_hidden_states, self.config.output_hidden_states)
+            else None,
+        )
+        return output if _or_default(return_dict, self.config.return_dict) else output.to_tuple()
+
+
 def _or_default(value: bool | None, default: bool) -> bool:
     return default if value is None else value
 
@@ -495,12 +546,14 @@ def _or_default(value: bool | None, default: bool) -> bool:
 ResNetCBAMConfig.register_for_auto_class()
 ResNetCBAMModel.register_for_auto_class("AutoModel")
 ResNetCBAMForImageClassification.register_for_auto_class("AutoModelForImageClassification")
+ResNetCBAMBackbone.register_for_auto_class("AutoBackbone")
 
 __all__ = [
     "CBAM",
     "PARAMETER_GROUPS",
     "BackboneLoadReport",
     "ChannelAttention",
+    "ResNetCBAMBackbone",
     "ResNetCBAMForImageClassification",
     "ResNetCBAMModel",
     "ResNetCBAMPreTrainedModel",

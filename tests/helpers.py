@@ -61,7 +61,10 @@ STANDALONE_LOAD = textwrap.dedent("""
     sys.meta_path.insert(0, BlockProject())
     import numpy as np, torch
     from PIL import Image
-    from transformers import AutoModel, AutoModelForImageClassification, pipeline
+    from unittest import mock
+    from transformers import AutoBackbone, AutoModel, AutoModelForImageClassification, pipeline
+    from transformers.dynamic_module_utils import get_class_from_dynamic_module
+    from transformers.models.auto import auto_factory
     folder, x_file = sys.argv[1], sys.argv[2]
     try:
         import modeling_resnet_cbam
@@ -74,6 +77,14 @@ STANDALONE_LOAD = textwrap.dedent("""
     as_tuples = AutoModelForImageClassification.from_pretrained(folder, trust_remote_code=True,
                                                                 return_dict=False).eval()
     classify = pipeline("image-classification", model=folder, trust_remote_code=True)
+    # AutoBackbone.from_pretrained first asks the Hub whether the name is a repository (a local folder never is):
+    # the Hub's answer for a published model is the one thing this offline process stands in for.
+    with mock.patch.object(auto_factory, "hf_api") as hub:
+        hub.return_value.repo_exists.return_value = True
+        backbone = AutoBackbone.from_pretrained(folder, trust_remote_code=True, out_features=["stem", "stage2",
+                                                                                              "stage4"]).eval()
+    local_class = get_class_from_dynamic_module("modeling_resnet_cbam.ResNetCBAMBackbone", folder)
+    local = local_class.from_pretrained(folder, out_indices=[1, 3]).eval()
     image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (45, 37), dtype=np.uint8))  # grayscale
     with torch.no_grad():
         print(json.dumps({
@@ -81,6 +92,9 @@ STANDALONE_LOAD = textwrap.dedent("""
             "logits": classifier(x).logits.tolist(), "pooled": base(x).pooler_output.tolist(),
             "tuple": [type(as_tuples(x)).__name__, as_tuples(x)[0].tolist()],
             "pipeline": classify(image, top_k=3),
+            "backbone": [type(backbone).__name__, backbone.channels, backbone.strides, local.out_features],
+            "feature_maps": [f.tolist() for f in backbone(x).feature_maps],
+            "local_maps": [f.tolist() for f in local(x).feature_maps],
         }))
 """)
 

@@ -10,6 +10,7 @@ from torch.nn import functional as F
 from modeling_resnet_cbam import (
     CBAM,
     PARAMETER_GROUPS,
+    ResNetCBAMBackbone,
     ResNetCBAMConfig,
     ResNetCBAMForImageClassification,
     ResNetCBAMModel,
@@ -135,7 +136,7 @@ def test_save_and_reload_are_identical(tmp_path):
         "preprocessor_config.json",
     ]
     auto_map = json.loads((folder / "config.json").read_text())["auto_map"]
-    assert set(auto_map) == {"AutoConfig", "AutoModel", "AutoModelForImageClassification"}
+    assert set(auto_map) == {"AutoConfig", "AutoModel", "AutoModelForImageClassification", "AutoBackbone"}
     reloaded = ResNetCBAMForImageClassification.from_pretrained(folder).eval()
     original, again = model.state_dict(), reloaded.state_dict()
     assert original.keys() == again.keys()
@@ -162,6 +163,11 @@ def test_saved_folder_loads_alone_with_auto_classes_and_pipeline(tmp_path):
     assert result["tuple"][0] == "tuple", "return_dict=False in the config gives tuples, logits first"
     assert {p["label"] for p in result["pipeline"]} == {"a", "b", "c"}
     assert sum(p["score"] for p in result["pipeline"]) == pytest.approx(1.0, abs=1e-4)
+    assert result["backbone"] == ["ResNetCBAMBackbone", [64, 128, 512], [1, 2, 8], ["stage1", "stage3"]]
+    with torch.no_grad():
+        stages = model(x, output_hidden_states=True).hidden_states  # stem, then layer1..layer4 after CBAM
+    for got, index in zip(result["feature_maps"] + result["local_maps"], [0, 2, 4, 1, 3], strict=True):
+        torch.testing.assert_close(torch.tensor(got), stages[index])
 
 
 def test_return_dict_false_gives_tuples_at_both_levels():
@@ -287,3 +293,35 @@ def test_zero_init_residual_starts_every_block_as_its_shortcut_and_is_off_by_def
     default = ResNetCBAMForImageClassification(ResNetCBAMConfig(depths=[1, 1, 1, 1]))
     assert (default.resnet_cbam.backbone.layer1[0].bn2.weight == 1).all()
     assert (model.resnet_cbam.backbone.layer1[0].bn1.weight == 1).all(), "only the block's last BatchNorm is zeroed"
+
+
+@pytest.mark.parametrize("stem, size, strides", [("cifar", 32, [1, 1, 2, 4, 8]), ("imagenet", 64, [4, 4, 8, 16, 32])])
+def test_backbone_reports_the_channels_and_strides_of_its_feature_maps(stem, size, strides):
+    config = ResNetCBAMConfig(depths=[1, 1, 1, 1], stem=stem, image_size=size,
+                              out_features=["stem", "stage1", "stage2", "stage3", "stage4"])
+    backbone = ResNetCBAMBackbone(config).eval()
+    with torch.no_grad():
+        maps = backbone(tiny_input(config)).feature_maps
+    assert backbone.channels == [f.shape[1] for f in maps] == [64, 64, 128, 256, 512]
+    assert backbone.strides == [size // f.shape[-1] for f in maps] == strides
+
+
+def test_backbone_out_features_are_validated_and_saved(tmp_path):
+    _, folder = saved_model(tmp_path)
+    assert ResNetCBAMBackbone.from_pretrained(folder).out_features == ["stage4"]  # transformers' default: the last
+    with pytest.raises(ValueError, match="out_features must be a subset of stage_names"):
+        ResNetCBAMBackbone.from_pretrained(folder, out_features=["layer4"])  # torchvision's name, not the stage's
+    with pytest.raises(ValueError, match="same order as stage_names"):
+        ResNetCBAMConfig(out_features=["stage3", "stage1"])
+    with pytest.raises(ValueError, match="out_indices must be valid indices"):
+        ResNetCBAMConfig(out_indices=[7])
+    backbone = ResNetCBAMBackbone.from_pretrained(folder, out_indices=[0, 2])
+    assert backbone.out_features == ["stem", "stage2"]
+    backbone.save_pretrained(tmp_path / "backbone")
+    again = ResNetCBAMBackbone.from_pretrained(tmp_path / "backbone")
+    assert (again.out_features, again.out_indices) == (["stem", "stage2"], [0, 2])
+    x = tiny_input(backbone.config)
+    with torch.no_grad():
+        as_tuple = again(x, return_dict=False)
+        torch.testing.assert_close(as_tuple[0][1], backbone(x).feature_maps[1])
+        assert backbone(x).hidden_states is None and len(backbone(x, output_hidden_states=True).hidden_states) == 5
