@@ -122,10 +122,10 @@ def load_script(name: str) -> ModuleType:
     return script
 
 
-def run_script(name: str, *args: str) -> subprocess.CompletedProcess:
-    """One of scripts/ in a fresh process, as a user runs it."""
+def run_script(name: str, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """One of scripts/ in a fresh process, as a user runs it (in `env`, if given)."""
     return subprocess.run([sys.executable, str(ROOT / "scripts" / name), *args], capture_output=True, text=True,
-                          timeout=300)
+                          timeout=300, env=env)
 
 
 def flags(dataset: Path, output_dir: Path, *more: str) -> list[str]:

@@ -22,6 +22,7 @@ from training import stages
 from training.data import DataArguments
 from training.hardware import bf16_is_fast, default_num_workers, launch
 from training.inference import check_tta
+from training.onnx_export import require_onnx
 from training.optimizers import OptimizerSpec
 
 
@@ -127,7 +128,8 @@ RECIPE_FIELDS = {
     "optim_args", "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon", "label_smoothing_factor",
     "max_grad_norm", "per_device_train_batch_size", "gradient_accumulation_steps", "seed", "bf16", "use_cpu",
     "push_to_hub", "hub_model_id", "hub_token", "hub_private_repo", "resume_from_checkpoint", "output_dir",
-}  # and this project's own: channels_last, data_on_device, overwrite_output_dir, allow_changed_run, ema_decay, tta
+}  # and this project's own: channels_last, data_on_device, overwrite_output_dir, allow_changed_run, ema_decay, tta,
+# export_onnx
 # Passed to the Trainer as they are, and known to work with this recipe.
 TRAINER_FIELDS = {
     "per_device_eval_batch_size", "tf32", "torch_compile", "torch_compile_backend", "torch_compile_mode",
@@ -277,9 +279,16 @@ class FinetuneTrainingArguments(TrainingArguments):
         default="none", metadata={"help": "Test-time augmentation of every evaluation: none (default) or flip (the "
                                   "mean of the softmax of each image and its mirror)."}
     )
+    export_onnx: bool = field(
+        default=False, metadata={"help": "At the end, also write model.onnx and model.onnx.json into --output_dir "
+                                 "(as scripts/export_onnx.py, checked against PyTorch; needs the onnx extra); the "
+                                 "push sends them."}
+    )
 
     def __post_init__(self):
         self._refuse_unsupported()
+        if self.export_onnx:
+            require_onnx()  # now, not after the training
         self.optimizer = OptimizerSpec.from_args(self)
         if launch().distributed and not torch.cuda.is_available():
             self.use_cpu = True  # launched as DDP on a machine without GPUs: CPU processes over gloo (MULTI_CPU)

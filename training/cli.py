@@ -4,6 +4,7 @@ import logging
 import signal
 import sys
 from contextlib import contextmanager
+from pathlib import Path
 
 import transformers
 
@@ -12,6 +13,7 @@ from training.checkpoints import WriteError, last_complete_checkpoint, mark_comp
 from training.hardware import configure_threads
 from training.hub import HubError, check_push_access, push_folder
 from training.lock import run_lock
+from training.onnx_export import ParityError, export_run
 from training.outputs import write_run_outputs
 from training.run import prepare_run, train_and_evaluate
 from training.trainer import DivergenceError
@@ -102,7 +104,18 @@ def _finetune(model_args, data_args, stage_args, training_args) -> int:
     split = record.eval_split
     logger.info("final %s accuracy %.2f%% after %.0f s of training; model in %s", split,
                 100 * record.metrics[f"{split}_accuracy"], record.metrics["train_wall_seconds"], record.output_dir)
-    if not run.trainer.is_world_process_zero() or not push:
+    if not run.trainer.is_world_process_zero():
+        return 0
+    if training_args.export_onnx:
+        try:
+            logger.info("%s", export_run(record.output_dir))
+        except (ValueError, ParityError, OSError) as error:  # the model is saved: only the export is missing
+            print(f"error: the ONNX export failed: {error}; the model is saved in {record.output_dir}: export it "
+                  f"with `python scripts/export_onnx.py --model {record.output_dir} --output "
+                  f"{Path(record.output_dir) / 'model.onnx'}`" + (" and push the folder with scripts/push.py"
+                                                                  if push else ""), file=sys.stderr)
+            return 1
+    if not push:
         return 0
     try:
         url = push_folder(record.output_dir, training_args.hub_model_id, training_args.hub_token)

@@ -41,7 +41,8 @@ def load_model(name_or_path: str, device: str | None = None):
         model = AutoModelForImageClassification.from_pretrained(name_or_path, trust_remote_code=True)
         processor = AutoImageProcessor.from_pretrained(name_or_path)
     except (OSError, ValueError) as error:  # no such folder, not a model folder, unknown or unreachable Hub id
-        raise ValueError(f"--model {name_or_path}: no model could be loaded from it ({str(error)[:300]}); give a "
+        why = " ".join(str(error).split())[:300]  # one line: transformers' messages span several
+        raise ValueError(f"--model {name_or_path}: no model could be loaded from it ({why}); give a "
                          "folder written by scripts/finetune.py or save_pretrained, or a Hub model id") from error
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     return model.to(device).eval(), processor
