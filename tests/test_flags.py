@@ -5,19 +5,28 @@ import dataclasses
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
 
 import pytest
 import torch
-from helpers import ROOT, STEPS_PER_EPOCH, assert_follows_schedule, assert_same_weights, flags
+from helpers import ROOT, STEPS_PER_EPOCH, assert_follows_schedule, assert_same_weights, flags, run_script
 from tiny_run import run
 from torch.nn import functional as F
 from transformers import TrainingArguments
 
 from modeling_resnet_cbam import ResNetCBAMConfig, ResNetCBAMForImageClassification
-from training.arguments import RECIPE_FIELDS, REFUSED_FIELDS, TRAINER_FIELDS, build_schedule, parse_arguments
+from training.arguments import (
+    ARGUMENTS,
+    RECIPE_FIELDS,
+    REFUSED_FIELDS,
+    TRAINER_FIELDS,
+    TRAINER_GROUP,
+    build_schedule,
+    parse_arguments,
+)
 from training.cli import finetune_main
 from training.stages import GROUPS, Schedule, ScheduleError, Stage
 
@@ -26,6 +35,31 @@ SGD = ["--optim", "sgd", "--optim_args", "momentum=0.9,nesterov=True", "--weight
 
 def tiny_model() -> ResNetCBAMForImageClassification:
     return ResNetCBAMForImageClassification(ResNetCBAMConfig(depths=[1, 1, 1, 1], image_size=16, num_labels=4))
+
+
+def test_help_shows_this_projects_flags_first_then_the_trainers_then_the_refused_once():
+    done = run_script("finetune.py", "--help", env={**os.environ, "COLUMNS": "80"})
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    shown = {line.split()[0]: number for number, line in enumerate(lines, 1) if line.startswith("  --")}
+    trainer_fields = {f.name for f in dataclasses.fields(TrainingArguments)}
+    own = [f.name for dtype in ARGUMENTS for f in dataclasses.fields(dtype) if f.init and (
+        f.name not in trainer_fields or f.name in RECIPE_FIELDS)]
+    assert {"--tta", "--ema_decay", "--data_on_device", "--export_onnx", "--scale_lr_with_batch",
+            "--allow_changed_run", "--overwrite_output_dir", "--optim"} <= {f"--{name}" for name in own}
+    assert max(shown[f"--{name}"] for name in own) < 200, "every project flag within the first 200 lines"
+    trainer_header = lines.index(f"{TRAINER_GROUP}:")
+    assert max(shown[f"--{name}"] for name in own) < trainer_header < min(shown[f"--{n}"] for n in TRAINER_FIELDS)
+    epilog = done.stdout[done.stdout.index("refused (set to anything but its default"):]
+    entries = [" ".join(entry.split()) for entry in re.split(r"\n  (?=--)", epilog)[1:]]  # "--a, --b: reason"
+    listed = [name for entry in entries for name in entry.split(": ", 1)[0].split(", ")]
+    assert sorted(listed) == sorted(f"--{name}" for name in REFUSED_FIELDS), "each refused flag listed once"
+    for name, reason in REFUSED_FIELDS.items():
+        assert f"--{name}" not in shown, f"--{name} is refused: listed with its reason, not as a flag"
+        reason = " ".join(reason.split())
+        assert any(f"--{name}" in entry.split(": ", 1)[0] and entry.endswith(reason) for entry in entries)
+    optim = "--optim VALUE adamw_torch_fused, adamw_torch (AdamW) or sgd; others are refused."
+    assert optim in " ".join(done.stdout.split()), "the recipe's fields say what they do here"
 
 
 def test_every_training_argument_is_classified_exactly_once():

@@ -10,6 +10,7 @@ import dataclasses
 import json
 import math
 import sys
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -261,7 +262,7 @@ class FinetuneTrainingArguments(TrainingArguments):
     )
     data_on_device: bool | None = field(
         default=None, metadata={"help": "Decode small images (<= 64x64) once into a tensor on the training device "
-                                "and augment there with kornia: no PIL work per step. Default: on for such images."}
+                                "and augment there (no PIL work per step). Default: on for such images."}
     )
     overwrite_output_dir: bool = field(
         default=False, metadata={"help": "Replace a previous run in --output_dir (deleted once the new run has "
@@ -359,10 +360,84 @@ class FinetuneTrainingArguments(TrainingArguments):
 ARGUMENTS = (ModelArguments, DataArguments, StageArguments, FinetuneTrainingArguments)
 
 
+# The help of the TrainingArguments fields the recipe reads, as they work here (transformers' own texts describe the
+# Trainer's behaviour, which the recipe replaces: e.g. its --optim list, or a push at every save).
+RECIPE_HELP = {
+    "lr_scheduler_kwargs": 'JSON: {"min_lr_rate": x} (cosine\'s floor) or {"start_factor": x} (where warmup starts).',
+    "optim": "adamw_torch_fused, adamw_torch (AdamW) or sgd; others are refused.",
+    "optim_args": "For sgd: momentum, nesterov, dampening, e.g. momentum=0.9,nesterov=True.",
+    "weight_decay": "On weights of 2+ dimensions only (never BatchNorm, biases); decoupled for AdamW, L2 for SGD.",
+    "adam_beta1": "AdamW's beta1; refused with sgd.",
+    "adam_beta2": "AdamW's beta2; refused with sgd.",
+    "adam_epsilon": "AdamW's epsilon; refused with sgd.",
+    "gradient_accumulation_steps": "Steps per update; the schedule counts updates.",
+    "label_smoothing_factor": "Label smoothing of the cross-entropy (training and evaluation loss).",
+    "push_to_hub": "Push the finished folder once, at the end (access checked before training).",
+    "hub_model_id": "The Hub repository to push to (user/name).",
+    "hub_token": "The Hub token; default: the logged-in one.",
+    "hub_private_repo": "Create the Hub repository as private, if it does not exist yet.",
+    "seed": "Seeds the model's init, the data order and the augmentation.",
+    "use_cpu": "Train on the CPU even where a GPU is present.",
+    "resume_from_checkpoint": "A checkpoint folder, or last: the newest complete one in --output_dir.",
+}
+OWN_TRAINING_GROUP = ("training (this recipe's: optimizer, rates, loss and batch; precision and data placement; EMA; "
+                      "TTA; the run folder, resume and push; ONNX export)")
+TRAINER_GROUP = "Trainer (transformers TrainingArguments, passed to the Trainer as they are)"
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """One name per flag (`--flag VALUE`, not also `--flag-name FLAG_NAME`), no "(default: None)", and the epilog
+    as written: a help a user reads from the top."""
+
+    def _format_action_invocation(self, action: argparse.Action) -> str:
+        if not action.option_strings or action.nargs == 0:  # a positional, or --help
+            return super()._format_action_invocation(action)
+        value = "[BOOL]" if action.nargs == "?" else "VALUE ..." if action.nargs in ("+", "*") else "VALUE"
+        return f"{action.option_strings[0]} {value}"
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None or action.default == argparse.SUPPRESS:
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
+def build_parser() -> HfArgumentParser:
+    """The parser of scripts/finetune.py, its --help in the order a user reads it: model, data, stages, this
+    project's training flags, then the Trainer's own fields passed through, then the refused ones, listed once."""
+    parser = HfArgumentParser(ARGUMENTS, formatter_class=HelpFormatter, usage="%(prog)s [--flag VALUE ...]  |  "
+                              "%(prog)s ARGS.json|ARGS.yaml", epilog=_refused_epilog(),
+                              description="Fine-tune a ResNet18-CBAM on an image-classification dataset.")
+    # argparse has no public way to move a flag between groups; its groups are plain lists of actions
+    trainer = next(g for g in parser._action_groups if g.title == FinetuneTrainingArguments._argument_group_name)
+    own = parser.add_argument_group(OWN_TRAINING_GROUP)
+    for action in list(trainer._group_actions):
+        if action.dest in REFUSED_FIELDS:
+            action.help = argparse.SUPPRESS  # listed in the epilog, with the reason
+        elif action.dest not in TRAINER_FIELDS and action.dest != "help":
+            trainer._group_actions.remove(action)
+            own._group_actions.append(action)
+            action.help = RECIPE_HELP.get(action.dest, action.help)
+    trainer.title = TRAINER_GROUP
+    parser._action_groups.remove(own)
+    parser._action_groups.insert(parser._action_groups.index(trainer), own)
+    return parser
+
+
+def _refused_epilog() -> str:
+    by_reason: dict[str, list[str]] = {}
+    for name, reason in REFUSED_FIELDS.items():
+        by_reason.setdefault(reason, []).append(f"--{name}")
+    lines = ["refused (set to anything but its default, each stops the script with its reason):"]
+    for reason, names in by_reason.items():
+        lines += textwrap.wrap(f"{', '.join(names)}: {reason}", width=100, initial_indent="  ", break_on_hyphens=False,
+                               subsequent_indent="      ")
+    return "\n".join(lines)
+
+
 def parse_arguments(argv: list[str] | None = None):
     """Flags, or a single .json / .yaml file holding them all: (model, data, stage, training) arguments. The recipe's
     defaults (RECIPE_DEFAULTS) apply to every flag not given."""
-    parser = HfArgumentParser(ARGUMENTS)
+    parser = build_parser()
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) == 1 and argv[0].endswith((".json", ".yaml", ".yml")):
         path = Path(argv[0])
