@@ -9,9 +9,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from transformers import HfArgumentParser
-
-from training.arguments import check_at_least
+from training.arguments import check_at_least, script_parser
 from training.inference import model_and_images, preprocess_image, save_attention_map
 
 
@@ -29,7 +27,7 @@ class AttentionArguments:
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        parser = HfArgumentParser(AttentionArguments)
+        parser = script_parser(AttentionArguments)
         args, paths = parser.parse_args_into_dataclasses(argv, return_remaining_strings=True)
         model, processor, files = model_and_images(args.model, paths, args.device)
         if not model.cbam_names:

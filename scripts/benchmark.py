@@ -14,9 +14,7 @@ import json
 import sys
 from dataclasses import asdict, dataclass, field
 
-from transformers import HfArgumentParser
-
-from training.arguments import check_at_least
+from training.arguments import check_at_least, script_parser
 from training.benchmark import run_benchmark
 
 
@@ -40,7 +38,7 @@ class BenchmarkArguments:
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        (args,) = HfArgumentParser(BenchmarkArguments).parse_args_into_dataclasses(argv)
+        (args,) = script_parser(BenchmarkArguments).parse_args_into_dataclasses(argv)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -10,8 +10,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from transformers import HfArgumentParser
-
+from training.arguments import script_parser
 from training.plots import accuracy_over_time, plot_accuracy_over_time
 
 
@@ -22,7 +21,7 @@ class CompareArguments:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args, runs = HfArgumentParser(CompareArguments).parse_known_args(argv)
+    args, runs = script_parser(CompareArguments).parse_known_args(argv)
     histories = {}
     for run in runs:
         folder, _, label = run.partition("=")

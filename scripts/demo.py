@@ -10,9 +10,7 @@ The model is loaded once, as a user loads it (trust_remote_code), and kept in me
 import sys
 from dataclasses import dataclass, field
 
-from transformers import HfArgumentParser
-
-from training.arguments import check_at_least
+from training.arguments import check_at_least, script_parser
 from training.inference import image_files
 
 
@@ -37,7 +35,7 @@ class DemoArguments:
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        args = HfArgumentParser(DemoArguments).parse_args_into_dataclasses(argv)[0]
+        args = script_parser(DemoArguments).parse_args_into_dataclasses(argv)[0]
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

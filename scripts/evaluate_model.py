@@ -13,9 +13,7 @@ import json
 import sys
 from dataclasses import dataclass, field
 
-from transformers import HfArgumentParser
-
-from training.arguments import check_at_least
+from training.arguments import check_at_least, script_parser
 from training.data import DataArguments
 from training.inference import check_tta, evaluate_split, evaluation_report, load_model
 from training.plots import plot_confusion_matrix
@@ -39,7 +37,7 @@ class EvaluateArguments:
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        args, data_args = HfArgumentParser((EvaluateArguments, DataArguments)).parse_args_into_dataclasses(argv)
+        args, data_args = script_parser((EvaluateArguments, DataArguments)).parse_args_into_dataclasses(argv)
         model, processor = load_model(args.model, args.device)
         result = evaluate_split(model, processor, data_args, args.split, args.seed, args.batch_size, args.tta)
     except ValueError as error:  # DataError included: a bad split, column, label set or image, named

@@ -10,8 +10,7 @@ model, output path or environment it cannot use.
 import sys
 from dataclasses import dataclass, field
 
-from transformers import HfArgumentParser
-
+from training.arguments import script_parser
 from training.inference import load_model
 from training.onnx_export import TOLERANCE, ParityError, check_output, export_onnx, require_onnx, speed_against_torch
 
@@ -43,7 +42,7 @@ class ExportArguments:
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        (args,) = HfArgumentParser(ExportArguments).parse_args_into_dataclasses(argv)
+        (args,) = script_parser(ExportArguments).parse_args_into_dataclasses(argv)
         require_onnx()
         check_output(args.output, args.overwrite)  # before the model loads
         model, processor = load_model(args.model, device="cpu")

@@ -9,9 +9,8 @@ import sys
 from dataclasses import dataclass, field
 
 import torch
-from transformers import HfArgumentParser
 
-from training.arguments import check_at_least
+from training.arguments import check_at_least, script_parser
 from training.data import DataArguments, data_facts, data_report, load_image_data
 from training.plots import save_image_grid
 
@@ -30,7 +29,7 @@ class InspectArguments:
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        data_args, args = HfArgumentParser((DataArguments, InspectArguments)).parse_args_into_dataclasses(argv)
+        data_args, args = script_parser((DataArguments, InspectArguments)).parse_args_into_dataclasses(argv)
         torch.manual_seed(args.seed)
         data = load_image_data(data_args, seed=args.seed)
     except ValueError as error:  # DataError included

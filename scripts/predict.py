@@ -11,9 +11,8 @@ import sys
 from dataclasses import asdict, dataclass, field
 
 from tqdm.auto import tqdm
-from transformers import HfArgumentParser
 
-from training.arguments import check_at_least
+from training.arguments import check_at_least, script_parser
 from training.inference import check_tta, model_and_images, predict_files
 
 
@@ -34,7 +33,7 @@ class PredictArguments:
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        parser = HfArgumentParser(PredictArguments)
+        parser = script_parser(PredictArguments)
         args, paths = parser.parse_args_into_dataclasses(argv, return_remaining_strings=True)
         model, processor, files = model_and_images(args.model, paths, args.device)
     except ValueError as error:

@@ -7,8 +7,7 @@ python scripts/push.py outputs/cifar10 --space your-name/resnet-cbam-cifar10-dem
 import sys
 from dataclasses import dataclass, field
 
-from transformers import HfArgumentParser
-
+from training.arguments import script_parser
 from training.hub import HubError, check_push_access, push_folder, push_space
 
 
@@ -24,7 +23,7 @@ class PushArguments:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args, folders = HfArgumentParser(PushArguments).parse_known_args(argv)
+    args, folders = script_parser(PushArguments).parse_known_args(argv)
     if len(folders) != 1 or folders[0].startswith("--"):
         print(f"error: give one output folder (got {folders})", file=sys.stderr)
         return 2

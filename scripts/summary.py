@@ -9,10 +9,9 @@ import sys
 from dataclasses import dataclass, field
 
 from torchinfo import summary
-from transformers import HfArgumentParser
 
 from modeling_resnet_cbam import ResNetCBAMConfig, ResNetCBAMForImageClassification
-from training.arguments import ArchitectureArguments, check_at_least
+from training.arguments import ArchitectureArguments, check_at_least, script_parser
 
 
 @dataclass
@@ -30,7 +29,7 @@ class SummaryArguments:
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        args, architecture = HfArgumentParser((SummaryArguments, ArchitectureArguments)).parse_args_into_dataclasses(
+        args, architecture = script_parser((SummaryArguments, ArchitectureArguments)).parse_args_into_dataclasses(
             argv)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)

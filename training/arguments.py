@@ -395,18 +395,26 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
         value = "[BOOL]" if action.nargs == "?" else "VALUE ..." if action.nargs in ("+", "*") else "VALUE"
         return f"{action.option_strings[0]} {value}"
 
+    def add_usage(self, usage, actions, groups, prefix=None):
+        super().add_usage(usage or "%(prog)s [--flag VALUE ...]", actions, groups, prefix)
+
     def _get_help_string(self, action: argparse.Action) -> str:
         if action.default is None or action.default == argparse.SUPPRESS:
             return action.help or ""
         return super()._get_help_string(action)
 
 
+def script_parser(dataclass_types, **kwargs) -> HfArgumentParser:
+    """The HfArgumentParser of a script, with the project's help layout."""
+    return HfArgumentParser(dataclass_types, formatter_class=HelpFormatter, **kwargs)
+
+
 def build_parser() -> HfArgumentParser:
     """The parser of scripts/finetune.py, its --help in the order a user reads it: model, data, stages, this
     project's training flags, then the Trainer's own fields passed through, then the refused ones, listed once."""
-    parser = HfArgumentParser(ARGUMENTS, formatter_class=HelpFormatter, usage="%(prog)s [--flag VALUE ...]  |  "
-                              "%(prog)s ARGS.json|ARGS.yaml", epilog=_refused_epilog(),
-                              description="Fine-tune a ResNet18-CBAM on an image-classification dataset.")
+    parser = script_parser(ARGUMENTS, usage="%(prog)s [--flag VALUE ...]  |  %(prog)s ARGS.json|ARGS.yaml",
+                           epilog=_refused_epilog(),
+                           description="Fine-tune a ResNet18-CBAM on an image-classification dataset.")
     # argparse has no public way to move a flag between groups; its groups are plain lists of actions
     trainer = next(g for g in parser._action_groups if g.title == FinetuneTrainingArguments._argument_group_name)
     own = parser.add_argument_group(OWN_TRAINING_GROUP)

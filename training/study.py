@@ -18,9 +18,7 @@ import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from transformers import HfArgumentParser
-
-from training.arguments import _comma_list, check_at_least
+from training.arguments import _comma_list, check_at_least, script_parser
 from training.checkpoints import last_complete_checkpoint
 from training.plots import epoch_entries, plot_study
 
@@ -277,7 +275,7 @@ def study_main(argv: list[str] | None = None) -> int:
     from training.cli import finetune_main, setup_logging
 
     try:
-        (args,) = HfArgumentParser(StudyArguments).parse_args_into_dataclasses(argv)
+        (args,) = script_parser(StudyArguments).parse_args_into_dataclasses(argv)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
