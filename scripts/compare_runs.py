@@ -2,7 +2,9 @@
 
     python scripts/compare_runs.py runs/fast=fast runs/full=full --plot docs/accuracy_vs_time.png
 
-Each run is an output folder of scripts/finetune.py (its trainer_state.json), optionally with =LABEL.
+Each run is an output folder of scripts/finetune.py (its trainer_state.json), optionally with =LABEL; a record
+kept by `docs/render.py --record` works the same. `--summary true` prints one row per run instead: its final
+accuracy, training time and speed (all_results.json), and the command that made it (a record's run.json).
 """
 
 import json
@@ -18,6 +20,7 @@ from training.plots import accuracy_over_time, plot_accuracy_over_time
 class CompareArguments:
     plot: str | None = field(default=None, metadata={"help": "Write the plot as PNG."})
     title: str = field(default="", metadata={"help": "The plot's title."})
+    summary: bool = field(default=False, metadata={"help": "One row per run: final accuracy, minutes, images/s."})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,6 +33,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {folder}: no trainer_state.json (not a run of scripts/finetune.py)", file=sys.stderr)
             return 2
         histories[label or Path(folder).name] = json.loads(state.read_text())["log_history"]
+    if args.summary:
+        print_summary([(Path(folder), label or Path(folder).name) for folder, _, label in
+                       (run.partition("=") for run in runs)])
+        return 0
     print("| run | epoch | minutes | validation accuracy |\n|---|---|---|---|")
     for label, history in histories.items():
         for epoch, seconds, accuracy in accuracy_over_time(history):
@@ -37,6 +44,33 @@ def main(argv: list[str] | None = None) -> int:
     if args.plot:
         plot_accuracy_over_time(histories, args.plot, args.title)
     return 0
+
+
+def print_summary(runs: list[tuple[Path, str]]) -> None:
+    """One row per run; the flags every run shares (the --output_dir aside) are said once, above the table."""
+    flags = {label: _flags(folder) for folder, label in runs}
+    shared = [flag for flag in next(iter(flags.values()), []) if all(flag in f for f in flags.values())]
+    if shared:
+        print(f"every run: `accelerate launch scripts/finetune.py {' '.join(shared)}`, plus its flags\n")
+    print("| run | final accuracy | training minutes | images/s | its flags |\n|---|---|---|---|---|")
+    for folder, label in runs:
+        results = json.loads((folder / "all_results.json").read_text())
+        split, own = results["eval_split"], " ".join(flag for flag in flags[label] if flag not in shared)
+        print(f"| {label} | {100 * results[f'{split}_accuracy']:.2f}% ({split}) | "
+              f"{results['train_wall_seconds'] / 60:.1f} | {results['train_samples_per_second']:.0f} | "
+              f"{f'`{own}`' if own else ''} |")
+
+
+def _flags(folder: Path) -> list[str]:
+    """The flags of a record's command (run.json), each with its value, without --output_dir."""
+    facts = json.loads((folder / "run.json").read_text()) if (folder / "run.json").is_file() else {}
+    words = facts.get("command", "").partition("scripts/finetune.py")[2].split()
+    pairs, index = [], 0
+    while index < len(words):
+        takes_value = index + 1 < len(words) and not words[index + 1].startswith("--")
+        pairs.append(" ".join(words[index:index + 1 + takes_value]))
+        index += 1 + takes_value
+    return [pair for pair in pairs if not pair.startswith("--output_dir")]
 
 
 if __name__ == "__main__":
