@@ -4,7 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
-from helpers import hub_layout_folder, tiny_dataset
+from helpers import hub_layout_folder, load_script, tiny_dataset
 from huggingface_hub import HfApi
 from tiny_run import TINY
 
@@ -133,3 +133,20 @@ def test_push_script_refuses_without_a_token_and_names_the_reason(finished, tmp_
     done = subprocess.run([sys.executable, str(Path(cli.__file__).parents[1] / "scripts" / "push.py"), str(finished),
                            "--hub_model_id", "someone/model"], capture_output=True, text=True, timeout=120, env=env)
     assert done.returncode == 2 and "cannot push to the Hub: no valid token" in done.stderr
+
+
+def test_compare_runs_summary_gives_each_runs_final_figures_and_own_flags(finished, tmp_path, capsys):
+    import shutil
+
+    compare = load_script("compare_runs")
+    results = json.loads((finished / "all_results.json").read_text())
+    for name, extra in (("a", "--seed 1"), ("b", "--seed 2 --tta flip")):
+        shutil.copytree(finished, tmp_path / name, ignore=shutil.ignore_patterns("*.safetensors", "space", "plots"))
+        (tmp_path / name / "run.json").write_text(json.dumps(
+            {"command": f"accelerate launch scripts/finetune.py --recipe fast --output_dir runs/{name} {extra}"}))
+    assert compare.main(["--summary", "true", str(tmp_path / "a"), f"{tmp_path / 'b'}=second"]) == 0
+    out = capsys.readouterr().out
+    assert "every run: `accelerate launch scripts/finetune.py --recipe fast`, plus its flags" in out
+    accuracy, minutes = 100 * results["test_accuracy"], results["train_wall_seconds"] / 60
+    assert f"| a | {accuracy:.2f}% (test) | {minutes:.1f} |" in out and "| `--seed 1` |" in out
+    assert f"| second | {accuracy:.2f}% (test) | {minutes:.1f} |" in out and "| `--seed 2 --tta flip` |" in out
