@@ -12,6 +12,8 @@ A page marks each output it shows:
     <!-- /render -->
 
 or, for a command that prints markdown (a table), `<!-- render-md: COMMAND -->`: its output goes in as markdown.
+A command must exit with 0, or with the code its marker gives (`<!-- render exit=1: ... -->`, for an example of a
+documented failure).
 
 COMMAND runs with bash in the repository root, offline, one block after another (a block may use what an earlier
 one wrote, e.g. a model folder under outputs/docs/). A long run is not rerun: its folder is kept small under
@@ -33,7 +35,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 # The docs first: the README shows figures their examples write (the benchmark's JSON, the quick model).
 PAGES = [*sorted((ROOT / "docs").glob("*.md")), ROOT / "README.md"]
-BLOCK = re.compile(r"(<!-- render(?P<markdown>-md)?: (?P<command>.+?) -->\n)(?P<body>.*?)(<!-- /render -->)", re.DOTALL)
+BLOCK = re.compile(r"(<!-- render(?P<markdown>-md)?(?: exit=(?P<exit>\d+))?: (?P<command>.+?) -->\n)(?P<body>.*?)"
+                   r"(<!-- /render -->)", re.DOTALL)
 # A run's figures (not its weights), or a study's results.
 RECORD_FILES = ("trainer_state.json", "all_results.json", "README.md", "results.json", "results.md")
 PROGRESS = re.compile(r"^.*\r(?!\n)")  # a progress bar redrawn with carriage returns: keep its last state
@@ -60,13 +63,16 @@ def clean(output: str) -> str:
     return "\n".join(lines).strip("\n")
 
 
-def run(command: str) -> str:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "COLUMNS": "120",
+def run(command: str, expected_exit: int = 0) -> str:
+    """The command's output; any exit code but the block's (0 unless it says `exit=N`) stops the rendering."""
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"  # this environment's python
+    env = {**os.environ, "PATH": path, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "COLUMNS": "120",
            "TQDM_DISABLE": "1", "PYTHONWARNINGS": "ignore"}
     done = subprocess.run(["bash", "-c", command], cwd=ROOT, env=env, capture_output=True, text=True)
     output = clean(done.stdout + done.stderr)
-    if done.returncode not in (0, 1):  # 1: a documented partial failure (e.g. an unreadable image among others)
-        raise SystemExit(f"render: `{command}` exited with {done.returncode}:\n{output[-3000:]}")
+    if done.returncode != expected_exit:
+        raise SystemExit(f"render: `{command}` exited with {done.returncode} (expected {expected_exit}):\n"
+                         f"{output[-3000:]}")
     return output
 
 
@@ -80,7 +86,7 @@ def render_page(page: Path, stamp: str, dry_run: bool = False) -> int:
         if dry_run:
             continue
         start = datetime.datetime.now()
-        output = run(command)
+        output = run(command, int(match["exit"] or 0))
         seconds = (datetime.datetime.now() - start).total_seconds()
         footer = f"<small>{stamp}; {seconds:.0f} s</small>\n"
         if match["markdown"]:
