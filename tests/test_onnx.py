@@ -195,3 +195,21 @@ def test_a_run_exports_itself_and_the_push_sends_the_file(tmp_path, monkeypatch)
         expected = model(x).logits
     got = session.run(["logits"], {"pixel_values": x.numpy()})[0]
     np.testing.assert_allclose(got, expected.numpy(), rtol=0, atol=allowed(expected))
+
+
+def test_a_runs_failed_export_keeps_the_model_and_says_how_to_retry(tmp_path, monkeypatch, capsys):
+    dataset = hub_layout_folder(tmp_path / "ds", {"train": tiny_dataset(10, size=(16, 16))})
+
+    def mismatch(output_dir, attentions=False):
+        raise onnx_export.ParityError("the exported file differs from the PyTorch model: largest difference 1.00e-01")
+
+    monkeypatch.setattr(cli, "export_run", mismatch)
+    output_dir = tmp_path / "out"
+    code = cli.finetune_main([*TINY, "--dataset_name", str(dataset), "--validation_split", "8", "--output_dir",
+                              str(output_dir), "--save_strategy", "no", "--export_onnx"])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "error: the ONNX export failed: the exported file differs" in err
+    assert f"python scripts/export_onnx.py --model {output_dir} --output {output_dir / 'model.onnx'}" in err
+    assert (output_dir / "model.safetensors").is_file() and (output_dir / "run_complete.json").is_file()
+    assert not (output_dir / "model.onnx").exists()
