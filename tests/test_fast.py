@@ -32,7 +32,7 @@ def test_fast_sets_its_optimizer_shape_and_defaults_and_every_flag_still_wins():
     assert (spec.name, spec.hyperparameters, spec.weight_decay) == \
         ("sgd", {"momentum": 0.9, "nesterov": True}, 5e-4)
     assert training_args.label_smoothing_factor == 0.2 and training_args.per_device_train_batch_size == FAST_BATCH
-    assert (training_args.ema_decay, training_args.tta, data_args.augment) == (0.0, "flip", "crop-flip")
+    assert (training_args.ema_decay, training_args.tta, data_args.augment) == (0.0, "flip", "none")
     assert model_args.backbone_weights == "none"
     from training.arguments import build_schedule
 
@@ -46,10 +46,10 @@ def test_fast_sets_its_optimizer_shape_and_defaults_and_every_flag_still_wins():
     assert factors[20] == 1.0 and all(a > b for a, b in zip(factors[20:], factors[21:], strict=False))  # then falling
 
     _, data_args, stage_args, training_args = parse_arguments(
-        ["--recipe", "fast", "--optim", "adamw_torch", "--ema_decay", "0.9", "--tta", "none", "--augment", "none",
-         "--learning_rate", "0.05", "--num_train_epochs", "3"])
+        ["--recipe", "fast", "--optim", "adamw_torch", "--ema_decay", "0.9", "--tta", "none", "--augment",
+         "crop-flip", "--learning_rate", "0.05", "--num_train_epochs", "3"])
     assert training_args.optimizer.name == "adamw_torch" and training_args.ema_decay == 0.9
-    assert (training_args.tta, data_args.augment) == ("none", "none")
+    assert (training_args.tta, data_args.augment) == ("none", "crop-flip")
     (stage,) = build_schedule(stage_args, training_args).stages
     assert stage.epochs == 3 and set(stage.lrs.values()) == {0.05}
     # the other recipes keep the tutorial's defaults
@@ -87,7 +87,7 @@ def test_a_given_lr_shape_replaces_the_recipes_even_constant():
 def test_fast_from_a_json_file_takes_the_same_defaults(tmp_path):
     (tmp_path / "run.json").write_text(json.dumps({"recipe": "fast", "label_smoothing_factor": 0.1}))
     _, data_args, _, training_args = parse_arguments([str(tmp_path / "run.json")])
-    assert training_args.optimizer.name == "sgd" and data_args.augment == "crop-flip"
+    assert training_args.optimizer.name == "sgd" and data_args.augment == "none"
     assert training_args.label_smoothing_factor == 0.1
 
 
