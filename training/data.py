@@ -79,8 +79,8 @@ class DataArguments:
     image_std: list[float] | None = field(default=None, metadata={"help": "Per-channel std, as image_mean."})
     augment: str = field(
         default="tutorial", metadata={"help": "tutorial (random crop with padding, flip, colour jitter, rotation), "
-                                      "crop-flip (random crop of the reflect-padded image, flip: for short runs), or "
-                                      "none (normalisation only). 'seed' is the old name of 'tutorial'."}
+                                      "crop-flip (random crop of the reflect-padded image, and a flip), or none "
+                                      "(normalisation only; fast's default). 'seed' is the old name of 'tutorial'."}
     )
     verify_images: bool = field(
         default=False, metadata={"help": "Decode every image before training and list every bad one."}
