@@ -40,6 +40,7 @@ BLOCK = re.compile(r"(<!-- render(?P<markdown>-md)?(?: exit=(?P<exit>\d+))?: (?P
 # A run's figures (not its weights), or a study's results.
 RECORD_FILES = ("trainer_state.json", "all_results.json", "README.md", "results.json", "results.md")
 PROGRESS = re.compile(r"^.*\r(?!\n)")  # a progress bar redrawn with carriage returns: keep its last state
+ESCAPES = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # terminal colours and cursor moves
 
 
 def host() -> str:
@@ -58,8 +59,9 @@ def commit() -> str:
 
 
 def clean(output: str) -> str:
-    """The output as a reader sees it at the end: progress bars at their last state, no trailing spaces."""
-    lines = [PROGRESS.sub("", line).rstrip() for line in output.replace("\r\n", "\n").split("\n")]
+    """The output as a reader sees it at the end: progress bars at their last state, no colours, no trailing
+    spaces."""
+    lines = [PROGRESS.sub("", ESCAPES.sub("", line)).rstrip() for line in output.replace("\r\n", "\n").split("\n")]
     return "\n".join(lines).strip("\n")
 
 
@@ -67,9 +69,10 @@ def run(command: str, expected_exit: int = 0) -> str:
     """The command's output; any exit code but the block's (0 unless it says `exit=N`) stops the rendering."""
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"  # this environment's python
     env = {**os.environ, "PATH": path, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "COLUMNS": "120",
-           "TQDM_DISABLE": "1", "PYTHONWARNINGS": "ignore"}
-    done = subprocess.run(["bash", "-c", command], cwd=ROOT, env=env, capture_output=True, text=True)
-    output = clean(done.stdout + done.stderr)
+           "TQDM_DISABLE": "1", "PYTHONWARNINGS": "ignore", "PYTHONUNBUFFERED": "1"}  # unbuffered: lines in order
+    done = subprocess.run(["bash", "-c", command], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT)  # one stream, as a terminal shows it
+    output = clean(done.stdout.decode(errors="replace"))  # decoded here: text mode would turn each \r into a line
     if done.returncode != expected_exit:
         raise SystemExit(f"render: `{command}` exited with {done.returncode} (expected {expected_exit}):\n"
                          f"{output[-3000:]}")

@@ -133,3 +133,11 @@ def test_a_failing_command_stops_the_rendering_and_leaves_the_page(tmp_path):
     with pytest.raises(SystemExit, match="exited with 3 \\(expected 0\\)"):
         render.render_page(page, "stamp")
     assert page.read_text() == original
+
+
+def test_an_output_is_shown_as_a_terminal_shows_it(tmp_path):
+    """stdout and stderr in the order they were written, progress bars at their last state, no colour codes."""
+    script = tmp_path / "talk.py"
+    script.write_text("import sys\nprint('first, to stdout')\nprint('second, to stderr', file=sys.stderr)\n"
+                      "print('third, to stdout')\nsys.stderr.write('\\x1b[1mbold\\x1b[0m 10%\\r 50%\\r100%\\n')\n")
+    assert render.run(f"python {script}") == "first, to stdout\nsecond, to stderr\nthird, to stdout\n100%"

@@ -117,7 +117,7 @@ def predict_files(model, processor, files: list[Path], top_k: int = 3, batch_siz
                         collate_fn=_collate)
     device = next(model.parameters()).device
     top_k = min(top_k, model.config.num_labels)
-    with tqdm(total=len(files), unit="img", disable=not progress) as bar:
+    with tqdm(total=len(files), unit="img", disable=None if progress else True) as bar:  # None: on a terminal only
         for batch in loader:
             good = [(index, pixels) for index, pixels, error in batch if error is None]
             results = {index: Prediction(str(files[index]), error=error) for index, _, error in batch if error}
