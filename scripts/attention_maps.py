@@ -40,13 +40,15 @@ def main(argv: list[str] | None = None) -> int:
         try:
             pixel_values = preprocess_image(processor, file)
         except Exception as error:  # any decoding failure is reported by file name
-            print(f"{file}: cannot read: {error}", file=sys.stderr)
+            print(f"{file}: cannot read: {type(error).__name__}: {error}", file=sys.stderr)  # as predict.py
             failed += 1
             continue
         out = save_attention_map(model, pixel_values, processor.image_mean, processor.image_std,
                                  Path(args.out_dir) / f"{file.stem}_attention.png", title=file.name,
                                  top_channels=args.top_channels)
         print(f"{file}: {out}")
+    if failed:
+        print(f"{failed} of {len(files)} images could not be read", file=sys.stderr)
     return 1 if failed else 0
 
 

@@ -116,8 +116,9 @@ def test_attention_maps_are_in_range_and_written_as_png(model_dir, images, tmp_p
         assert 0 <= attention.spatial.min() and attention.spatial.max() <= 1
         assert 0 <= attention.channel.min() and attention.channel.max() <= 1
     done = run_script("attention_maps.py", "--model", str(model_dir), str(images / "rgb.png"),
-                      str(images / "gray.png"), "--out_dir", str(tmp_path / "maps"))
-    assert done.returncode == 0, done.stderr[-2000:]
+                      str(images / "corrupt.jpg"), str(images / "gray.png"), "--out_dir", str(tmp_path / "maps"))
+    assert done.returncode == 1, done.stderr[-2000:]  # the bad file named, the others still drawn
+    assert "corrupt.jpg: cannot read: OSError" in done.stderr and "1 of 3 images could not be read" in done.stderr
     for name in ("rgb", "gray"):
         with Image.open(tmp_path / "maps" / f"{name}_attention.png") as png:
             assert png.format == "PNG" and png.size[0] > 600
