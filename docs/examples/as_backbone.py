@@ -8,13 +8,19 @@ Run where this repository cannot be imported too: the class comes from the folde
 import sys
 
 import torch
+from transformers import logging
 from transformers.dynamic_module_utils import get_class_from_dynamic_module
 
 folder = sys.argv[1]
 # transformers 5's AutoBackbone.from_pretrained asks the Hub whether the name is a repository before anything else,
 # so it takes Hub ids only; a local folder loads through the class its auto_map names:
 Backbone = get_class_from_dynamic_module("modeling_resnet_cbam.ResNetCBAMBackbone", folder)
-backbone = Backbone.from_pretrained(folder, out_features=["stage1", "stage2", "stage3", "stage4"]).eval()
+logging.set_verbosity_error()  # its load report in a table; the same facts are printed below, in order
+backbone, loaded = Backbone.from_pretrained(folder, out_features=["stage1", "stage2", "stage3", "stage4"],
+                                            output_loading_info=True)
+backbone.eval()
+print("missing     ", sorted(loaded["missing_keys"]) or "none")
+print("not used    ", sorted(loaded["unexpected_keys"]) or "none")  # a classifier's head: a backbone has none
 print("out_features", backbone.out_features)
 print("channels    ", backbone.channels)
 print("strides     ", backbone.strides)
