@@ -54,8 +54,11 @@ def host() -> str:
 
 
 def commit() -> str:
+    """HEAD, and whether the code differs from it (the pages and pictures that rendering writes aside)."""
     done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-    return done.stdout.strip() or "unknown"
+    changed = subprocess.run(["git", "status", "--porcelain", "--", ".", ":!*.md", ":!docs/*.png"], cwd=ROOT,
+                             capture_output=True, text=True).stdout.strip()
+    return (done.stdout.strip() or "unknown") + (" with uncommitted changes" if changed else "")
 
 
 def clean(output: str) -> str:
