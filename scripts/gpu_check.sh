@@ -23,8 +23,8 @@ python scripts/benchmark.py --dataset_name "$data" --steps 100 --warmup 30 --eva
     --output_dir "$out/scratch10" --save_strategy no --logging_steps 20 2>&1 | tail -60 > "$out/scratch10.log"
 cp "$out/scratch10/all_results.json" "$out/scratch10/README.md" "$out/" 2>/dev/null || true
 /usr/bin/time -v python scripts/finetune.py --dataset_name "$data" --recipe fast --num_train_epochs 30 \
-    --augment crop-flip --per_device_train_batch_size 512 --learning_rate 0.2 --output_dir "$out/fast30" --save_strategy no \
-    --logging_steps 20 2>&1 | tail -60 > "$out/fast30.log"
+    --augment crop-flip --per_device_train_batch_size 512 --learning_rate 0.2 --output_dir "$out/fast30" \
+    --save_strategy no --logging_steps 20 2>&1 | tail -60 > "$out/fast30.log"
 cp "$out/fast30/all_results.json" "$out/fast30_results.json" 2>/dev/null || true
 python scripts/compare_runs.py "$out/scratch10=full" "$out/fast30=fast" --plot "$out/accuracy_vs_time.png" \
     | tee "$out/accuracy_vs_time.md"

@@ -15,7 +15,7 @@ folder = sys.argv[1]
 # transformers 5's AutoBackbone.from_pretrained asks the Hub whether the name is a repository before anything else,
 # so it takes Hub ids only; a local folder loads through the class its auto_map names:
 Backbone = get_class_from_dynamic_module("modeling_resnet_cbam.ResNetCBAMBackbone", folder)
-logging.set_verbosity_error()  # its load report in a table; the same facts are printed below, in order
+logging.set_verbosity_error()  # no load report: the same facts are printed below, sorted
 backbone, loaded = Backbone.from_pretrained(folder, out_features=["stage1", "stage2", "stage3", "stage4"],
                                             output_loading_info=True)
 backbone.eval()
