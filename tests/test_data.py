@@ -27,10 +27,10 @@ from training.data import (
     IMAGENET_MEAN,
     DataArguments,
     DataError,
-    build_transforms,
     labels_of,
     load_image_data,
 )
+from training.transforms import build_transforms
 
 ROOT = Path(__file__).resolve().parents[1]
 CIFAR10 = ROOT.parent / "shared" / "datasets" / "cifar10"

@@ -16,12 +16,12 @@ from torch.nn import functional as F
 from modeling_resnet_cbam import ResNetCBAMConfig, ResNetCBAMForImageClassification
 from training.arguments import parse_arguments
 from training.cli import finetune_main
-from training.data import build_transforms, crop_padding
 from training.device_data import device_augmentation
 from training.ema import EMA_FILE, WeightEMA
 from training.inference import class_probabilities
 from training.outputs import write_model_card
 from training.stages import FAST_BATCH, FAST_LR, Stage
+from training.transforms import build_transforms, crop_padding
 
 FAST_TINY = ["--recipe", "fast", "--per_device_train_batch_size", "8", "--num_train_epochs", "2"]
 

@@ -1,8 +1,7 @@
-"""Image-classification data through `datasets`: sources, splits, label names, checks and torchvision transforms."""
+"""Image-classification data through `datasets`: sources, splits, label names and checks; the transforms are in
+training/transforms.py, the reading of image files in training/images.py."""
 
-import io
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -10,32 +9,18 @@ import numpy as np
 import torch
 from datasets import ClassLabel, Dataset, DatasetDict, load_dataset, load_from_disk
 from datasets import Image as ImageFeature
-from PIL import Image
-from torchvision.transforms import v2
+
+from training.images import ROW, DataError, decode_image, verify_images
+from training.transforms import AUGMENT_ALIASES, AUGMENTATIONS, set_transforms
 
 logger = logging.getLogger(__name__)
 
 IMAGE_COLUMNS = ("img", "image")
 LABEL_COLUMNS = ("label", "labels", "fine_label")
 VALIDATION_SPLITS = ("validation", "valid", "val")
-ROW = "__row__"  # the row in the source split, carried along so that errors can name it
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 TUTORIAL_IMAGE_SIZE = 32
-AUGMENTATIONS = ("tutorial", "crop-flip", "none")
-AUGMENT_ALIASES = {"seed": "tutorial"}  # the old name, accepted for one release
-# The tutorial's augmentation parameters, shared by the PIL path here and the kornia path in device_data.py
-COLOR_JITTER = (0.2, 0.2, 0.2, 0.1)  # brightness, contrast, saturation, hue
-ROTATION_DEGREES = 15
-
-
-def crop_padding(size: int) -> int:
-    """RandomCrop padding: 4 px at the tutorial's 32 px, in proportion elsewhere."""
-    return size // 8
-
-
-class DataError(ValueError):
-    """Bad input data, with a message that says what and where."""
 
 
 @dataclass
@@ -366,91 +351,6 @@ def _limit(splits: DatasetDict, args: DataArguments, seed: int) -> DatasetDict:
         out[name] = split if limit is None else split.shuffle(seed=seed).select(range(min(limit, len(split))))
     return DatasetDict(out)
 
-
-def decode_image(value: dict | Image.Image, split: str, row: int) -> Image.Image:
-    """An RGB PIL image from a `datasets` image value; a DataError naming split, row and file when it is bad."""
-    if isinstance(value, Image.Image):
-        return value.convert("RGB")
-    try:
-        source = io.BytesIO(value["bytes"]) if value.get("bytes") else value["path"]
-        with Image.open(source) as image:
-            image.load()
-            return image.convert("RGB")
-    except Exception as error:
-        where = f" ({value['path']})" if value.get("path") else ""
-        raise DataError(f"cannot decode the image of {split} row {row}{where}: {error}") from error
-
-
-def verify_images(splits: DatasetDict, image_column: str, skip_bad: bool) -> DatasetDict:
-    """Decode every image; list every bad one in one error, or drop them with skip_bad and say how many."""
-    bad: dict[str, list[int]] = {}
-    messages = []
-    for name, split in splits.items():
-        for position, (value, row) in enumerate(zip(split[image_column], split[ROW], strict=True)):
-            try:
-                decode_image(value, name, row)
-            except DataError as error:
-                bad.setdefault(name, []).append(position)
-                messages.append(str(error))
-    if not messages:
-        logger.info("verified every image: all decode")
-        return splits
-    if not skip_bad:
-        raise DataError(
-            f"{len(messages)} images cannot be decoded (drop them with --skip_bad_images):\n  " + "\n  ".join(messages)
-        )
-    logger.warning("dropping %d images that cannot be decoded:\n  %s", len(messages), "\n  ".join(messages))
-    return DatasetDict(
-        {name: split.select(sorted(set(range(len(split))) - set(bad.get(name, [])))) for name, split in splits.items()}
-    )
-
-
-def build_transforms(data: ImageData, train: bool, augment: str = "tutorial") -> Callable:
-    """The torchvision v2 pipeline for one PIL RGB image: the augmentations for training, then normalise.
-
-    The geometric and colour steps run on the PIL image: on 32 px images they are 1.5x to 7x faster there than
-    on uint8 tensors (rotation most of all).
-    """
-    size = data.image_size
-    native = data.native_size == (size, size)
-    steps: list = []
-    if train and augment == "tutorial":
-        crop = v2.RandomCrop(size, padding=crop_padding(size), pad_if_needed=True) if native \
-            else v2.RandomResizedCrop(size, antialias=True)
-        steps += [crop, v2.RandomHorizontalFlip(), v2.ColorJitter(*COLOR_JITTER), v2.RandomRotation(ROTATION_DEGREES)]
-    else:  # every image to the model's size, whatever the first one's was (PIL leaves a same-size image as it is)
-        steps += [v2.Resize(size, antialias=True), v2.CenterCrop(size)]
-    if train and augment == "crop-flip":  # a translation of at most crop_padding pixels, and a mirror
-        steps += [v2.RandomCrop(size, padding=crop_padding(size), padding_mode="reflect"), v2.RandomHorizontalFlip()]
-    steps += [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(data.image_mean, data.image_std)]
-    return v2.Compose(steps)
-
-
-def set_transforms(data: ImageData, augment: str = "tutorial") -> None:
-    """Lazy per-batch transforms: decode to RGB, transform, and hand the Trainer pixel_values and labels."""
-    for name, split in data.splits.items():
-        transform = build_transforms(data, train=name == "train", augment=augment)
-        split.set_transform(
-            _BatchTransform(transform, name, data.image_column, data.label_column),
-            columns=[data.image_column, data.label_column, ROW],
-        )
-
-
-@dataclass
-class _BatchTransform:
-    """A picklable batch transform (DataLoader workers receive a copy of it)."""
-
-    transform: Callable
-    split: str
-    image_column: str
-    label_column: str
-
-    def __call__(self, batch: dict) -> dict:
-        images = [decode_image(v, self.split, r) for v, r in zip(batch[self.image_column], batch[ROW], strict=True)]
-        return {
-            "pixel_values": [self.transform(image) for image in images],
-            "labels": batch[self.label_column],
-        }
 
 
 def data_facts(data: ImageData, batch_size: int = 256, seed: int = 42) -> dict:

@@ -14,7 +14,9 @@ from datasets import Dataset
 from torch import nn
 from torch.nn import functional as F
 
-from training.data import COLOR_JITTER, ROTATION_DEGREES, ROW, DataError, ImageData, crop_padding, decode_image
+from training.data import ImageData
+from training.images import ROW, DataError, decode_image
+from training.transforms import COLOR_JITTER, ROTATION_DEGREES, crop_padding
 
 logger = logging.getLogger(__name__)
 

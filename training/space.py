@@ -11,7 +11,8 @@ import shutil
 from importlib import resources
 from pathlib import Path
 
-from training.data import ImageData, decode_image
+from training.data import ImageData
+from training.images import decode_image
 
 SPACE_MODULES = ("__init__.py", "demo.py", "inference.py", "plots.py")
 EXAMPLES = 4
