@@ -49,6 +49,9 @@ class ResNetCBAMConfig(BackboneConfigMixin, PreTrainedConfig):
             Number of input channels.
         image_size (`int`, *optional*, defaults to 32):
             Side of the square images the model is trained on; the saved image processor resizes to it.
+        crop_pct (`float`, *optional*, defaults to 1.0):
+            Evaluation images have their shorter side resized to `image_size / crop_pct`, then are centre-cropped to
+            `image_size` (0.875: resize to 256, crop 224, as for ImageNet); 1.0 resizes straight to `image_size`.
         image_mean (`list[float]`, *optional*, defaults to the CIFAR-10 mean):
             Per-channel mean used to normalise inputs; written into `preprocessor_config.json`.
         image_std (`list[float]`, *optional*, defaults to the CIFAR-10 std):
@@ -81,6 +84,7 @@ class ResNetCBAMConfig(BackboneConfigMixin, PreTrainedConfig):
     stem: str = "cifar"
     num_channels: int = 3
     image_size: int = 32
+    crop_pct: float = 1.0
     image_mean: list[float] | tuple[float, ...] = CIFAR10_MEAN
     image_std: list[float] | tuple[float, ...] = CIFAR10_STD
 
@@ -111,6 +115,8 @@ class ResNetCBAMConfig(BackboneConfigMixin, PreTrainedConfig):
             raise ValueError(f"cbam_reduction must be in 1..64 (layer1 has 64 channels), got {self.cbam_reduction}")
         if self.cbam_kernel_size < 1 or self.cbam_kernel_size % 2 == 0:
             raise ValueError(f"cbam_kernel_size must be a positive odd number, got {self.cbam_kernel_size}")
+        if not 0 < self.crop_pct <= 1:
+            raise ValueError(f"crop_pct must be in (0, 1], got {self.crop_pct}")
         if len(self.image_mean) != self.num_channels or len(self.image_std) != self.num_channels:
             raise ValueError(f"image_mean and image_std need {self.num_channels} values (one per channel)")
 

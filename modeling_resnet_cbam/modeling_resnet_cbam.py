@@ -292,10 +292,11 @@ class ResNetCBAMPreTrainedModel(PreTrainedModel):
         return [name for name, module in self.named_modules() if isinstance(module, CBAM)]
 
     def image_processor(self) -> BitImageProcessor:
-        """The transformers image processor that prepares images as evaluation does: RGB, resize, crop, normalise."""
+        """The transformers image processor that prepares images as evaluation does: RGB, resize the shorter side to
+        `image_size / crop_pct`, centre-crop `image_size`, normalise."""
         size = self.config.image_size
         return BitImageProcessor(
-            size={"shortest_edge": size},
+            size={"shortest_edge": round(size / self.config.crop_pct)},
             crop_size={"height": size, "width": size},
             resample=2,  # bilinear, as torchvision's Resize
             image_mean=self.config.image_mean,
@@ -366,8 +367,9 @@ def _read_resnet_state_dict(source: str | os.PathLike, depths: list[int]) -> dic
             state_dict = weights.get_state_dict(progress=True)
         except OSError as error:  # URLError included: no network, or a proxy in the way
             raise ValueError(
-                f"cannot download torchvision's {architecture} ImageNet weights ({error}); without network, start "
-                "from a local .safetensors/.pth file or from random weights (backbone_weights='none')"
+                f"cannot download torchvision's {architecture} ImageNet weights ({error}); without network, give a "
+                "local .safetensors/.pth file (scripts/finetune.py: --backbone_weights FILE) or start from random "
+                "weights (--backbone_weights none)"
             ) from error
     elif Path(source).is_dir():  # a model saved by this project (save_pretrained)
         weights = Path(source) / "model.safetensors"

@@ -48,11 +48,14 @@ class ArchitectureArguments:
     _argument_group_name = "model (resnet-cbam)"
 
     depths: str = field(default="2,2,2,2", metadata={"help": "Blocks per stage: 2,2,2,2 (ResNet18), 3,4,6,3 (34)."})
-    stem: str = field(default="cifar", metadata={"help": "cifar (3x3 stride 1, no max-pool) or imagenet."})
+    stem: str | None = field(default=None, metadata={"help": "cifar (3x3 stride 1, no max-pool) or imagenet (7x7 "
+                                                    "stride 2 and max-pool). Default: cifar for CIFAR-sized images, "
+                                                    "imagenet for larger ones."})
     cbam_placement: str = field(default="stage", metadata={"help": "stage (after layer1..4), block, or none "
                                                            "(the plain ResNet: no CBAM)."})
-    cbam_init: str = field(default="default", metadata={"help": "default (the paper's) or identity (each CBAM behind "
-                                                       "a learnable gate at 0: the network starts as without it)."})
+    cbam_init: str | None = field(default=None, metadata={"help": "default (the paper's) or identity (each CBAM "
+                                  "behind a learnable gate at 0: the network starts as without it). Default: identity "
+                                  "on pretrained backbone weights, the paper's from random weights and in seed-exact."})
     zero_init_residual: bool = field(default=False, metadata={"help": "Each basic block's last BatchNorm scale starts "
                                      "at 0, so the block starts as its shortcut (default off, fast's too)."})
     cbam_reduction: int = field(default=16, metadata={"help": "Channel-attention MLP reduction ratio."})
@@ -65,10 +68,11 @@ class ArchitectureArguments:
             depths = []
         if len(depths) != 4:
             raise ValueError(f"--depths must be four integers such as 2,2,2,2, got {self.depths!r}")
-        self.architecture = dict(depths=depths, stem=self.stem, cbam_placement=self.cbam_placement,
-                                 cbam_init=self.cbam_init, zero_init_residual=self.zero_init_residual,
-                                 cbam_reduction=self.cbam_reduction,
-                                 cbam_kernel_size=self.cbam_kernel_size)
+        given = dict(depths=depths, stem=self.stem, cbam_placement=self.cbam_placement, cbam_init=self.cbam_init,
+                     zero_init_residual=self.zero_init_residual, cbam_reduction=self.cbam_reduction,
+                     cbam_kernel_size=self.cbam_kernel_size)
+        # stem and cbam_init, when not given, are chosen from the data and the weights (training/defaults.py)
+        self.architecture = {name: value for name, value in given.items() if value is not None}
         ResNetCBAMConfig(**self.architecture)  # a ValueError naming the field that cannot build a model
 
 

@@ -139,17 +139,28 @@ def check_ranks_agree(model, device: torch.device, when: str) -> None:
 
 
 class ChanceLevelCallback(TrainerCallback):
-    """After the first epoch, warn when validation accuracy is near chance: usually preprocessing or labels."""
+    """After the first epoch, warn when validation accuracy is near chance: usually preprocessing or labels.
+
+    Chance is what always answering the validation split's most frequent class scores (`label_counts`: its images
+    per class), which is 1 / classes only where the classes are balanced."""
+
+    def __init__(self, label_counts: list[int], label_names: list[str]):
+        total = sum(label_counts)
+        majority = max(range(len(label_counts)), key=label_counts.__getitem__)
+        self.baseline = label_counts[majority] / total if total else 1 / len(label_counts)
+        self.balanced = len(set(label_counts)) == 1
+        self.majority_name = label_names[majority]
 
     def on_evaluate(self, args, state, control, metrics=None, model=None, **kwargs):
         accuracy = (metrics or {}).get("eval_accuracy")
         if accuracy is None or round(state.epoch or 0) != 1:
             return
-        chance = 1 / model.config.num_labels
-        if accuracy < 1.5 * chance:
+        baseline = self.baseline
+        if accuracy < min(1.5 * baseline, baseline + (1 - baseline) / 2):
+            chance = f"{100 * baseline:.2f}%" if self.balanced else \
+                f"{100 * baseline:.2f}%, what always answering {self.majority_name!r}, its most frequent class, scores"
             logger.warning(
-                "accuracy after the first epoch is %.2f%%, about chance (%.2f%%): check the preprocessing "
+                "validation accuracy after the first epoch is %.2f%%, about chance (%s): check the preprocessing "
                 "(normalisation, image size, channel order) and that labels match images",
-                100 * accuracy,
-                100 * chance,
+                100 * accuracy, chance,
             )

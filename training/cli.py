@@ -14,7 +14,7 @@ from training.hardware import configure_threads
 from training.hub import HubError, check_push_access, push_folder
 from training.lock import run_lock
 from training.onnx_export import ParityError, export_run
-from training.outputs import write_run_outputs
+from training.outputs import write_run_data, write_run_outputs
 from training.run import prepare_run, train_and_evaluate
 from training.trainer import DivergenceError
 
@@ -97,6 +97,7 @@ def _finetune(model_args, data_args, stage_args, training_args) -> int:
         if run.trainer.is_world_process_zero():
             with writing("the model card and plots", record.output_dir):
                 write_run_outputs(record, run.trainer.model, run.data)
+                write_run_data(record.output_dir, data_args, record.seed, record.eval_split)
                 mark_complete(record.output_dir, {"eval_split": record.eval_split, "metrics": "all_results.json"})
     except (DivergenceError, WriteError) as error:  # a diverged run publishes nothing; a failed write says what is left
         print(f"error: {error}", file=sys.stderr)

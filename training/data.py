@@ -10,7 +10,8 @@ import torch
 from datasets import ClassLabel, Dataset, DatasetDict, load_dataset, load_from_disk
 from datasets import Image as ImageFeature
 
-from training.images import ROW, DataError, decode_image, verify_images
+from training.defaults import InputPreset, describe_input, resolve_input
+from training.images import ROW, DataError, SizeProfile, profile_sizes, verify_images
 from training.transforms import AUGMENT_ALIASES, AUGMENTATIONS, set_transforms
 
 logger = logging.getLogger(__name__)
@@ -18,9 +19,6 @@ logger = logging.getLogger(__name__)
 IMAGE_COLUMNS = ("img", "image")
 LABEL_COLUMNS = ("label", "labels", "fine_label")
 VALIDATION_SPLITS = ("validation", "valid", "val")
-CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-TUTORIAL_IMAGE_SIZE = 32
 
 
 @dataclass
@@ -56,16 +54,20 @@ class DataArguments:
     )
     max_eval_samples: int | None = field(default=None, metadata={"help": "Same for validation and test."})
     image_size: int | None = field(
-        default=None, metadata={"help": "Side of the model's input. Default 32 (CIFAR); other sizes resize."}
+        default=None, metadata={"help": "Side of the model's input. Default: 32 for CIFAR-sized images (a median "
+                                "shorter side of at most 64 px in a sample of the train split), 224 for larger ones."}
     )
     image_mean: list[float] | None = field(
-        default=None, metadata={"help": "Per-channel mean. Default: CIFAR-10's at 32 px, else ImageNet's."}
+        default=None, metadata={"help": "Per-channel mean. Default: CIFAR-10's for CIFAR-sized images at 32 px, else "
+                                "ImageNet's."}
     )
     image_std: list[float] | None = field(default=None, metadata={"help": "Per-channel std, as image_mean."})
-    augment: str = field(
-        default="tutorial", metadata={"help": "tutorial (random crop with padding, flip, colour jitter, rotation), "
-                                      "crop-flip (random crop of the reflect-padded image, and a flip), or none "
-                                      "(normalisation only; fast's default). 'seed' is the old name of 'tutorial'."}
+    augment: str | None = field(
+        default=None, metadata={"help": "tutorial (random crop with padding, flip, colour jitter, rotation), "
+                                "crop-flip (random crop of the reflect-padded image, and a flip), resized-crop-flip "
+                                "(random-resized-crop and a flip, as for ImageNet), or none (normalisation only). "
+                                "Default: tutorial for CIFAR-sized images, resized-crop-flip for larger ones, none "
+                                "with fast. 'seed' is the old name of 'tutorial'."}
     )
     verify_images: bool = field(
         default=False, metadata={"help": "Decode every image before training and list every bad one."}
@@ -74,13 +76,33 @@ class DataArguments:
 
     @property
     def source(self) -> str:
-        """What the data is read from: the image folder, else the dataset name or folder."""
-        return self.train_dir or self.dataset_name
+        """What the data is read from: the image folder(s), else the dataset name or folder."""
+        return self.train_dir or self.validation_dir or self.dataset_name
+
+    def selection(self) -> dict:
+        """The flags that say which images a run used (local paths made absolute), so that a later evaluation of the
+        run can read the same data: DataArguments(**selection) loads it again."""
+        fields = ("dataset_name", "dataset_config_name", "train_dir", "validation_dir", "image_column_name",
+                  "label_column_name", "labels", "validation_split", "max_eval_samples")
+        values = {name: getattr(self, name) for name in fields}
+        for name in ("dataset_name", "train_dir", "validation_dir"):
+            if values[name] and (name != "dataset_name" or not self.from_hub):
+                values[name] = str(Path(values[name]).resolve())
+        return values
+
+    @property
+    def display_name(self) -> str:
+        """How the model card and the Hub name the data: a Hub id as it is, a local folder by its name (the name of
+        the folder above an image folder called train), never by its path on this machine."""
+        if self.from_hub:
+            return self.dataset_name
+        path = Path(self.source).resolve()
+        return path.parent.name if path.name.lower() in ("train", "training") and path.parent.name else path.name
 
     @property
     def from_hub(self) -> bool:
         """Whether the data is a Hub dataset (its id names it for others), not a local folder."""
-        return not self.train_dir and not Path(self.dataset_name).exists()
+        return not self.train_dir and not self.validation_dir and not Path(self.dataset_name).exists()
 
     def __post_init__(self):
         self.label_subset = None if self.labels is None else [name.strip() for name in self.labels.split(",")]
@@ -90,7 +112,7 @@ class DataArguments:
         if self.augment in AUGMENT_ALIASES:
             logger.warning("--augment %s is now called %s", self.augment, AUGMENT_ALIASES[self.augment])
             self.augment = AUGMENT_ALIASES[self.augment]
-        if self.augment not in AUGMENTATIONS:
+        if self.augment is not None and self.augment not in AUGMENTATIONS:
             raise DataError(f"--augment must be one of {', '.join(AUGMENTATIONS)}, got {self.augment!r}")
         if self.skip_bad_images and not self.verify_images:
             raise DataError("--skip_bad_images needs --verify_images: bad images are found by decoding every one first")
@@ -107,8 +129,22 @@ class ImageData:
     image_size: int
     image_mean: tuple[float, ...]
     image_std: tuple[float, ...]
-    native_size: tuple[int, int]
+    crop_pct: float  # evaluation images: the shorter side resized to image_size / crop_pct, then centre-cropped
+    augment: str  # of the training images
+    profile: SizeProfile  # the sizes of a sample of the images the defaults were chosen from
+    input_choice: str  # what the input defaults are and why (training/defaults.py), for the log and the card
+    preset: InputPreset
     source_sizes: dict[str, int] = field(default_factory=dict)  # each split's images before --max_*_samples
+
+    @property
+    def native_size(self) -> tuple[int, int] | None:
+        """The one size of the (sampled) images, or None when they differ."""
+        return self.profile.uniform
+
+    @property
+    def input_summary(self) -> str:
+        """The sizes seen and the input chosen for them: one line for the log and the model card."""
+        return f"{self.profile.describe()}: {self.input_choice}"
 
     @property
     def id2label(self) -> dict[int, str]:
@@ -130,11 +166,14 @@ def load_image_data(args: DataArguments, seed: int = 42, split: str | None = Non
     With `split`, only what evaluating that split needs is loaded: the split alone (a dataset of only a test split
     will do), or train when the validation split is carved out of it (with the same seed as in training).
     """
+    if split is None and args.validation_dir and not args.train_dir:
+        raise DataError(f"--validation_dir {args.validation_dir} needs --train_dir: the image folder to train on")
     raw = _load_source(args)
     reference = split if split not in (None, "train") and (split in raw or split != "validation") else "train"
     if reference not in raw:
         carve = " to carve a validation split from" if split == "validation" else ""
-        raise DataError(f"{args.source} has no {reference} split{carve} (splits: {', '.join(raw) or 'none'})")
+        choose = "; choose one with --split" if split is not None and raw else ""
+        raise DataError(f"{args.source} has no {reference} split{carve} (splits: {', '.join(raw) or 'none'}){choose}")
     if reference != "train":
         raw = DatasetDict({reference: raw[reference]})
     _require_rows(raw)
@@ -170,22 +209,24 @@ def load_image_data(args: DataArguments, seed: int = 42, split: str | None = Non
     if args.verify_images:
         splits = verify_images(splits, image_column, skip_bad=args.skip_bad_images)
         _require_rows(splits)
-    native_size = decode_image(splits[reference][0][image_column], reference, 0).size
-    size = args.image_size or TUTORIAL_IMAGE_SIZE
-    cifar = size == TUTORIAL_IMAGE_SIZE
-    default_mean, default_std = (CIFAR_MEAN, CIFAR_STD) if cifar else (IMAGENET_MEAN, IMAGENET_STD)
+    profile = profile_sizes(splits[reference], image_column, seed=seed)
+    settings = resolve_input(profile, args.image_size, args.image_mean, args.image_std, args.augment)
     data = ImageData(
         splits=splits,
         image_column=image_column,
         label_column=label_column,
         label_names=list(label_names),
-        image_size=size,
-        image_mean=tuple(args.image_mean or default_mean),
-        image_std=tuple(args.image_std or default_std),
-        native_size=native_size,
+        image_size=settings.image_size,
+        image_mean=settings.image_mean,
+        image_std=settings.image_std,
+        crop_pct=settings.crop_pct,
+        augment=settings.augment,
+        profile=profile,
+        input_choice=describe_input(settings),
+        preset=settings.preset,
         source_sizes=source_sizes,
     )
-    set_transforms(data, args.augment)
+    set_transforms(data)
     return data
 
 
@@ -209,10 +250,12 @@ def _load_source(args: DataArguments) -> DatasetDict:
 
 
 def _load_splits(args: DataArguments) -> DatasetDict:
-    if args.train_dir:
+    if args.train_dir or args.validation_dir:  # a validation folder alone: what an evaluation needs
         for folder in filter(None, (args.train_dir, args.validation_dir)):
             _check_class_folders(Path(folder))
-        splits = {"train": load_dataset("imagefolder", data_dir=args.train_dir, split="train")}
+        splits = {}
+        if args.train_dir:
+            splits["train"] = load_dataset("imagefolder", data_dir=args.train_dir, split="train")
         if args.validation_dir:
             splits["validation"] = load_dataset("imagefolder", data_dir=args.validation_dir, split="train")
         return DatasetDict(splits)
@@ -352,7 +395,6 @@ def _limit(splits: DatasetDict, args: DataArguments, seed: int) -> DatasetDict:
     return DatasetDict(out)
 
 
-
 def data_facts(data: ImageData, batch_size: int = 256, seed: int = 42) -> dict:
     """What a dataset holds once loaded as for training: split sizes, labels and their counts per split, columns,
     image size, and the per-channel mean and std of one transformed (augmented) training batch."""
@@ -365,8 +407,9 @@ def data_facts(data: ImageData, batch_size: int = 256, seed: int = 42) -> dict:
         "label_counts": counts,
         "image_column": data.image_column,
         "label_column": data.label_column,
-        "native_size": list(data.native_size),
+        "image_sizes": data.profile.describe(),
         "image_size": data.image_size,
+        "input": data.input_choice,
         "batch_size": len(batch),
         "batch_mean": batch.mean(dim=(0, 2, 3)).tolist(),
         "batch_std": batch.std(dim=(0, 2, 3)).tolist(),
@@ -380,10 +423,11 @@ def data_report(facts: dict, source: str) -> str:
     def fmt(values) -> str:
         return "(" + ", ".join(f"{v:.3f}" for v in values) + ")"
 
-    native, size, splits = facts["native_size"], facts["image_size"], facts["splits"]
+    size, splits = facts["image_size"], facts["splits"]
     lines = [f"source: {source}",
              f"columns: image={facts['image_column']!r} label={facts['label_column']!r}; "
-             f"images {native[0]}x{native[1]} -> {size}x{size}"]
+             f"{facts['image_sizes']} -> {size}x{size}",
+             f"input: {facts['input']}"]
     lines += [f"{name:<11}{count:>9,} images" for name, count in splits.items()]
     width = max(len(n) for n in facts["labels"])
     lines.append(f"{len(facts['labels'])} labels:" + "".join(f"{n:>12}" for n in splits))

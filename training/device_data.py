@@ -96,6 +96,8 @@ def device_augmentation(augment: str, size: int, mean, std) -> nn.Module:
         return nn.Sequential(CropFlip(crop_padding(size)), normalize)
     if augment == "none":
         return normalize
+    if augment == "resized-crop-flip":
+        return K.AugmentationSequential(K.RandomResizedCrop((size, size)), K.RandomHorizontalFlip(), normalize)
     return K.AugmentationSequential(
         K.RandomCrop((size, size), padding=crop_padding(size)),
         K.RandomHorizontalFlip(),
@@ -108,10 +110,10 @@ def device_augmentation(augment: str, size: int, mean, std) -> nn.Module:
 class DeviceData:
     """The stores of every split and the transforms that turn an index batch into model inputs on the device."""
 
-    def __init__(self, data: ImageData, augment: str = "tutorial"):
+    def __init__(self, data: ImageData, augment: str | None = None):
         if not supports_device_data(data):
             raise DataError(f"device-resident data needs images already {data.image_size}x{data.image_size} and at "
-                            f"most {MAX_PIXELS} pixels; these are {data.native_size[0]}x{data.native_size[1]}")
+                            f"most {MAX_PIXELS} pixels; these are {data.profile.describe()}")
         size = data.image_size
         stores = {name: ImageStore(split, name, data.image_column, data.label_column, size)
                   for name, split in data.splits.items()}
@@ -119,7 +121,7 @@ class DeviceData:
         self.splits = {name: IndexedSplit(store, offset)
                        for (name, store), offset in zip(stores.items(), offsets, strict=True)}
         self.images = torch.cat([store.images for store in stores.values()])  # moved to the device on first use
-        self.train_transform = device_augmentation(augment, size, data.image_mean, data.image_std)
+        self.train_transform = device_augmentation(augment or data.augment, size, data.image_mean, data.image_std)
         self.eval_transform = device_augmentation("none", size, data.image_mean, data.image_std)
         logger.info("device-resident data: %s images decoded once",
                     ", ".join(f"{name} {len(s):,}" for name, s in self.splits.items()))

@@ -6,10 +6,12 @@ from huggingface_hub import CommitOperationAdd, HfApi
 from huggingface_hub.errors import HfHubHTTPError, LocalTokenNotFoundError, OfflineModeIsEnabled
 from huggingface_hub.utils import filter_repo_objects
 
-# Checkpoints and the pickled training arguments stay local; weights, code, card, plots and results go (the Space
-# folder goes to a Space, with scripts/push.py --space).
+from training.outputs import RUN_DATA
+
+# Checkpoints, the pickled training arguments and where the data is on this machine stay local; weights, code,
+# card, plots and results go (the Space folder goes to a Space, with scripts/push.py --space).
 IGNORE = ["checkpoint-*", "checkpoint-*/**", "training_args.bin", "runs/**", "space/**", ".run.lock",
-          ".*.partial"]
+          ".*.partial", RUN_DATA]
 
 
 class HubError(RuntimeError):

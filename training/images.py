@@ -2,8 +2,10 @@
 
 import io
 import logging
+from dataclasses import dataclass
 
-from datasets import DatasetDict
+import numpy as np
+from datasets import Dataset, DatasetDict
 from PIL import Image
 
 logger = logging.getLogger(__name__)
@@ -53,3 +55,48 @@ def verify_images(splits: DatasetDict, image_column: str, skip_bad: bool) -> Dat
         {name: split.select(sorted(set(range(len(split))) - set(bad.get(name, [])))) for name, split in splits.items()}
     )
 
+
+
+@dataclass(frozen=True)
+class SizeProfile:
+    """The sizes (width, height) of a seeded sample of a split's images, read from their headers (nothing decoded),
+    and how many images the split holds. A folder's images have many sizes: its first file says nothing of them."""
+
+    sizes: tuple[tuple[int, int], ...]
+    total: int
+
+    @property
+    def median_short_side(self) -> int:
+        return int(np.median([min(size) for size in self.sizes])) if self.sizes else 0
+
+    @property
+    def uniform(self) -> tuple[int, int] | None:
+        """The one size of every sampled image, or None when they differ."""
+        return self.sizes[0] if self.sizes and len(set(self.sizes)) == 1 else None
+
+    def describe(self) -> str:
+        """'images 190x140 to 2592x1944 px (median shorter side 375; 100 of 245 sampled)' or 'images 32x32 px ...'."""
+        sampled = f"{len(self.sizes):,} of {self.total:,} sampled" if len(self.sizes) < self.total \
+            else f"all {self.total:,} read"
+        if self.uniform:
+            return f"images {self.uniform[0]}x{self.uniform[1]} px ({sampled})"
+        by_area = sorted(self.sizes, key=lambda size: size[0] * size[1])
+        (w0, h0), (w1, h1) = by_area[0], by_area[-1]
+        return f"images {w0}x{h0} to {w1}x{h1} px (median shorter side {self.median_short_side}; {sampled})"
+
+
+def profile_sizes(split: Dataset, image_column: str, sample: int = 1000, seed: int = 0) -> SizeProfile:
+    """The sizes of up to `sample` images of a split (a seeded sample), from their headers; an image whose header
+    cannot be read is left out here (decoding names it, with its file)."""
+    rows = np.random.default_rng(seed).permutation(len(split))[:sample]
+    sizes = []
+    for value in split.select(sorted(rows.tolist()))[image_column]:
+        try:
+            if isinstance(value, Image.Image):
+                sizes.append(value.size)
+                continue
+            with Image.open(io.BytesIO(value["bytes"]) if value.get("bytes") else value["path"]) as image:
+                sizes.append(image.size)
+        except Exception:  # noqa: BLE001 - any unreadable header: decoding reports the file
+            continue
+    return SizeProfile(tuple(sizes), len(split))

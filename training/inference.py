@@ -202,11 +202,14 @@ def evaluate_split(model, processor, data_args, split: str, seed: int = 42, batc
     Loads only that split."""
     from training.data import load_image_data
     from training.metrics import classification_metrics
+    from training.transforms import set_transforms
 
     data_args.image_size = model.config.image_size
     data_args.image_mean, data_args.image_std = list(processor.image_mean), list(processor.image_std)
     data_args.augment = "none"  # evaluation images are never augmented (only the train split is)
     data = load_image_data(data_args, seed=seed, split=split)
+    data.crop_pct = processor.crop_size["height"] / processor.size["shortest_edge"]  # evaluated as the model says
+    set_transforms(data)
     to_model = match_labels(data.label_names, model.config.id2label)
     predictions, labels = predict_split(model, data.splits[split], batch_size, tta=tta)
     names = [model.config.id2label[i] for i in range(model.config.num_labels)]

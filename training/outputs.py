@@ -1,6 +1,7 @@
 """What a finished run writes beside its saved model: the plots, attention maps of a few evaluation images, the
 model card (README.md) and the demo's Space folder, all from one record of the run's facts held in memory."""
 
+import json
 import logging
 from dataclasses import asdict, dataclass, field
 from importlib import resources
@@ -16,6 +17,7 @@ from training.stages import Schedule
 
 logger = logging.getLogger(__name__)
 TEMPLATE = resources.files("training") / "model_card.md"
+RUN_DATA = "run_data.json"  # where the run's images are on this machine: for evaluating it later; never pushed
 ATTENTION_EXAMPLES = 4
 
 
@@ -25,7 +27,8 @@ class RunRecord:
 
     output_dir: Path
     model_id: str
-    dataset: str
+    dataset: str  # what it was read from (a Hub id or a path here)
+    dataset_name: str  # how the card names it: a Hub id, or a local folder's name
     dataset_on_hub: bool
     recipe: str
     schedule: Schedule
@@ -43,6 +46,7 @@ class RunRecord:
     label_names: list[str]
     architecture: dict  # the model config's fields that shape the network
     gradient_accumulation_steps: int = 1
+    defaults: list[str] = field(default_factory=list)  # the defaults chosen from the data and weights, with reasons
     source_split_sizes: dict[str, int] = field(default_factory=dict)  # before --max_train/eval_samples
     ema_decay: float = 0.0  # 0: no average of the weights
     tta: str = "none"  # of every evaluation
@@ -74,6 +78,19 @@ class RunRecord:
         return f"{used:,} {split} images" if used == of else f"{used:,} of the {of:,} {split} images ({flag})"
 
 
+def write_run_data(output_dir: Path, data_args, seed: int, eval_split: str) -> None:
+    """The data the run was trained and evaluated on, so that `scripts/evaluate_model.py --model RUN` with no data
+    flag evaluates it again on the same split."""
+    facts = {"data": data_args.selection(), "seed": seed, "eval_split": eval_split}
+    (output_dir / RUN_DATA).write_text(json.dumps(facts, indent=2))
+
+
+def read_run_data(model: str) -> dict | None:
+    """What write_run_data wrote in a run folder, or None (a Hub id, or a folder from elsewhere)."""
+    path = Path(model) / RUN_DATA
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 def write_run_outputs(record: RunRecord, model, data: ImageData) -> Path:
     """plots/ (curves, loss, confusion matrix, attention maps) and README.md in the output folder."""
     plots, split = record.output_dir / "plots", record.eval_split
@@ -90,7 +107,7 @@ def write_run_outputs(record: RunRecord, model, data: ImageData) -> Path:
                                   title=f"{split} image {index} ({data.label_names[row['labels']]})")
         attention_maps.append(str(path.relative_to(record.output_dir)))
     card = write_model_card(record, model, attention_maps)
-    space = write_space(record.output_dir, data, record.model_id, record.dataset, hub_model="/" in record.model_id)
+    space = write_space(record.output_dir, data, record.model_id, record.dataset_name, hub_model="/" in record.model_id)
     logger.info("plots in %s, model card %s, demo Space in %s", plots, card, space)
     return card
 

@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from transformers import PreTrainedConfig, TrainerCallback, default_data_collator
 
@@ -23,7 +24,8 @@ from training.checkpoints import (
     resolve_checkpoint,
     writing,
 )
-from training.data import DataArguments, ImageData, load_image_data
+from training.data import DataArguments, ImageData, labels_of, load_image_data
+from training.defaults import resolve_architecture, warn_costly_stem
 from training.device_data import DeviceData, supports_device_data
 from training.ema import EMACallback
 from training.hardware import describe, device_name
@@ -34,7 +36,7 @@ from training.trainer import StagedTrainer
 
 logger = logging.getLogger(__name__)
 ARCHITECTURE_FIELDS = ("depths", "stem", "cbam_placement", "cbam_init", "zero_init_residual", "cbam_reduction",
-                       "cbam_kernel_size", "num_channels", "image_size", "image_mean", "image_std")
+                       "cbam_kernel_size", "num_channels", "image_size", "crop_pct", "image_mean", "image_std")
 
 
 @dataclass
@@ -46,13 +48,16 @@ class Run:
     record: RunRecord
 
 
-def build_model(args: ModelArguments, data: ImageData) -> tuple[ResNetCBAMForImageClassification, str]:
-    """A model sized for the data (labels, image size, normalisation) with the requested weights, and a sentence
-    saying where its weights came from (the backbone import's own report)."""
+def build_model(args: ModelArguments, data: ImageData,
+                recipe: str = "staged") -> tuple[ResNetCBAMForImageClassification, str, list[str]]:
+    """A model sized for the data (labels, image size, normalisation) with the requested weights, a sentence
+    saying where its weights came from (the backbone import's own report), and the architecture defaults chosen
+    (training/defaults.py), each with its reason."""
     data_fields = dict(
         id2label=data.id2label,
         label2id=data.label2id,
         image_size=data.image_size,
+        crop_pct=data.crop_pct,
         image_mean=list(data.image_mean),
         image_std=list(data.image_std),
     )
@@ -64,13 +69,24 @@ def build_model(args: ModelArguments, data: ImageData) -> tuple[ResNetCBAMForIma
         if missing:
             raise ValueError(f"--model_name_or_path {args.model_name_or_path}: no weights for {sorted(missing)[0]} "
                              f"(and {len(missing) - 1} more tensors): the saved model does not fit its own config")
-        return model, f"the saved model {args.model_name_or_path}"
-    model = ResNetCBAMForImageClassification(ResNetCBAMConfig(**args.architecture, **data_fields))
-    if args.backbone_weights.lower() == "none":
-        return model, "random (no pretrained weights)"
+        return model, f"the saved model {args.model_name_or_path}", []
+    pretrained = args.backbone_weights.lower() != "none"
+    architecture, chosen = resolve_architecture(args.architecture, data.preset, recipe, pretrained)
+    for choice in chosen:
+        logger.info("default: %s", choice)
+    config = ResNetCBAMConfig(**architecture, **data_fields)
+    warn_costly_stem(config)
+    model = ResNetCBAMForImageClassification(config)
+    if not pretrained:
+        return model, "random (no pretrained weights)", chosen
     report = model.load_backbone_weights(args.backbone_weights)
     logger.info("%s", report)
-    return model, str(report)
+    return model, str(report), chosen
+
+
+def keeps_pretrained_stem(args: ModelArguments, model: ResNetCBAMForImageClassification) -> bool:
+    """Whether backbone weights were loaded into an ImageNet stem (its 7x7 conv1 kept, not dropped)."""
+    return not args.model_name_or_path and args.backbone_weights.lower() != "none" and model.config.stem == "imagenet"
 
 
 def check_saved_model(name: str) -> None:
@@ -101,13 +117,19 @@ def build_run(
     with training_args.main_process_first(desc="loading the dataset"):
         data = load_image_data(data_args, seed=training_args.seed)
     torch.manual_seed(training_args.seed)  # the new modules' initialisation is reproducible
-    model, weights = build_model(model_args, data)
+    logger.info("input: %s", data.input_summary)
+    model, weights, chosen = build_model(model_args, data, stage_args.recipe)
+    if keeps_pretrained_stem(model_args, model) and stage_args.recipe == "staged" and not stage_args.stages_file:
+        schedule = schedule.with_pretrained_stem()
+        chosen.append("the stem is pretrained (its conv1 loaded with the backbone): staged trains it with layer1, "
+                      "in the last stage, not as a new module")
+        logger.info("default: %s", chosen[-1])
     model.requires_grad_(True)  # DDP only all-reduces what requires grad when it wraps the model
     if training_args.channels_last:
         model = model.to(memory_format=torch.channels_last)
     if training_args.data_on_device is None:  # auto: small images are decoded once, wherever training runs
         training_args.data_on_device = supports_device_data(data)
-    device_data = DeviceData(data, data_args.augment) if training_args.data_on_device else None
+    device_data = DeviceData(data) if training_args.data_on_device else None
     if device_data:  # the loader only carries indices: workers would add latency, not throughput
         training_args.dataloader_num_workers, training_args.dataloader_persistent_workers = 0, False
     splits = trainer_splits(data, device_data)
@@ -118,11 +140,13 @@ def build_run(
         output_dir=Path(training_args.output_dir),
         model_id=training_args.hub_model_id or Path(training_args.output_dir).name,
         dataset=data_args.source,
+        dataset_name=data_args.display_name,
         dataset_on_hub=data_args.from_hub,
         recipe=stage_args.stages_file or stage_args.recipe,
         schedule=schedule,
         bn_policy=stage_args.bn_policy,
-        augment=data_args.augment,
+        augment=data.augment,
+        defaults=[data.input_summary, *chosen],
         backbone=weights,
         optimizer=training_args.optimizer.describe(),
         label_smoothing=training_args.label_smoothing_factor,
@@ -148,7 +172,8 @@ def build_run(
         data_collator=default_data_collator,
         compute_metrics=compute_accuracy,
         callbacks=[*extra_callbacks, StageCallback(stage_args.bn_policy), RankConsistencyCallback(),
-                   ChanceLevelCallback(), *ema, RunFactsCallback(record.identity())],  # facts last: complete
+                   ChanceLevelCallback(_label_counts(data, "validation"), data.label_names), *ema,
+                   RunFactsCallback(record.identity())],  # facts last: complete
         schedule=schedule,
         device_data=device_data,
     )
@@ -183,6 +208,10 @@ def prepare_run(
     if to_delete and run.trainer.is_world_process_zero():
         clear_output_dir(training_args.output_dir, to_delete)
     return run, checkpoint
+
+
+def _label_counts(data: ImageData, split: str) -> list[int]:
+    return np.bincount(labels_of(data.splits[split], data.label_column), minlength=len(data.label_names)).tolist()
 
 
 def trainer_splits(data: ImageData, device_data: DeviceData | None) -> dict:

@@ -12,9 +12,10 @@ from pathlib import Path
 
 from modeling_resnet_cbam import PARAMETER_GROUPS as GROUPS
 
-NEW_MODULES = ("stem", "cbam", "head")  # randomly initialised, whatever the backbone weights
+NEW_MODULES = ("stem", "cbam", "head")  # randomly initialised, whatever the backbone weights (but an ImageNet stem)
 SHAPES = ("constant", "cosine", "linear")
 TUTORIAL_BATCH = 64  # the batch size the named recipes' rates were set for
+MIN_RUN_STEPS, MIN_STAGE_STEPS = 50, 10  # fewer optimizer steps than these learn little, whatever the lr
 STAGE_FILE_KEYS = {"epochs", "lr", "train", "name", "shape", "warmup", "warmup_steps", "start", "floor"}
 STAGE_OPTIONS = ("name", "shape", "warmup", "warmup_steps", "start", "floor")
 
@@ -100,6 +101,12 @@ class Schedule:
         """One rate per stage: every group a stage trains takes its stage's rate."""
         self._check_count(lrs, "--stage_lrs")
         return Schedule(tuple(replace(s, lrs=dict.fromkeys(s.lrs, lr)) for s, lr in zip(self.stages, lrs, strict=True)))
+
+    def with_pretrained_stem(self) -> "Schedule":
+        """The stem out of every stage that keeps layer1 frozen: a stem that was loaded with the backbone (the
+        ImageNet stem) is not a new module, and trains with the layer it feeds, as the rest of the backbone does."""
+        return Schedule(tuple(s if "layer1" in s.lrs or "stem" not in s.lrs else
+                              replace(s, lrs={g: lr for g, lr in s.lrs.items() if g != "stem"}) for s in self.stages))
 
     def scaled(self, factor: float) -> "Schedule":
         """Every rate times `factor` (the linear scaling rule for a batch `factor` times the recipe's)."""
@@ -197,6 +204,26 @@ class StagePlan:
     def is_stage_end(self, step: int) -> bool:
         """True once `step` optimizer steps are done and they complete a stage."""
         return step > 0 and (step in self.first_steps or step == self.last_step)
+
+    @property
+    def stage_steps(self) -> list[int]:
+        return [stage.epochs * self.steps_per_epoch for stage in self.schedule.stages]
+
+    def length_report(self) -> tuple[str, str | None]:
+        """The optimizer steps of each stage, and a warning (or None) when the run or a stage is too short to learn
+        anything: fewer than MIN_RUN_STEPS steps in all, or MIN_STAGE_STEPS in a stage."""
+        steps = self.stage_steps
+        text = f"{self.last_step:,} optimizer steps ({self.steps_per_epoch:,} per epoch)"
+        if len(steps) > 1:
+            text += f": {', '.join(f'{count:,}' for count in steps)} in stages 1-{len(steps)}"
+        short = [index + 1 for index, count in enumerate(steps) if count < MIN_STAGE_STEPS]
+        if self.last_step >= MIN_RUN_STEPS and not short:
+            return text, None
+        why = (f"{self.last_step:,} optimizer steps in all" if self.last_step < MIN_RUN_STEPS
+               else f"stage {', '.join(map(str, short))} has fewer than {MIN_STAGE_STEPS} optimizer steps")
+        return text, (f"this run is too short to learn much: {why} (the recipes' lengths are meant for tens of "
+                      "thousands of images); lengthen it with --num_train_epochs (one-stage recipes) or "
+                      "--stage_epochs, or take a smaller --per_device_train_batch_size")
 
 
 def _all(lr: float, groups=GROUPS) -> dict[str, float]:

@@ -1,5 +1,6 @@
 """The HF Trainer with the stage schedule's optimizer and learning rates, and one summary log entry per epoch."""
 
+import logging
 import time
 
 import torch
@@ -11,6 +12,8 @@ from training.checkpoints import writing
 from training.ema import EMACallback, WeightEMA
 from training.inference import class_probabilities
 from training.stages import GROUPS, Schedule, StagePlan
+
+logger = logging.getLogger(__name__)
 
 
 class StageLR(LambdaLR):
@@ -118,8 +121,13 @@ class StagedTrainer(Trainer):
         return self.optimizer
 
     def create_scheduler(self, num_training_steps: int, optimizer=None):
-        if self.lr_scheduler is None:
-            self.lr_scheduler = StageLR(optimizer or self.optimizer, self.schedule.over_steps(num_training_steps))
+        if self.lr_scheduler is None:  # built before the first step: the run's length is said before it starts
+            plan = self.schedule.over_steps(num_training_steps)
+            length, too_short = plan.length_report()
+            logger.info("length: %s", length)
+            if too_short:
+                logger.warning("%s", too_short)
+            self.lr_scheduler = StageLR(optimizer or self.optimizer, plan)
         return self.lr_scheduler
 
     def _save_checkpoint(self, model, trial):

@@ -1,0 +1,131 @@
+"""The input and model defaults of a run, chosen in one place from the data's image sizes and the starting weights.
+
+CIFAR-sized images (a median shorter side of at most 64 px in a sample of the training split) keep the seed
+recipe's input exactly: 32 px, the CIFAR stem, CIFAR-10's mean and std, the tutorial's augmentation. Larger images
+are photographs, and get what practitioners use with an ImageNet backbone (the HF `run_image_classification.py`
+example, timm's defaults): 224 px, the ImageNet stem with its pretrained `conv1` and max-pool kept, ImageNet's mean
+and std, random-resized-crop and flip for training, resize to 256 and centre-crop 224 for evaluation. CBAM starts
+as the identity on pretrained weights (the transfer study measured the paper's init as worse there). Every flag
+given explicitly wins; what was chosen, and why, is logged and written into the model card.
+"""
+
+import logging
+from dataclasses import dataclass
+
+import torch
+
+from modeling_resnet_cbam import ResNetCBAMConfig, ResNetCBAMForImageClassification
+from training.images import SizeProfile
+
+logger = logging.getLogger(__name__)
+
+PHOTO_MIN_SIDE = 64  # a median shorter side above this: photographs (CIFAR is 32, its upsampled copies 64)
+CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+COSTLY_CIFAR_STEM_SIZE = 128  # the CIFAR stem keeps full resolution into layer1: 16x the ImageNet stem's cost
+
+
+@dataclass(frozen=True)
+class InputPreset:
+    """What a kind of image gets unless a flag says otherwise."""
+
+    name: str
+    image_size: int
+    stem: str
+    crop_pct: float  # evaluation: the shorter side resized to image_size / crop_pct, then a centre crop
+    augment: str
+    why: str
+
+
+CIFAR_INPUT = InputPreset("cifar", 32, "cifar", 1.0, "tutorial",
+                          f"CIFAR-sized images (median shorter side at most {PHOTO_MIN_SIDE} px): the seed recipe's")
+PHOTO_INPUT = InputPreset("photo", 224, "imagenet", 0.875, "resized-crop-flip",
+                          f"photographs (median shorter side above {PHOTO_MIN_SIDE} px): an ImageNet backbone's")
+
+
+def input_preset(profile: SizeProfile) -> InputPreset:
+    return PHOTO_INPUT if profile.median_short_side > PHOTO_MIN_SIDE else CIFAR_INPUT
+
+
+@dataclass(frozen=True)
+class InputSettings:
+    """The resolved input of a run: the preset it came from and each value, given or defaulted."""
+
+    preset: InputPreset
+    image_size: int
+    image_mean: tuple[float, ...]
+    image_std: tuple[float, ...]
+    crop_pct: float
+    augment: str
+    given: tuple[str, ...]  # the flags that overrode the preset
+
+
+def resolve_input(profile: SizeProfile, image_size: int | None, image_mean, image_std,
+                  augment: str | None) -> InputSettings:
+    """The input settings for images of this profile; each flag given (not None) wins over the preset."""
+    preset = input_preset(profile)
+    size = image_size or preset.image_size
+    # CIFAR-sized data keep the old rule (CIFAR-10's statistics at 32 px, ImageNet's at any other size); photographs
+    # are normalised as the ImageNet backbone they are fine-tuned from expects, at any size
+    cifar_statistics = preset is CIFAR_INPUT and size == CIFAR_INPUT.image_size
+    mean, std = (CIFAR_MEAN, CIFAR_STD) if cifar_statistics else (IMAGENET_MEAN, IMAGENET_STD)
+    given = tuple(flag for flag, value in (("--image_size", image_size), ("--image_mean", image_mean),
+                                           ("--image_std", image_std), ("--augment", augment)) if value is not None)
+    return InputSettings(preset, size, tuple(image_mean or mean), tuple(image_std or std), preset.crop_pct,
+                         augment or preset.augment, given)
+
+
+def describe_input(settings: InputSettings) -> str:
+    """What the input is, why, and which flags overrode it."""
+    size, crop = settings.image_size, round(settings.image_size / settings.crop_pct)
+    statistics = "CIFAR-10" if settings.image_mean == CIFAR_MEAN else \
+        "ImageNet" if settings.image_mean == IMAGENET_MEAN else "the given"
+    evaluation = f"resize to {crop} and centre-crop {size}" if crop != size else f"resize to {size}"
+    text = (f"{settings.preset.why} input, {size} px, {statistics} mean and std, "
+            f"augment {settings.augment}, evaluation images {evaluation}")
+    return text + (f" (given: {', '.join(settings.given)})" if settings.given else "")
+
+
+def resolve_architecture(architecture: dict, preset: InputPreset, recipe: str,
+                         pretrained: bool) -> tuple[dict, list[str]]:
+    """The model's architecture with the defaults filled in (a None value: not given), and a sentence for each
+    default chosen: the stem from the kind of image, CBAM's init from whether pretrained weights are loaded."""
+    resolved, reasons = dict(architecture), []
+    if resolved.get("stem") is None:
+        resolved["stem"] = preset.stem
+        reasons.append(f"stem {preset.stem} ({preset.why})")
+    if resolved.get("cbam_init") is None and resolved.get("cbam_placement") != "none":
+        if recipe == "seed-exact":
+            resolved["cbam_init"], why = "default", "seed-exact reproduces the tutorial, whose CBAM is the paper's"
+        elif pretrained:
+            resolved["cbam_init"], why = "identity", ("pretrained weights are loaded: CBAM starts as the identity, "
+                                                      "so the network starts as the backbone computed")
+        else:
+            resolved["cbam_init"], why = "default", "random weights: the paper's CBAM"
+        reasons.append(f"CBAM init {resolved['cbam_init']} ({why})")
+    return resolved, reasons
+
+
+def multiply_adds(config: ResNetCBAMConfig, image_size: int) -> float:
+    """Multiply-adds of one forward pass of one image (convolutions and linear layers), counted on the meta
+    device: nothing is allocated or computed."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.device("meta"):
+        model = ResNetCBAMForImageClassification(config)
+        pixels = torch.empty(1, config.num_channels, image_size, image_size)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(pixel_values=pixels)
+    return counter.get_total_flops() / 2
+
+
+def warn_costly_stem(config: ResNetCBAMConfig) -> None:
+    """The CIFAR stem at 128 px and above: an order of magnitude more compute than the ImageNet stem, said with the
+    figures before training."""
+    if config.stem != "cifar" or config.image_size < COSTLY_CIFAR_STEM_SIZE:
+        return
+    imagenet = ResNetCBAMConfig(**{**config.to_dict(), "stem": "imagenet"})
+    costly, usual = multiply_adds(config, config.image_size), multiply_adds(imagenet, config.image_size)
+    logger.warning("the CIFAR stem at %d px costs %.1f G multiply-adds per image, %.0fx the ImageNet stem's %.2f G "
+                   "(it keeps full resolution into layer1); for images this large use --stem imagenet",
+                   config.image_size, costly / 1e9, costly / usual, usual / 1e9)
