@@ -310,6 +310,19 @@ class ResNetCBAMPreTrainedModel(PreTrainedModel):
         if kwargs.get("is_main_process", True):
             self.image_processor().save_pretrained(save_directory)
 
+    def torchvision_state_dict(self) -> dict[str, torch.Tensor]:
+        """The backbone's tensors under torchvision's ResNet names (`conv1.weight`, `layer1.0.bn1.running_mean`, ...),
+        and a classifier's linear layer as `fc`: the inverse of `load_backbone_weights`. For a plain network
+        (`cbam_placement="none"`) it is the state dict of a torchvision ResNet, which `torchvision.models.resnet18()`
+        loads as it loads ImageNet's file."""
+        backbone = self.base_model.backbone
+        tensors = {name: tensor.detach().clone() for name, tensor in backbone.state_dict().items()
+                   if "cbam" not in name.split(".")}
+        classifier = getattr(self, "classifier", None)
+        if isinstance(classifier, nn.Linear):
+            tensors.update({f"fc.{name}": tensor.detach().clone() for name, tensor in classifier.state_dict().items()})
+        return tensors
+
     def load_backbone_weights(self, source: str | os.PathLike) -> BackboneLoadReport:
         """Load ImageNet ResNet weights into the backbone by name and report what was loaded, new and skipped.
 

@@ -2,6 +2,8 @@
 
     python scripts/benchmark.py --dataset_name ../shared/datasets/cifar10 --steps 30 --json bench.json
     python scripts/benchmark.py --steps 30 --bf16 false --channels_last false
+    python scripts/benchmark.py --train_dir ../shared/datasets/hymenoptera/train --batch_size 32 --steps 5 \
+        --warmup 1 --eval_images 32                                                  # photos at 224 px
 
 Prints a table and writes --json: step_img_s (train step on tensors in memory, the project's speed settings
 and fused Adam), step_fp32_img_s (the tutorial's step: fp32, NCHW, default Adam), data_img_s (the data path alone),
@@ -22,6 +24,8 @@ from training.benchmark import run_benchmark
 class BenchmarkArguments:
     dataset_name: str | None = field(default=None, metadata={"help": "Real data (e.g. the CIFAR-10 copy); "
                                                             "default: synthetic 32x32 images."})
+    train_dir: str | None = field(default=None, metadata={"help": "A folder of photos (class folders): the 224 px "
+                                                       "path, and JPEG decoding at full size and in draft mode."})
     steps: int = field(default=30, metadata={"help": "Measured steps per path (after the warm-up)."})
     warmup: int = field(default=3, metadata={"help": "Steps run before measuring."})
     eval_images: int = field(default=1024, metadata={"help": "Images evaluated for eval_img_s."})

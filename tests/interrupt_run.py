@@ -1,10 +1,13 @@
 """A tiny run through the fine-tuning command, stopped or slowed at a controlled point, for tests with real processes.
 
-    python tests/interrupt_run.py {sigterm-at-finish|sigterm-in-training|slow-finish|none} -- <finetune flags>
+    python tests/interrupt_run.py MODE -- <finetune flags>
+
+MODE is sigterm-at-finish, sigterm-in-training, sigterm-launcher-in-training, slow-finish or none.
 
 sigterm-at-finish: SIGTERM to itself as the final model starts to be written (training has ended);
-sigterm-in-training: SIGTERM at step 6 (checkpoint-4 is complete); slow-finish: 8 s of sleep before the final writes,
-so that a second run can try the same folder meanwhile.
+sigterm-in-training: SIGTERM at step 6 (checkpoint-4 is complete); sigterm-launcher-in-training: SIGTERM at step 6 to
+the parent, `accelerate launch`, which then stops its child's whole process tree; slow-finish: 8 s of sleep before
+the final writes, so that a second run can try the same folder meanwhile.
 """
 
 import os
@@ -36,6 +39,8 @@ def patch(mode: str) -> None:
     def step(self, *args, **kwargs):
         if mode == "sigterm-in-training" and self.state.global_step == 5:
             os.kill(os.getpid(), signal.SIGTERM)
+        if mode == "sigterm-launcher-in-training" and self.state.global_step == 5:
+            os.kill(os.getppid(), signal.SIGTERM)  # as `timeout` does to `accelerate launch`, which stops its tree
         return training_step(self, *args, **kwargs)
 
     StagedTrainer.save_model, StagedTrainer.training_step = final_save, step

@@ -369,6 +369,24 @@ def test_sigterm_as_training_ends_leaves_a_finish_that_resume_completes(dataset,
     assert json.loads((folder / "all_results.json").read_text())["train_runtime"] > 0.5
 
 
+def test_sigterm_to_accelerate_launch_stops_the_run_cleanly_with_no_worker_traceback(tmp_path):
+    """`timeout` or a pre-emption signals `accelerate launch`, which stops its child's whole process tree: the
+    DataLoader workers ignore the signal, and the run ends on its own stop message, with no worker traceback."""
+    from helpers import image_folder
+
+    photos = image_folder(tmp_path / "photos", n_per_class=8)  # not of the model's size: through the DataLoader
+    command = [sys.executable, "-m", "accelerate.commands.launch", "-q", "--num_processes", "1", "--num_machines", "1",
+               "--mixed_precision", "no", "--dynamo_backend", "no", str(ROOT / "tests" / "interrupt_run.py"),
+               "sigterm-launcher-in-training", "--",
+               "--train_dir", str(photos), "--validation_split", "8", "--output_dir", str(tmp_path / "out"),
+               "--save_strategy", "epoch", "--dataloader_num_workers", "1"]
+    stopped = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert stopped.returncode == 143, stopped.stderr[-2000:]
+    assert "DataLoader worker" not in stopped.stderr and "Traceback" not in stopped.stderr, stopped.stderr[-2000:]
+    after = stopped.stderr.split("error: stopped by SIGTERM; the last complete checkpoint is")[1].splitlines()[1:]
+    assert all("/it]" in line or "it/s]" in line or not line.strip() for line in after), after  # a bar redrawn
+
+
 def assert_same_weights_as_checkpoint(folder: Path, checkpoint: str) -> None:
     from safetensors.torch import load_file
 

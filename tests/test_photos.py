@@ -207,3 +207,19 @@ def test_a_size_profile_describes_mixed_and_uniform_samples():
     mixed = SizeProfile(((500, 375), (193, 130), (1488, 1984)), 3)
     assert mixed.median_short_side == 375 and mixed.uniform is None
     assert mixed.describe() == "images 193x130 to 1488x1984 px (median shorter side 375; all 3 read)"
+
+
+def test_a_plain_model_saves_as_torchvisions_resnet_file_and_loads_back_as_a_backbone(tmp_path):
+    from modeling_resnet_cbam import ResNetCBAMForImageClassification
+
+    plain = ResNetCBAMForImageClassification(ResNetCBAMConfig(depths=[1, 1, 1, 1], stem="imagenet",
+                                                              cbam_placement="none", num_labels=3))
+    state_dict = plain.torchvision_state_dict()
+    resnet = torchvision.models.resnet.ResNet(BasicBlock, [1, 1, 1, 1], num_classes=3)
+    resnet.load_state_dict(state_dict)  # strict: exactly torchvision's names and shapes
+    x = torch.randn(2, 3, 64, 64)
+    assert torch.allclose(resnet.eval()(x), plain.eval()(x).logits, atol=1e-5)
+    torch.save(state_dict, tmp_path / "resnet.pth")
+    target = ResNetCBAMForImageClassification(ResNetCBAMConfig(depths=[1, 1, 1, 1], stem="imagenet"))
+    report = target.load_backbone_weights(tmp_path / "resnet.pth")
+    assert "resnet_cbam.backbone.conv1.weight" in report.loaded and not report.dropped

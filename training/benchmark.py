@@ -9,6 +9,7 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader
 from transformers import TrainerCallback, default_data_collator
 
@@ -103,20 +104,37 @@ class _StepTimer(TrainerCallback):
         self.seconds = time.perf_counter() - self.started
 
 
+def decode_throughput(files: list[Path], draft: int | None = None) -> float:
+    """Images/s of decoding image files to RGB in this process; with `draft`, JPEGs are decoded reduced (PIL's
+    draft mode: 1/2, 1/4 or 1/8 scale, never below `draft` px on either side)."""
+    started = time.perf_counter()
+    for path in files:
+        with Image.open(path) as image:
+            if draft:
+                image.draft("RGB", (draft, draft))
+            image.convert("RGB")
+    return len(files) / (time.perf_counter() - started)
+
+
 def run_benchmark(dataset: str | None, steps: int, warmup: int, eval_images: int, batch_size: int = 64,
-                  **speed) -> dict:
+                  train_dir: str | None = None, **speed) -> dict:
     """Every figure of the benchmark, measured in this process, in sequence. `speed` holds the training arguments
-    under test (bf16, channels_last, data_on_device, torch_compile); None keeps the project's default."""
+    under test (bf16, channels_last, data_on_device, torch_compile); None keeps the project's default. With
+    `train_dir` (a folder of photos), the run is the photos' default (224 px, the ImageNet stem) and the JPEG decode
+    is measured at full size and in draft mode."""
     with tempfile.TemporaryDirectory() as workdir:
         workdir = Path(workdir)
-        if dataset is None:
+        if train_dir is not None:
+            source = "uoft-cs/cifar10"  # unused: the image folder is the data
+        elif dataset is None:
             images = (steps + warmup + 2) * batch_size + eval_images
             names = [f"class_{i}" for i in range(10)]
             source = str(hub_layout_folder(workdir / "synthetic", {"train": random_dataset(-(-images // 10), names)}))
         else:
             source = dataset
-        data_args = DataArguments(dataset_name=source, max_train_samples=(steps + warmup) * batch_size,
-                                  max_eval_samples=eval_images, validation_split=str(eval_images))
+        data_args = DataArguments(dataset_name=source, train_dir=train_dir,
+                                  max_train_samples=(steps + warmup) * batch_size, max_eval_samples=eval_images,
+                                  validation_split=str(eval_images))
         training_args = FinetuneTrainingArguments(
             output_dir=str(workdir / "out"), num_train_epochs=1, per_device_train_batch_size=batch_size,
             eval_strategy="no", save_strategy="no", logging_steps=100_000, report_to="none", disable_tqdm=True,
@@ -135,8 +153,15 @@ def run_benchmark(dataset: str | None, steps: int, warmup: int, eval_images: int
             "batch_size": batch_size,
             "torch_version": torch.__version__,
             "steps": steps,
-            "dataset": dataset or "synthetic 32x32",
+            "dataset": train_dir or dataset or "synthetic 32x32",
+            "image_size": config.image_size,
+            "stem": config.stem,
+            "loader_workers": 0 if trainer.device_data else args.dataloader_num_workers,
         }
+        if train_dir is not None:
+            files = sorted(path for path in Path(train_dir).rglob("*.jp*g"))
+            result["decode_img_s"] = decode_throughput(files)
+            result["decode_draft_img_s"] = decode_throughput(files, draft=round(config.image_size / config.crop_pct))
         fresh = ResNetCBAMForImageClassification(config)
         result["step_img_s"] = step_throughput(fresh, device, batch_size, steps, warmup, args.bf16,
                                                args.channels_last, fused=True)

@@ -1,6 +1,7 @@
 """The fine-tuning command: parse arguments, refuse bad ones early, run, write the output folder, push."""
 
 import logging
+import os
 import signal
 import sys
 from contextlib import contextmanager
@@ -41,9 +42,16 @@ class Stopped(BaseException):
 
 @contextmanager
 def stop_signals_raise():
-    """SIGTERM and SIGINT raise Stopped in the main thread for the block (a scheduler's pre-emption, `timeout`)."""
+    """SIGTERM and SIGINT raise Stopped in the main thread for the block (a scheduler's pre-emption, `timeout`).
+
+    DataLoader workers inherit the handler when they are forked, and `accelerate launch` signals every process of
+    the tree: a worker ignores the signal (raising there would print torch's worker traceback after the clean stop
+    message), and the main process, unwinding, shuts its workers down."""
+    main = os.getpid()
+
     def stop(signum, frame):
-        raise Stopped(signum)
+        if os.getpid() == main:
+            raise Stopped(signum)
 
     previous = {signum: signal.signal(signum, stop) for signum in STOP_SIGNALS}
     try:

@@ -1,5 +1,6 @@
 """torchvision transforms of the training and evaluation images, set lazily on the splits."""
 
+import signal
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -64,9 +65,25 @@ class _BatchTransform:
     label_column: str
 
     def __call__(self, batch: dict) -> dict:
+        _ignore_stop_signals_in_worker()
         images = [decode_image(v, self.split, r) for v, r in zip(batch[self.image_column], batch[ROW], strict=True)]
         return {
             "pixel_values": [self.transform(image) for image in images],
             "labels": batch[self.label_column],
         }
 
+
+_worker_signals_ignored = False
+
+
+def _ignore_stop_signals_in_worker() -> None:
+    """In a DataLoader worker, once: ignore SIGTERM and SIGINT. `accelerate launch` (on `timeout` or a pre-emption)
+    and Ctrl-C signal every process of the tree, and torch's worker handler dies of a SIGTERM that its parent did
+    not send, so that the main process reports a killed worker with a traceback after its own stop message. The
+    main process stops its workers itself as it unwinds; a worker whose parent is gone exits by torch's watchdog."""
+    global _worker_signals_ignored
+    if _worker_signals_ignored or torch.utils.data.get_worker_info() is None:
+        return
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, signal.SIG_IGN)
+    _worker_signals_ignored = True
