@@ -168,7 +168,8 @@ def run_benchmark(dataset: str | None, steps: int, warmup: int, eval_images: int
         result["step_fp32_img_s"] = step_throughput(ResNetCBAMForImageClassification(config), device, batch_size,
                                                     steps, warmup, bf16=False, channels_last=False)
         result["data_img_s"] = loader_throughput(trainer.get_train_dataloader(), steps, trainer.device_data, device)
-        result["plain_loop_img_s"] = plain_loop_throughput(run.data.splits["train"], config, device, steps, warmup)
+        result["plain_loop_img_s"] = plain_loop_throughput(run.data.splits["train"], config, device, steps, warmup,
+                                                           batch_size)
         trainer.train()
         result["trainer_img_s"] = steps * batch_size * args.world_size / timer.seconds
         result["speedup_vs_plain"] = result["trainer_img_s"] / result["plain_loop_img_s"]

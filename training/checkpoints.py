@@ -21,6 +21,8 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 logger = logging.getLogger(__name__)
 
 RUN_FACTS = "run_facts.json"
+# Model facts added to the run's identity after checkpoints were first written, with the value every older run had
+LATER_MODEL_FACTS = {"crop_pct": 1.0}
 RUN_COMPLETE = "run_complete.json"  # written last of a finished run's outputs: the folder is complete
 LOCK = ".run.lock"  # training/lock.py's
 WEIGHT_SHAPES = ("depths", "stem", "cbam_placement", "cbam_init", "cbam_reduction", "cbam_kernel_size", "num_channels")
@@ -168,6 +170,8 @@ def last_complete_checkpoint(output_dir: str | Path) -> Path | None:
 def changed_facts(checkpoint: Path, facts: dict) -> list[str]:
     """How this run's defining facts differ from those saved with the checkpoint, one line each."""
     saved, facts = json.loads((checkpoint / RUN_FACTS).read_text()), json.loads(json.dumps(facts))
+    if "model" in saved:  # a checkpoint written before a fact existed had its value then
+        saved["model"] = {**LATER_MODEL_FACTS, **saved["model"]}
     return [f"{key}: {json.dumps(saved.get(key))} in the checkpoint, {json.dumps(facts.get(key))} now"
             for key in sorted(set(saved) | set(facts)) if saved.get(key) != facts.get(key)]
 

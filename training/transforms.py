@@ -1,5 +1,6 @@
 """torchvision transforms of the training and evaluation images, set lazily on the splits."""
 
+import os
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -65,7 +66,7 @@ class _BatchTransform:
     label_column: str
 
     def __call__(self, batch: dict) -> dict:
-        _ignore_stop_signals_in_worker()
+        _quiet_stop_signals_in_worker()
         images = [decode_image(v, self.split, r) for v, r in zip(batch[self.image_column], batch[ROW], strict=True)]
         return {
             "pixel_values": [self.transform(image) for image in images],
@@ -73,17 +74,17 @@ class _BatchTransform:
         }
 
 
-_worker_signals_ignored = False
+_worker_signals_set = False
 
 
-def _ignore_stop_signals_in_worker() -> None:
-    """In a DataLoader worker, once: ignore SIGTERM and SIGINT. `accelerate launch` (on `timeout` or a pre-emption)
-    and Ctrl-C signal every process of the tree, and torch's worker handler dies of a SIGTERM that its parent did
-    not send, so that the main process reports a killed worker with a traceback after its own stop message. The
-    main process stops its workers itself as it unwinds; a worker whose parent is gone exits by torch's watchdog."""
-    global _worker_signals_ignored
-    if _worker_signals_ignored or torch.utils.data.get_worker_info() is None:
+def _quiet_stop_signals_in_worker() -> None:
+    """In a DataLoader worker, once: SIGTERM ends the worker quietly (exit 0) and SIGINT is ignored. `accelerate
+    launch` (on `timeout` or a pre-emption) and Ctrl-C signal every process of the tree, and torch's own worker
+    handler dies of a SIGTERM its parent did not send, so that the main process reports a killed worker, with a
+    traceback, after its own stop message. The main process, signalled too, unwinds and stops its workers."""
+    global _worker_signals_set
+    if _worker_signals_set or torch.utils.data.get_worker_info() is None:
         return
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, signal.SIG_IGN)
-    _worker_signals_ignored = True
+    signal.signal(signal.SIGTERM, lambda signum, frame: os._exit(0))
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _worker_signals_set = True
