@@ -2,7 +2,8 @@
 
     python scripts/attention_maps.py --model outputs/resnet-cbam photo.jpg more_photos/ --out_dir attention/
 
-Uses the model's own `output_attentions=True` outputs (no hooks). Writes <out_dir>/<image name>_attention.png.
+Uses the model's own `output_attentions=True` outputs (no hooks). Writes <out_dir>/<image name>_attention.png
+(inputs of the same name from different folders: <folder>_<image name>_attention.png, never one over another).
 """
 
 import sys
@@ -10,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from training.arguments import check_at_least, script_parser
-from training.inference import model_and_images, preprocess_image, save_attention_map
+from training.inference import model_and_images, output_stems, preprocess_image, save_attention_map
 
 
 @dataclass
@@ -35,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    failed = 0
+    failed, stems = 0, output_stems(files)
     for file in files:
         try:
             pixel_values = preprocess_image(processor, file)
@@ -44,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
             failed += 1
             continue
         out = save_attention_map(model, pixel_values, processor.image_mean, processor.image_std,
-                                 Path(args.out_dir) / f"{file.stem}_attention.png", title=file.name,
+                                 Path(args.out_dir) / f"{stems[file]}_attention.png", title=file.name,
                                  top_channels=args.top_channels)
         print(f"{file}: {out}")
     if failed:

@@ -12,6 +12,7 @@ from torchinfo import summary
 
 from modeling_resnet_cbam import ResNetCBAMConfig, ResNetCBAMForImageClassification
 from training.arguments import ArchitectureArguments, check_at_least, script_parser
+from training.inference import check_saved_model
 
 
 @dataclass
@@ -38,6 +39,11 @@ def main(argv: list[str] | None = None) -> int:
         print("error: the architecture flags describe a new model; --model reads its own config", file=sys.stderr)
         return 2
     if args.model:
+        try:
+            check_saved_model(args.model)
+        except ValueError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
         model = ResNetCBAMForImageClassification.from_pretrained(args.model)
     else:
         config = ResNetCBAMConfig(**architecture.architecture, num_labels=args.num_labels)

@@ -223,3 +223,14 @@ def test_a_plain_model_saves_as_torchvisions_resnet_file_and_loads_back_as_a_bac
     target = ResNetCBAMForImageClassification(ResNetCBAMConfig(depths=[1, 1, 1, 1], stem="imagenet"))
     report = target.load_backbone_weights(tmp_path / "resnet.pth")
     assert "resnet_cbam.backbone.conv1.weight" in report.loaded and not report.dropped
+
+
+def test_a_checkpoint_from_before_crop_pct_existed_still_resumes(tmp_path):
+    from training.checkpoints import RUN_FACTS, changed_facts
+
+    model = {"depths": [2, 2, 2, 2], "stem": "cifar", "image_size": 32}
+    (tmp_path / RUN_FACTS).write_text(json.dumps({"model": model, "seed": 42}))
+    assert changed_facts(tmp_path, {"model": {**model, "crop_pct": 1.0}, "seed": 42}) == []
+    assert changed_facts(tmp_path, {"model": {**model, "crop_pct": 0.875}, "seed": 42}) == [
+        'model: {"crop_pct": 1.0, "depths": [2, 2, 2, 2], "stem": "cifar", "image_size": 32} in the checkpoint, '
+        '{"depths": [2, 2, 2, 2], "stem": "cifar", "image_size": 32, "crop_pct": 0.875} now']

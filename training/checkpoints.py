@@ -18,13 +18,21 @@ from safetensors import safe_open
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from modeling_resnet_cbam import ResNetCBAMConfig
+
 logger = logging.getLogger(__name__)
 
 RUN_FACTS = "run_facts.json"
 # Model facts added to the run's identity after checkpoints were first written, with the value every older run had
 LATER_MODEL_FACTS = {"crop_pct": 1.0}
 RUN_COMPLETE = "run_complete.json"  # written last of a finished run's outputs: the folder is complete
+RUN_DATA = "run_data.json"  # where the run's images are on this machine: for evaluating it later; never pushed
 LOCK = ".run.lock"  # training/lock.py's
+# Everything a run of this project writes into its output folder (and its checkpoint-N folders): what
+# --overwrite_output_dir deletes, and nothing else
+RUN_OUTPUTS = {"model.safetensors", "config.json", "configuration_resnet_cbam.py", "modeling_resnet_cbam.py",
+               "preprocessor_config.json", "README.md", "all_results.json", "trainer_state.json", "training_args.bin",
+               RUN_COMPLETE, RUN_DATA, "model.onnx", "model.onnx.json", "plots", "space", "runs"}
 WEIGHT_SHAPES = ("depths", "stem", "cbam_placement", "cbam_init", "cbam_reduction", "cbam_kernel_size", "num_channels")
 RESUMABLE = ("model.safetensors", "optimizer.pt", "scheduler.pt", "trainer_state.json", RUN_FACTS)
 
@@ -79,22 +87,51 @@ def mark_complete(output_dir: str | Path, facts: dict) -> None:
     os.replace(partial, Path(output_dir) / RUN_COMPLETE)
 
 
-def check_output_dir(output_dir: str | Path, overwrite: bool, resume: str | None) -> list[str]:
+def check_output_dir(output_dir: str | Path, overwrite: bool, resume: str | None,
+                     data_paths: tuple[str, ...] = ()) -> list[str]:
     """Before anything loads: refuse a folder that holds a finished model or checkpoints, unless the run resumes
     from one of its checkpoints or --overwrite_output_dir says to replace it. Returns what is there to delete
-    (empty: nothing)."""
+    (empty: nothing): only what a run of this project writes. A folder that is not recognisably a run's, the working
+    directory, or a folder that holds the data is refused rather than cleared."""
     folder = Path(output_dir)
     held = [name for name in ("model.safetensors", "README.md") if (folder / name).is_file()]
     held += sorted(path.name for path in folder.glob(f"{PREFIX_CHECKPOINT_DIR}-*") if path.is_dir())
     resumes_here = resume == "last" or (resume is not None and Path(resume).resolve().parent == folder.resolve())
     if not held or resumes_here:
+        if held and overwrite:
+            logger.warning("--overwrite_output_dir is ignored: --resume_from_checkpoint %s continues the run in %s",
+                           resume, folder)
         return []
     if not overwrite:
         raise RunFolderError(
             f"{folder} already holds a run ({', '.join(held[:4])}{', ...' if len(held) > 4 else ''}): continue it with "
             "--resume_from_checkpoint last, replace it with --overwrite_output_dir, or choose another --output_dir"
         )
-    return held
+    here = folder.resolve()
+    if here == Path.cwd().resolve() or any(Path(data).resolve().is_relative_to(here) for data in data_paths):
+        raise RunFolderError(f"--overwrite_output_dir: {folder} is the working directory or holds the data; "
+                             "choose another --output_dir for the new run")
+    if not is_run_folder(folder):
+        raise RunFolderError(f"--overwrite_output_dir: {folder} holds {', '.join(held[:4])} but is not a run folder "
+                             "of this project (no ResNet-CBAM config.json, no run_complete.json, no complete "
+                             "checkpoint): it is left as it is; choose another --output_dir")
+    return sorted(path.name for path in folder.iterdir() if is_run_output(path.name))
+
+
+def is_run_output(name: str) -> bool:
+    """Whether a file or folder of an output folder is one a run of this project writes."""
+    return name in RUN_OUTPUTS or name.startswith(f"{PREFIX_CHECKPOINT_DIR}-") or \
+        (name.startswith(".") and name.endswith(".partial"))
+
+
+def is_run_folder(folder: Path) -> bool:
+    """A folder this project wrote a run into: its completion mark, a complete checkpoint, or a ResNet-CBAM config."""
+    if (folder / RUN_COMPLETE).is_file() or any(folder.glob(f"{PREFIX_CHECKPOINT_DIR}-*/{RUN_FACTS}")):
+        return True
+    try:
+        return json.loads((folder / "config.json").read_text()).get("model_type") == ResNetCBAMConfig.model_type
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def check_writable(folder: Path) -> None:
@@ -115,12 +152,16 @@ def check_writable(folder: Path) -> None:
                 path.rmdir()
 
 
-def clear_output_dir(output_dir: str | Path, held: list[str]) -> None:
-    """--overwrite_output_dir, once everything has loaded: delete the previous run (not this run's lock), and say so."""
-    for path in Path(output_dir).iterdir():
-        if path.name != LOCK:
-            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
-    logger.warning("--overwrite_output_dir: deleted the previous run in %s (%s)", output_dir, ", ".join(held))
+def clear_output_dir(output_dir: str | Path, to_delete: list[str]) -> None:
+    """--overwrite_output_dir, once everything has loaded: delete the previous run's own files, keep everything else
+    (this run's lock, and whatever the user keeps there), and say both."""
+    folder = Path(output_dir)
+    for name in to_delete:
+        path = folder / name
+        shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink(missing_ok=True)
+    kept = sorted(path.name + ("/" if path.is_dir() else "") for path in folder.iterdir() if path.name != LOCK)
+    logger.warning("--overwrite_output_dir: deleted the previous run in %s (%s)%s", output_dir, ", ".join(to_delete),
+                   f"; kept what this project did not write: {', '.join(kept)}" if kept else "")
 
 
 def checkpoint_problem(checkpoint: Path) -> str | None:

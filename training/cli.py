@@ -13,6 +13,7 @@ from training.arguments import FinetuneTrainingArguments, parse_arguments
 from training.checkpoints import WriteError, last_complete_checkpoint, mark_complete, writing
 from training.hardware import configure_threads
 from training.hub import HubError, check_push_access, push_folder
+from training.images import DataError
 from training.lock import run_lock
 from training.onnx_export import ParityError, export_run
 from training.outputs import write_run_data, write_run_outputs
@@ -109,6 +110,10 @@ def _finetune(model_args, data_args, stage_args, training_args) -> int:
                 mark_complete(record.output_dir, {"eval_split": record.eval_split, "metrics": "all_results.json"})
     except (DivergenceError, WriteError) as error:  # a diverged run publishes nothing; a failed write says what is left
         print(f"error: {error}", file=sys.stderr)
+        return 1
+    except DataError as error:  # an image that cannot be decoded, met in training (from a worker: one line too)
+        print(f"error: {error}; find every bad image before training with --verify_images (--skip_bad_images drops "
+              f"them); {saved_so_far(training_args.output_dir)}", file=sys.stderr)
         return 1
     split = record.eval_split
     logger.info("final %s accuracy %.2f%% after %.0f s of training; model in %s", split,

@@ -114,6 +114,10 @@ class DataArguments:
             self.augment = AUGMENT_ALIASES[self.augment]
         if self.augment is not None and self.augment not in AUGMENTATIONS:
             raise DataError(f"--augment must be one of {', '.join(AUGMENTATIONS)}, got {self.augment!r}")
+        for flag in ("max_train_samples", "max_eval_samples"):
+            if getattr(self, flag) is not None and getattr(self, flag) < 1:
+                raise DataError(f"--{flag} must be at least 1 (leave it out to keep every image), got "
+                                f"{getattr(self, flag)}")
         if self.skip_bad_images and not self.verify_images:
             raise DataError("--skip_bad_images needs --verify_images: bad images are found by decoding every one first")
 
@@ -274,6 +278,13 @@ def _check_class_folders(root: Path) -> None:
                                                                                         for p in path.rglob("*"))]
     if empty:
         raise DataError(f"{root}: the class folder(s) {', '.join(empty)} hold no image; add images or remove them")
+    nested = next((path for path in sorted(root.glob("*/*/**/*")) if path.is_file() and not
+                   any(part.startswith(".") for part in path.relative_to(root).parts)), None)
+    if nested is not None:  # `imagefolder` would take its folder as a label of another depth, and find no labels
+        cls = nested.relative_to(root).parts[0]
+        raise DataError(f"{root}: {nested.relative_to(root)} is in a sub-folder of the class folder {cls}/; an image "
+                        f"folder holds its images directly in one folder per class: move them into {root / cls} "
+                        "or out of the image folder")
 
 
 def _canonical_split(name: str) -> str:

@@ -42,8 +42,10 @@ class ImageStore:
         for position, (value, row) in enumerate(zip(raw[image_column], raw[ROW], strict=True)):
             image = decode_image(value, name, row)
             if image.size != (size, size):
-                raise DataError(f"{name} row {row}: image is {image.size[0]}x{image.size[1]}, not {size}x{size}; "
-                                "device-resident data needs images of the model's size")
+                where = f" ({value['path']})" if isinstance(value, dict) and value.get("path") else ""
+                raise DataError(f"{name} row {row}{where}: image is {image.size[0]}x{image.size[1]}, not "
+                                f"{size}x{size}; device-resident data needs every image at the model's size: train "
+                                "without it (--data_on_device false), which resizes each image")
             images[position] = torch.from_numpy(np.array(image)).permute(2, 0, 1)
         self.images = images
         self.labels = torch.as_tensor(raw[label_column])

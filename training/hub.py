@@ -6,7 +6,7 @@ from huggingface_hub import CommitOperationAdd, HfApi
 from huggingface_hub.errors import HfHubHTTPError, LocalTokenNotFoundError, OfflineModeIsEnabled
 from huggingface_hub.utils import filter_repo_objects
 
-from training.outputs import RUN_DATA
+from training.checkpoints import RUN_DATA
 
 # Checkpoints, the pickled training arguments and where the data is on this machine stay local; weights, code,
 # card, plots and results go (the Space folder goes to a Space, with scripts/push.py --space).

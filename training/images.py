@@ -14,8 +14,16 @@ ROW = "__row__"  # the row in the source split, carried along so that errors can
 
 
 class DataError(ValueError):
-    """Bad input data, with a message that says what and where."""
+    """Bad input data, with a message that says what and where.
 
+    Raised in a DataLoader worker, torch re-raises it in the main process as a DataError built from its own text
+    ("Caught DataError in DataLoader worker process 0. Original Traceback (most recent call last): ... DataError:
+    <the message>"): the message alone is kept, so that the user reads one line."""
+
+    def __init__(self, message: str = ""):
+        if message.startswith("Caught ") and "Original Traceback" in message:
+            message = message.rstrip().splitlines()[-1].split("DataError: ", 1)[-1]
+        super().__init__(message)
 
 
 def decode_image(value: dict | Image.Image, split: str, row: int) -> Image.Image:

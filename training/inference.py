@@ -1,5 +1,6 @@
 """Using a trained model: load it with its image processor, predict on image files in batches, read its attention."""
 
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,6 +11,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 from transformers import AutoImageProcessor, AutoModelForImageClassification
 
+from modeling_resnet_cbam import ResNetCBAMConfig
 from training.plots import denormalize, plot_attention
 
 IMAGE_SUFFIXES = {suffix for suffix, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
@@ -34,9 +36,27 @@ def class_probabilities(model, pixel_values: torch.Tensor, tta: str = "none",
     return probabilities
 
 
+def check_saved_model(name: str, flag: str = "--model") -> None:
+    """A saved model must be a ResNet-CBAM: another model_type would load with every tensor reported missing, and
+    run as a random model."""
+    from transformers import PreTrainedConfig
+
+    try:
+        config = PreTrainedConfig.get_config_dict(name)[0]
+    except OSError as error:  # no such folder or Hub id, offline, or no config.json
+        why = " ".join(str(error).split())[:300]
+        raise ValueError(f"{flag} {name}: cannot read its config.json ({why})") from error
+    found = config.get("model_type")
+    if found != ResNetCBAMConfig.model_type:
+        raise ValueError(f"{flag} {name} is a {found or 'untyped'} model, not a ResNet-CBAM (model_type "
+                         f"{ResNetCBAMConfig.model_type!r}); to start from a plain ResNet's weights, give a "
+                         "torchvision or timm ResNet weights file to scripts/finetune.py --backbone_weights")
+
+
 def load_model(name_or_path: str, device: str | None = None):
     """A saved model folder or Hub id, loaded with its own code and its preprocessor_config.json; a ValueError
-    naming the folder or id when there is no model there."""
+    naming the folder or id when there is no model there, or when it is not a ResNet-CBAM."""
+    check_saved_model(name_or_path)
     try:
         model = AutoModelForImageClassification.from_pretrained(name_or_path, trust_remote_code=True)
         processor = AutoImageProcessor.from_pretrained(name_or_path)
@@ -58,14 +78,31 @@ def preprocess_image(processor, image: str | Path | Image.Image) -> torch.Tensor
 
 
 def image_files(paths: Sequence[str | Path]) -> list[Path]:
-    """The files given, and every image file under the folders given (sorted), in order."""
+    """The files given, and every image file under the folders given (sorted), in order, each once."""
     files = []
     for path in map(Path, paths):
         if path.is_dir():
             files += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
         else:
             files.append(path)
-    return files
+    return list(dict.fromkeys(files))
+
+
+def output_stems(files: Sequence[Path]) -> dict[Path, str]:
+    """A distinct name for each input's output file: its stem, or, where several inputs share one (a/rgb_0.png and
+    b/rgb_0.png), its path from their common folder with the separators as underscores (a_rgb_0, b_rgb_0)."""
+    by_stem: dict[str, list[Path]] = {}
+    for file in files:
+        by_stem.setdefault(file.stem, []).append(file)
+    names = {}
+    for stem, same in by_stem.items():
+        if len(same) == 1:
+            names[same[0]] = stem
+            continue
+        common = Path(os.path.commonpath([str(file.resolve().parent) for file in same]))
+        for file in same:
+            names[file] = "_".join(file.resolve().relative_to(common).with_suffix("").parts)
+    return names
 
 
 def model_and_images(name_or_path: str, paths: Sequence[str], device: str | None = None):

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from training.checkpoints import RUN_DATA
 from training.data import ImageData
 from training.inference import save_attention_map
 from training.plots import epoch_entries, plot_confusion_matrix, plot_training
@@ -17,7 +18,6 @@ from training.stages import Schedule
 
 logger = logging.getLogger(__name__)
 TEMPLATE = resources.files("training") / "model_card.md"
-RUN_DATA = "run_data.json"  # where the run's images are on this machine: for evaluating it later; never pushed
 ATTENTION_EXAMPLES = 4
 
 

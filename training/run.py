@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import PreTrainedConfig, TrainerCallback, default_data_collator
+from transformers import TrainerCallback, default_data_collator
 
 from modeling_resnet_cbam import ResNetCBAMConfig, ResNetCBAMForImageClassification
 from training.arguments import FinetuneTrainingArguments, ModelArguments, StageArguments, build_schedule
@@ -29,6 +29,7 @@ from training.defaults import resolve_architecture, warn_costly_stem
 from training.device_data import DeviceData, supports_device_data
 from training.ema import EMACallback
 from training.hardware import describe, device_name
+from training.inference import check_saved_model
 from training.metrics import classification_metrics, compute_accuracy
 from training.outputs import RunRecord
 from training.plots import epoch_entries
@@ -87,19 +88,6 @@ def build_model(args: ModelArguments, data: ImageData,
 def keeps_pretrained_stem(args: ModelArguments, model: ResNetCBAMForImageClassification) -> bool:
     """Whether backbone weights were loaded into an ImageNet stem (its 7x7 conv1 kept, not dropped)."""
     return not args.model_name_or_path and args.backbone_weights.lower() != "none" and model.config.stem == "imagenet"
-
-
-def check_saved_model(name: str) -> None:
-    """--model_name_or_path must be a ResNet-CBAM: another model_type would load with every tensor missing."""
-    try:
-        config = PreTrainedConfig.get_config_dict(name)[0]
-    except OSError as error:  # no such folder or Hub id, offline, or no config.json
-        raise ValueError(f"--model_name_or_path {name}: cannot read its config.json ({error})") from error
-    found = config.get("model_type")
-    if found != ResNetCBAMConfig.model_type:
-        raise ValueError(f"--model_name_or_path {name} is a {found or 'untyped'} model, not a ResNet-CBAM (model_type "
-                         f"{ResNetCBAMConfig.model_type!r}); to start from a ResNet's weights, give its weights file "
-                         "to --backbone_weights")
 
 
 def build_run(
@@ -191,10 +179,12 @@ def prepare_run(
     data, model and Trainer, then whether the checkpoint continues this very run. A previous run that
     --overwrite_output_dir replaces is deleted last, once everything else has succeeded."""
     resume, output_dir = training_args.resume_from_checkpoint, Path(training_args.output_dir)
-    to_delete = check_output_dir(output_dir, training_args.overwrite_output_dir, resume)
+    data_paths = tuple(path for path in (data_args.train_dir, data_args.validation_dir, data_args.dataset_name)
+                       if path and Path(path).exists())
+    to_delete = check_output_dir(output_dir, training_args.overwrite_output_dir, resume, data_paths)
     checkpoint = resolve_checkpoint(resume, output_dir)
     if model_args.model_name_or_path:
-        check_saved_model(model_args.model_name_or_path)
+        check_saved_model(model_args.model_name_or_path, "--model_name_or_path")
     run = build_run(model_args, data_args, stage_args, training_args, extra_callbacks, checkpoint)
     if checkpoint is not None:
         run.record.changes_on_resume = check_resume(checkpoint, run.record.identity(), training_args.allow_changed_run,
