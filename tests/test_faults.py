@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from datasets import concatenate_datasets
@@ -39,6 +40,8 @@ def break_newest_checkpoint(folder: Path, how: str) -> str:
     newest = folder / "checkpoint-12"
     if how == "partial":
         (newest / "run_facts.json").unlink()  # a crash while saving: the completion mark was never written
+    elif how in ("optimizer.pt", "scheduler.pt", "rng_state.pth"):
+        (newest / how).write_bytes(np.random.default_rng(0).bytes(5000))  # garbage where a pickle should be
     else:
         data = (newest / "model.safetensors").read_bytes()
         (newest / "model.safetensors").write_bytes(data[: len(data) // 3])
@@ -58,7 +61,10 @@ FOLDER_CASES = [
     ("partial-checkpoint-named", ["--resume_from_checkpoint", "{out}/checkpoint-12"], "partial", 2,
      ["checkpoint-12: run_facts.json missing"]),
     ("truncated-weights-in-checkpoint", ["--resume_from_checkpoint", "{out}/checkpoint-12"], "truncated", 2,
-     ["checkpoint-12: unreadable (SafetensorError"]),
+     ["checkpoint-12: model.safetensors is unreadable (SafetensorError"]),
+    *[(f"garbage-{name}-named", ["--resume_from_checkpoint", "{out}/checkpoint-12"], name, 2,
+       [f"checkpoint-12: {name} is unreadable (UnpicklingError"]) for name in ("optimizer.pt", "scheduler.pt",
+                                                                                 "rng_state.pth")],
     ("resume-another-folder-into-a-finished-run", ["--resume_from_checkpoint", "{out}/../elsewhere/checkpoint-4"],
      None, 2, ["already holds a run"]),
     ("bad-flag-into-a-finished-run", ["--optim", "lion_8bit"], None, 2, ["--optim lion_8bit is not supported"]),
@@ -81,6 +87,15 @@ def test_an_existing_output_folder_is_never_changed_by_a_refused_run(finished_ru
     assert snapshot(folder) == before
 
 
+def test_last_skips_a_checkpoint_with_a_garbage_optimizer_file(finished_run, dataset, tmp_path, caplog):
+    folder = tmp_path / "out"
+    shutil.copytree(finished_run, folder)
+    break_newest_checkpoint(folder, "optimizer.pt")
+    (folder / "run_complete.json").unlink()  # so that a resume of checkpoint-8 is not refused as a finished run
+    assert finetune_main([*TINY, *flags(dataset, folder), "--resume_from_checkpoint", "last"]) == 0
+    assert "checkpoint-12 (optimizer.pt is unreadable (UnpicklingError" in caplog.text
+
+
 def test_last_skips_an_incomplete_checkpoint_and_says_so(finished_run, dataset, tmp_path, caplog):
     folder = tmp_path / "out"
     shutil.copytree(finished_run, folder)
@@ -100,7 +115,8 @@ def test_overwrite_output_dir_replaces_the_run_and_says_so(finished_run, dataset
     (folder / "old-notes.txt").write_text("from the previous run")
     assert finetune_main([*TINY, *flags(dataset, folder), "--save_strategy", "no", "--overwrite_output_dir"]) == 0
     assert "--overwrite_output_dir: deleted the previous run in" in caplog.text
-    assert not (folder / "old-notes.txt").exists() and not (folder / "checkpoint-4").exists()
+    assert not (folder / "checkpoint-4").exists()  # the previous run's own files are gone, the user's are kept
+    assert (folder / "old-notes.txt").read_text() == "from the previous run" and "kept what this project" in caplog.text
     assert (folder / "model.safetensors").is_file() and (folder / "README.md").is_file()
 
 

@@ -14,8 +14,10 @@ import shutil
 from contextlib import contextmanager
 from pathlib import Path
 
+import torch
 from safetensors import safe_open
 from transformers import TrainerCallback
+from transformers.trainer_pt_utils import safe_globals
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from modeling_resnet_cbam import ResNetCBAMConfig
@@ -169,13 +171,23 @@ def checkpoint_problem(checkpoint: Path) -> str | None:
     missing = [name for name in RESUMABLE if not (checkpoint / name).is_file()]
     if missing:
         return f"{', '.join(missing)} missing"
-    try:
-        with safe_open(checkpoint / "model.safetensors", framework="pt") as weights:
-            weights.keys()
+    name = "model.safetensors"
+    try:  # every file the resume will read, read now as the Trainer will (weights_only), before any data loads
+        for path in sorted(checkpoint.glob("*.safetensors")):
+            name = path.name
+            with safe_open(path, framework="pt") as weights:
+                weights.keys()
+        for path in sorted([*checkpoint.glob("*.pt"), *checkpoint.glob("*.pth")]):
+            name = path.name
+            with safe_globals():
+                torch.load(path, map_location="cpu", weights_only=True)
+        name = RUN_FACTS
         facts = json.loads((checkpoint / RUN_FACTS).read_text())
-        json.loads((checkpoint / "trainer_state.json").read_text())["global_step"]
+        name = "trainer_state.json"
+        json.loads((checkpoint / name).read_text())["global_step"]
     except Exception as error:  # a truncated or foreign file, whatever the library says about it
-        return f"unreadable ({type(error).__name__}: {error})"
+        why = " ".join(f"{type(error).__name__}: {error}".split())
+        return f"{name} is unreadable ({why[:160]}{'...' if len(why) > 160 else ''})"
     return None if isinstance(facts, dict) else f"{RUN_FACTS} is not a JSON object"
 
 
