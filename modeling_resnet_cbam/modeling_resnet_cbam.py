@@ -327,8 +327,9 @@ class ResNetCBAMPreTrainedModel(PreTrainedModel):
         """Load ImageNet ResNet weights into the backbone by name and report what was loaded, new and skipped.
 
         `source` is `"torchvision"` (IMAGENET1K_V1, downloaded by torchvision on first use), a Hub id of a timm
-        ResNet (e.g. `"timm/resnet18.a1_in1k"`), a local `.safetensors` / `.pth` file, or a model saved by this
-        project (its folder or its `model.safetensors`: the backbone loads, its CBAM and classifier are skipped).
+        ResNet (e.g. `"timm/resnet18.a1_in1k"`), a local `.safetensors` / `.pth` file, or a model folder saved by
+        this project or by transformers' `ResNetForImageClassification` with basic layers (its folder or its
+        `model.safetensors`: the backbone loads, a CBAM and classifier are skipped).
         A file of another architecture is a ValueError naming the first tensor that does not fit.
         """
         backbone = self.base_model.backbone
@@ -412,9 +413,35 @@ def _read_resnet_state_dict(source: str | os.PathLike, depths: list[int]) -> dic
     if not_tensors:
         raise ValueError(f"{source}: '{not_tensors[0]}' is a {type(state_dict[not_tensors[0]]).__name__}, not a "
                          "tensor; the file is not a ResNet state dict")
-    # torchvision's names: DDP's "module." wrapper dropped, and a saved ResNet-CBAM's backbone prefix
-    return {key.removeprefix("module.").removeprefix(f"{BACKBONE_PREFIX}."): tensor
+    # torchvision's names: DDP's "module." wrapper dropped, a saved ResNet-CBAM's backbone prefix, transformers'
+    # ResNet names mapped
+    return {_torchvision_name(key.removeprefix("module.").removeprefix(f"{BACKBONE_PREFIX}.")): tensor
             for key, tensor in state_dict.items()}
+
+
+# transformers' ResNet (ResNetModel / ResNetForImageClassification, basic layers) -> torchvision's names
+TRANSFORMERS_RESNET_NAMES = [
+    (r"^(?:resnet\.)?embedder\.embedder\.convolution\.", "conv1."),
+    (r"^(?:resnet\.)?embedder\.embedder\.normalization\.", "bn1."),
+    (r"^(?:resnet\.)?encoder\.stages\.(\d+)\.layers\.(\d+)\.shortcut\.convolution\.",
+     lambda m: f"layer{int(m[1]) + 1}.{m[2]}.downsample.0."),
+    (r"^(?:resnet\.)?encoder\.stages\.(\d+)\.layers\.(\d+)\.shortcut\.normalization\.",
+     lambda m: f"layer{int(m[1]) + 1}.{m[2]}.downsample.1."),
+    (r"^(?:resnet\.)?encoder\.stages\.(\d+)\.layers\.(\d+)\.layer\.([01])\.convolution\.",
+     lambda m: f"layer{int(m[1]) + 1}.{m[2]}.conv{int(m[3]) + 1}."),
+    (r"^(?:resnet\.)?encoder\.stages\.(\d+)\.layers\.(\d+)\.layer\.([01])\.normalization\.",
+     lambda m: f"layer{int(m[1]) + 1}.{m[2]}.bn{int(m[3]) + 1}."),
+    (r"^classifier\.1\.", "fc."),
+]
+
+
+def _torchvision_name(key: str) -> str:
+    """A tensor's name as torchvision's ResNet has it; transformers' ResNet names are mapped mechanically."""
+    for pattern, replacement in TRANSFORMERS_RESNET_NAMES:
+        renamed, count = re.subn(pattern, replacement, key)
+        if count:
+            return renamed
+    return key
 
 
 def _read_file(path: Path) -> dict:

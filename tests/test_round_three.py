@@ -138,3 +138,20 @@ def test_an_undecodable_image_met_in_training_is_one_line_naming_the_file_and_th
     err = capsys.readouterr().err
     assert code == 1, err
     assert "a/5.jpeg): " in err and "--verify_images" in err and "Traceback" not in err and "Caught" not in err
+
+
+def test_a_transformers_resnet_folder_loads_as_a_backbone_and_computes_the_same_features(tmp_path):
+    import torch
+    from transformers import ResNetConfig, ResNetForImageClassification
+
+    theirs = ResNetForImageClassification(ResNetConfig(layer_type="basic", depths=[1, 1, 1, 1], embedding_size=64,
+                                                       hidden_sizes=[64, 128, 256, 512], num_labels=3)).eval()
+    theirs.save_pretrained(tmp_path / "resnet")
+    ours = ResNetCBAMForImageClassification(ResNetCBAMConfig(depths=[1, 1, 1, 1], stem="imagenet",
+                                                             cbam_placement="none")).eval()
+    report = ours.load_backbone_weights(tmp_path / "resnet")
+    assert "resnet_cbam.backbone.conv1.weight" in report.loaded and sorted(report.skipped) == ["fc.bias", "fc.weight"]
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        expected = theirs.resnet(x).last_hidden_state
+        assert torch.allclose(ours.resnet_cbam(x).last_hidden_state, expected, atol=1e-5)

@@ -49,8 +49,9 @@ def check_saved_model(name: str, flag: str = "--model") -> None:
     found = config.get("model_type")
     if found != ResNetCBAMConfig.model_type:
         raise ValueError(f"{flag} {name} is a {found or 'untyped'} model, not a ResNet-CBAM (model_type "
-                         f"{ResNetCBAMConfig.model_type!r}); to start from a plain ResNet's weights, give a "
-                         "torchvision or timm ResNet weights file to scripts/finetune.py --backbone_weights")
+                         f"{ResNetCBAMConfig.model_type!r}); to start from a ResNet's weights, give its folder or "
+                         "weights file to scripts/finetune.py --backbone_weights (torchvision, timm and transformers "
+                         "ResNets with basic blocks load by name)")
 
 
 def load_model(name_or_path: str, device: str | None = None):
