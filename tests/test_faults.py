@@ -426,6 +426,9 @@ def test_sigterm_in_training_says_what_was_saved(dataset, tmp_path):
     ("checkpoint", RuntimeError("[enforce fail at inline_container.cc:664] . PytorchStreamWriter failed writing file "
                                 "data/0: file write failed"),
      ["could not write checkpoint-4 in", "PytorchStreamWriter"]),
+    ("checkpoint", RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 17494464 vs 17494356"),
+     ["could not write checkpoint-4 in", "unexpected pos"]),
+    ("checkpoint", RuntimeError("basic_ios::clear: iostream error"), ["could not write checkpoint-4 in", "iostream"]),
     ("final", OSError(errno.ENOSPC, "No space left on device"),
      ["could not write the final model in", "the disk is full", "the last complete checkpoint is checkpoint-12",
       "--resume_from_checkpoint last"]),

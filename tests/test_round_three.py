@@ -155,3 +155,23 @@ def test_a_transformers_resnet_folder_loads_as_a_backbone_and_computes_the_same_
     with torch.no_grad():
         expected = theirs.resnet(x).last_hidden_state
         assert torch.allclose(ours.resnet_cbam(x).last_hidden_state, expected, atol=1e-5)
+
+
+def test_a_run_stopped_before_its_first_complete_checkpoint_is_started_again_not_resumed(dataset, tmp_path, capsys):
+    from helpers import flags
+    from tiny_run import TINY
+
+    from training.cli import finetune_main
+
+    out = tmp_path / "out"
+    run = [*TINY, *flags(dataset, out), "--save_strategy", "epoch"]
+    assert finetune_main(run) == 0
+    for name in ("model.safetensors", "README.md", "run_complete.json", "config.json"):
+        (out / name).unlink()  # as a kill during the first checkpoint's write leaves it
+    for checkpoint in ("checkpoint-8", "checkpoint-12"):
+        __import__("shutil").rmtree(out / checkpoint)
+    (out / "checkpoint-4" / "run_facts.json").unlink()
+    assert finetune_main(run) == 2
+    assert "stopped before its first complete checkpoint (checkpoint-4): nothing there can be resumed; start again " \
+           "with --overwrite_output_dir" in capsys.readouterr().err
+    assert finetune_main([*run, "--overwrite_output_dir"]) == 0

@@ -340,6 +340,9 @@ class FinetuneTrainingArguments(TrainingArguments):
             raise ValueError(f"--lr_scheduler_kwargs {kwargs}: only {{\"min_lr_rate\": x}} (the floor of a cosine "
                              "shape, as a fraction of the peak) and {\"start_factor\": x} (where warmup starts, "
                              "as a fraction of the peak; with --warmup_steps) are supported")
+        if self.num_train_epochs is not None and (self.num_train_epochs < 1 or self.num_train_epochs % 1):
+            raise ValueError(f"--num_train_epochs must be a whole number of epochs, at least 1 (the length of --recipe "
+                             f"full or fast, or the sum of the stages), got {self.num_train_epochs:g}")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"--ema_decay must be in [0, 1) (0: no average; e.g. 0.99), got {self.ema_decay}")
         check_tta(self.tta)
@@ -456,7 +459,10 @@ def parse_arguments(argv: list[str] | None = None):
     if len(argv) == 1 and argv[0].endswith((".json", ".yaml", ".yml")):
         path = Path(argv[0])
         values = json.loads(path.read_text()) if path.suffix == ".json" else yaml.safe_load(path.read_text())
-        return parser.parse_dict({**recipe_defaults(values.get("recipe"), values.get("optim")), **values})
+        try:
+            return parser.parse_dict({**recipe_defaults(values.get("recipe"), values.get("optim")), **values})
+        except ValueError as error:  # an unknown key, or a value its dataclass refuses: said with the file
+            raise ValueError(f"{path}: {error}") from error
     probe = argparse.ArgumentParser(add_help=False)
     probe.add_argument("--recipe")
     probe.add_argument("--optim")

@@ -50,19 +50,39 @@ class WriteError(RuntimeError):
 
 @contextmanager
 def writing(what: str, output_dir: str | Path):
-    """Turn a failed write inside (an OSError, or torch's RuntimeError from its zip writer) into a WriteError."""
+    """Turn a failed write inside into a WriteError: an OSError, or torch's writer failing (a RuntimeError from its
+    zip writer or the C++ stream under it, whatever its wording), or any RuntimeError while the disk is all but
+    full."""
     try:
         yield
     except (OSError, RuntimeError) as error:
-        if not isinstance(error, OSError) and "writ" not in str(error).lower():
+        if not isinstance(error, OSError) and not _torch_writer_failed(error) and \
+                _free_bytes(Path(output_dir)) >= LOW_SPACE:
             raise
         raise WriteError(_write_failure(error, what, Path(output_dir))) from error
 
 
-def _write_failure(error: Exception, what: str, folder: Path) -> str:
+LOW_SPACE = 64 * 2**20
+TORCH_WRITER_WORDS = ("writ", "inline_container", "iostream", "PytorchStreamWriter", "unexpected pos")
+
+
+def _torch_writer_failed(error: BaseException) -> bool:
+    """Whether a RuntimeError, or one it was raised while handling, comes from torch.save's writer."""
+    while error is not None:
+        if any(word.lower() in str(error).lower() for word in TORCH_WRITER_WORDS):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def _free_bytes(folder: Path) -> int:
     existing = next(path for path in (folder, *folder.parents) if path.exists())
-    free = shutil.disk_usage(existing).free
-    full = getattr(error, "errno", None) == errno.ENOSPC or free < 64 * 2**20
+    return shutil.disk_usage(existing).free
+
+
+def _write_failure(error: Exception, what: str, folder: Path) -> str:
+    free = _free_bytes(folder)
+    full = getattr(error, "errno", None) == errno.ENOSPC or free < LOW_SPACE
     why = "the disk is full" if full else (getattr(error, "strerror", None) or str(error).splitlines()[0][:200])
     last = last_complete_checkpoint(folder)
     complete = f"the last complete checkpoint is {last.name}" if last else "no complete checkpoint yet"
@@ -105,8 +125,13 @@ def check_output_dir(output_dir: str | Path, overwrite: bool, resume: str | None
                            resume, folder)
         return []
     if not overwrite:
+        listed = f"{', '.join(held[:4])}{', ...' if len(held) > 4 else ''}"
+        if last_complete_checkpoint(folder) is None and not (folder / RUN_COMPLETE).is_file():
+            raise RunFolderError(f"{folder} holds a run stopped before its first complete checkpoint ({listed}): "
+                                 "nothing there can be resumed; start again with --overwrite_output_dir, or choose "
+                                 "another --output_dir")
         raise RunFolderError(
-            f"{folder} already holds a run ({', '.join(held[:4])}{', ...' if len(held) > 4 else ''}): continue it with "
+            f"{folder} already holds a run ({listed}): continue it with "
             "--resume_from_checkpoint last, replace it with --overwrite_output_dir, or choose another --output_dir"
         )
     here = folder.resolve()
@@ -130,8 +155,13 @@ def is_run_folder(folder: Path) -> bool:
     """A folder this project wrote a run into: its completion mark, a complete checkpoint, or a ResNet-CBAM config."""
     if (folder / RUN_COMPLETE).is_file() or any(folder.glob(f"{PREFIX_CHECKPOINT_DIR}-*/{RUN_FACTS}")):
         return True
+    configs = [folder / "config.json", *folder.glob(f"{PREFIX_CHECKPOINT_DIR}-*/config.json")]  # one half-written
+    return any(_is_our_config(path) for path in configs)
+
+
+def _is_our_config(path: Path) -> bool:
     try:
-        return json.loads((folder / "config.json").read_text()).get("model_type") == ResNetCBAMConfig.model_type
+        return json.loads(path.read_text()).get("model_type") == ResNetCBAMConfig.model_type
     except (OSError, ValueError, AttributeError):
         return False
 

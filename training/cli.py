@@ -85,7 +85,8 @@ def saved_so_far(output_dir: str) -> str:
     """What an interrupted run leaves to continue from, and how."""
     checkpoint = last_complete_checkpoint(output_dir)
     if checkpoint is None:
-        return f"no complete checkpoint was saved in {output_dir}: the run starts again from the beginning"
+        return (f"no complete checkpoint was saved in {output_dir}: the run starts again from the beginning (the same "
+                "command with --overwrite_output_dir)")
     return (f"the last complete checkpoint is {checkpoint}: continue with the same command and "
             "--resume_from_checkpoint last (after the end of training, that writes the missing final outputs)")
 

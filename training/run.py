@@ -183,6 +183,9 @@ def prepare_run(
                        if path and Path(path).exists())
     to_delete = check_output_dir(output_dir, training_args.overwrite_output_dir, resume, data_paths)
     checkpoint = resolve_checkpoint(resume, output_dir)
+    if checkpoint is not None and checkpoint.resolve().parent != output_dir.resolve():
+        logger.warning("resuming from %s, a checkpoint of another folder: the run continues into %s", checkpoint,
+                       output_dir)
     if model_args.model_name_or_path:
         check_saved_model(model_args.model_name_or_path, "--model_name_or_path")
     run = build_run(model_args, data_args, stage_args, training_args, extra_callbacks, checkpoint)
