@@ -10,8 +10,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from training.arguments import check_at_least, script_parser
 from training.inference import model_and_images, output_stems, preprocess_image, save_attention_map
+from training.script_args import check_at_least, script_parser
 
 
 @dataclass

@@ -16,8 +16,8 @@ import json
 import sys
 from dataclasses import asdict, dataclass, field
 
-from training.arguments import check_at_least, script_parser
 from training.benchmark import run_benchmark
+from training.script_args import check_at_least, script_parser
 
 
 @dataclass

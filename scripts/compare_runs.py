@@ -12,8 +12,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from training.arguments import script_parser
 from training.plots import accuracy_over_time, plot_accuracy_over_time
+from training.script_args import script_parser
 
 
 @dataclass

@@ -10,8 +10,8 @@ The model is loaded once, as a user loads it (trust_remote_code), and kept in me
 import sys
 from dataclasses import dataclass, field
 
-from training.arguments import check_at_least, script_parser
 from training.inference import image_files
+from training.script_args import check_at_least, script_parser
 
 
 @dataclass

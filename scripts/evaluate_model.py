@@ -14,11 +14,11 @@ import json
 import sys
 from dataclasses import dataclass, field
 
-from training.arguments import check_at_least, script_parser
 from training.data import DataArguments
 from training.inference import check_tta, evaluate_split, evaluation_report, load_model
 from training.outputs import read_run_data
 from training.plots import plot_confusion_matrix
+from training.script_args import check_at_least, script_parser
 
 
 @dataclass

@@ -10,9 +10,9 @@ model, output path or environment it cannot use.
 import sys
 from dataclasses import dataclass, field
 
-from training.arguments import script_parser
 from training.inference import load_model
 from training.onnx_export import TOLERANCE, ParityError, check_output, export_onnx, require_onnx, speed_against_torch
+from training.script_args import script_parser
 
 
 @dataclass

@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from training.arguments import check_at_least, script_parser
 from training.data import DataArguments, data_facts, data_report, load_image_data
 from training.plots import save_image_grid
+from training.script_args import check_at_least, script_parser
 
 
 @dataclass

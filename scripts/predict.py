@@ -12,8 +12,8 @@ from dataclasses import asdict, dataclass, field
 
 from tqdm.auto import tqdm
 
-from training.arguments import check_at_least, script_parser
 from training.inference import check_tta, model_and_images, predict_files
+from training.script_args import check_at_least, script_parser
 
 
 @dataclass

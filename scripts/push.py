@@ -7,8 +7,8 @@ python scripts/push.py outputs/cifar10 --space your-name/resnet-cbam-cifar10-dem
 import sys
 from dataclasses import dataclass, field
 
-from training.arguments import script_parser
 from training.hub import HubError, check_push_access, push_folder, push_space
+from training.script_args import script_parser
 
 
 @dataclass

@@ -11,8 +11,9 @@ from dataclasses import dataclass, field
 from torchinfo import summary
 
 from modeling_resnet_cbam import ResNetCBAMConfig, ResNetCBAMForImageClassification
-from training.arguments import ArchitectureArguments, check_at_least, script_parser
+from training.arguments import ArchitectureArguments
 from training.inference import check_saved_model
+from training.script_args import check_at_least, script_parser
 
 
 @dataclass

@@ -25,22 +25,7 @@ from training.hardware import bf16_is_fast, default_num_workers, launch
 from training.inference import check_tta
 from training.onnx_export import require_onnx
 from training.optimizers import OptimizerSpec
-
-
-def check_at_least(args, **minimums: int) -> None:
-    """Refuse a count flag below its minimum (--top_k 0, --batch_size -1), naming the flag, before any work."""
-    for name, minimum in minimums.items():
-        if getattr(args, name) < minimum:
-            raise ValueError(f"--{name} must be at least {minimum}, got {getattr(args, name)}")
-
-
-def _comma_list(text: str | None, kind, flag: str) -> list | None:
-    if text is None:
-        return None
-    try:
-        return [kind(value) for value in text.split(",")]
-    except ValueError as error:
-        raise ValueError(f"{flag} must be comma-separated {kind.__name__} values, got {text!r}") from error
+from training.script_args import check_at_least, comma_list, script_parser
 
 
 @dataclass
@@ -63,7 +48,7 @@ class ArchitectureArguments:
 
     def __post_init__(self):
         try:
-            depths = _comma_list(self.depths, int, "--depths")
+            depths = comma_list(self.depths, int, "--depths")
         except ValueError:
             depths = []
         if len(depths) != 4:
@@ -123,8 +108,8 @@ class StageArguments:
             raise stages.ScheduleError(f"unknown recipe {self.recipe!r}; the recipes are {', '.join(stages.RECIPES)}")
         if self.bn_policy not in ("train", "frozen"):
             raise ValueError(f"--bn_policy must be 'train' or 'frozen', got {self.bn_policy!r}")
-        self.epochs = _comma_list(self.stage_epochs, int, "--stage_epochs")
-        self.lrs = _comma_list(self.stage_lrs, float, "--stage_lrs")
+        self.epochs = comma_list(self.stage_epochs, int, "--stage_epochs")
+        self.lrs = comma_list(self.stage_lrs, float, "--stage_lrs")
 
 
 # The recipe reads these: the optimizer, the lr of each group at each step, the loss, the batch, the precision.
@@ -392,30 +377,6 @@ RECIPE_HELP = {
 OWN_TRAINING_GROUP = ("training (this recipe's: optimizer, rates, loss and batch; precision and data placement; EMA; "
                       "TTA; the run folder, resume and push; ONNX export)")
 TRAINER_GROUP = "Trainer (transformers TrainingArguments, passed to the Trainer as they are)"
-
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """One name per flag (`--flag VALUE`, not also `--flag-name FLAG_NAME`), no "(default: None)", and the epilog
-    as written: a help a user reads from the top."""
-
-    def _format_action_invocation(self, action: argparse.Action) -> str:
-        if not action.option_strings or action.nargs == 0:  # a positional, or --help
-            return super()._format_action_invocation(action)
-        value = "[BOOL]" if action.nargs == "?" else "VALUE ..." if action.nargs in ("+", "*") else "VALUE"
-        return f"{action.option_strings[0]} {value}"
-
-    def add_usage(self, usage, actions, groups, prefix=None):
-        super().add_usage(usage or "%(prog)s [--flag VALUE ...]", actions, groups, prefix)
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        if action.default is None or action.default == argparse.SUPPRESS:
-            return action.help or ""
-        return super()._get_help_string(action)
-
-
-def script_parser(dataclass_types, **kwargs) -> HfArgumentParser:
-    """The HfArgumentParser of a script, with the project's help layout."""
-    return HfArgumentParser(dataclass_types, formatter_class=HelpFormatter, **kwargs)
 
 
 def build_parser() -> HfArgumentParser:

@@ -18,9 +18,9 @@ import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from training.arguments import _comma_list, check_at_least, script_parser
 from training.checkpoints import last_complete_checkpoint
 from training.plots import epoch_entries, plot_study
+from training.script_args import check_at_least, comma_list, script_parser
 
 logger = logging.getLogger(__name__)
 
@@ -75,16 +75,16 @@ class StudyArguments:
 
     def __post_init__(self):
         check_at_least(self, pretrain_epochs=1, pretrain_image_size=16, train_per_class=0, eval_samples=1, seed=0)
-        self.epochs = _comma_list(self.stage_epochs, int, "--stage_epochs")
+        self.epochs = comma_list(self.stage_epochs, int, "--stage_epochs")
         if len(self.epochs) != 3 or min(self.epochs) < 1:
             raise StudyError(f"--stage_epochs must be three positive integers such as 2,6,12, got {self.stage_epochs}")
-        self.lrs = _comma_list(self.full_lrs, float, "--full_lrs")
+        self.lrs = comma_list(self.full_lrs, float, "--full_lrs")
         if not self.lrs or min(self.lrs) <= 0:
             raise StudyError(f"--full_lrs must be positive learning rates, got {self.full_lrs}")
         if self.tta not in ("none", "flip"):
             raise StudyError(f"--tta must be none or flip, got {self.tta!r}")
         names = [row.name for row in study_rows(self)]
-        self.selected = _comma_list(self.runs, str, "--runs") or names
+        self.selected = comma_list(self.runs, str, "--runs") or names
         unknown = [name for name in self.selected if name not in names]
         if unknown:
             raise StudyError(f"--runs: unknown rows {', '.join(unknown)}; the rows are {', '.join(names)}")

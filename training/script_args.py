@@ -1,0 +1,46 @@
+"""What every script's command line shares: the parser with the project's help layout, and the checks of counts and
+comma-separated lists that refuse a bad value by its flag before anything loads."""
+
+import argparse
+
+from transformers import HfArgumentParser
+
+
+def check_at_least(args, **minimums: int) -> None:
+    """Refuse a count flag below its minimum (--top_k 0, --batch_size -1), naming the flag, before any work."""
+    for name, minimum in minimums.items():
+        if getattr(args, name) < minimum:
+            raise ValueError(f"--{name} must be at least {minimum}, got {getattr(args, name)}")
+
+
+def comma_list(text: str | None, kind, flag: str) -> list | None:
+    if text is None:
+        return None
+    try:
+        return [kind(value) for value in text.split(",")]
+    except ValueError as error:
+        raise ValueError(f"{flag} must be comma-separated {kind.__name__} values, got {text!r}") from error
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """One name per flag (`--flag VALUE`, not also `--flag-name FLAG_NAME`), no "(default: None)", and the epilog
+    as written: a help a user reads from the top."""
+
+    def _format_action_invocation(self, action: argparse.Action) -> str:
+        if not action.option_strings or action.nargs == 0:  # a positional, or --help
+            return super()._format_action_invocation(action)
+        value = "[BOOL]" if action.nargs == "?" else "VALUE ..." if action.nargs in ("+", "*") else "VALUE"
+        return f"{action.option_strings[0]} {value}"
+
+    def add_usage(self, usage, actions, groups, prefix=None):
+        super().add_usage(usage or "%(prog)s [--flag VALUE ...]", actions, groups, prefix)
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None or action.default == argparse.SUPPRESS:
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
+def script_parser(dataclass_types, **kwargs) -> HfArgumentParser:
+    """The HfArgumentParser of a script, with the project's help layout."""
+    return HfArgumentParser(dataclass_types, formatter_class=HelpFormatter, **kwargs)
