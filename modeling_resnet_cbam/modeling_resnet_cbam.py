@@ -11,6 +11,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from textwrap import shorten
 
 import torch
 import torchvision
@@ -454,7 +455,8 @@ def _read_file(path: Path) -> dict:
             return load_file(path)
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # truncated, foreign, or pickled objects: each library words it its own way
-        raise ValueError(f"{path}: not a readable weights file ({type(error).__name__}: {str(error)[:200]}); "
+        why = shorten(f"{type(error).__name__}: {error}", 200, placeholder=" ...")
+        raise ValueError(f"{path}: not a readable weights file ({why}); "
                          "expected a ResNet state dict saved as .safetensors or with torch.save") from error
 
 

@@ -14,8 +14,8 @@ PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 SCRIPTS = {path.stem: path for path in [*(ROOT / "scripts").glob("*.py"), ROOT / "docs" / "render.py"]}
 FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9_]*(?:-[a-z0-9_]+)*(?![\w*-])")  # not a wildcard: --adam_*
 SCRIPT = re.compile(r"(?:scripts|docs)/(\w+)\.py")
-# Other tools' flags the pages use: accelerate's launcher, pytest, mkdocs.
-OTHER_TOOLS = {"--multi_gpu", "--num_processes", "--config_file", "--strict"}
+# Other tools' flags the pages use: accelerate's launcher (--quiet: its -q), pytest, mkdocs.
+OTHER_TOOLS = {"--multi_gpu", "--num_processes", "--config_file", "--strict", "--quiet"}
 TOP = r"(?:scripts|training|tests|configs|docs|modeling_resnet_cbam|\.ci)"
 REPO_PATH = re.compile(rf"(?<![\w./-])({TOP}/[\w./*-]*[\w*])")
 

@@ -13,6 +13,7 @@ import os
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
+from textwrap import shorten
 
 import torch
 from safetensors import safe_open
@@ -83,7 +84,8 @@ def _free_bytes(folder: Path) -> int:
 def _write_failure(error: Exception, what: str, folder: Path) -> str:
     free = _free_bytes(folder)
     full = getattr(error, "errno", None) == errno.ENOSPC or free < LOW_SPACE
-    why = "the disk is full" if full else (getattr(error, "strerror", None) or str(error).splitlines()[0][:200])
+    why = "the disk is full" if full else (getattr(error, "strerror", None) or
+                                           shorten(str(error).splitlines()[0], 200, placeholder=" ..."))
     last = last_complete_checkpoint(folder)
     complete = f"the last complete checkpoint is {last.name}" if last else "no complete checkpoint yet"
     return (f"could not write {what} in {folder}: {why} ({free / 2**20:,.0f} MiB free there); {complete}. Free "
@@ -216,8 +218,7 @@ def checkpoint_problem(checkpoint: Path) -> str | None:
         name = "trainer_state.json"
         json.loads((checkpoint / name).read_text())["global_step"]
     except Exception as error:  # a truncated or foreign file, whatever the library says about it
-        why = " ".join(f"{type(error).__name__}: {error}".split())
-        return f"{name} is unreadable ({why[:160]}{'...' if len(why) > 160 else ''})"
+        return f"{name} is unreadable ({shorten(f'{type(error).__name__}: {error}', 160, placeholder=' ...')})"
     return None if isinstance(facts, dict) else f"{RUN_FACTS} is not a JSON object"
 
 

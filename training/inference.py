@@ -4,6 +4,7 @@ import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from textwrap import shorten
 
 import torch
 from PIL import Image
@@ -44,7 +45,7 @@ def check_saved_model(name: str, flag: str = "--model") -> None:
     try:
         config = PreTrainedConfig.get_config_dict(name)[0]
     except OSError as error:  # no such folder or Hub id, offline, or no config.json
-        why = " ".join(str(error).split())[:300]
+        why = shorten(str(error), 300, placeholder=" ...")
         raise ValueError(f"{flag} {name}: cannot read its config.json ({why})") from error
     found = config.get("model_type")
     if found != ResNetCBAMConfig.model_type:
@@ -62,7 +63,7 @@ def load_model(name_or_path: str, device: str | None = None):
         model = AutoModelForImageClassification.from_pretrained(name_or_path, trust_remote_code=True)
         processor = AutoImageProcessor.from_pretrained(name_or_path)
     except (OSError, ValueError) as error:  # no such folder, not a model folder, unknown or unreachable Hub id
-        why = " ".join(str(error).split())[:300]  # one line: transformers' messages span several
+        why = shorten(str(error), 300, placeholder=" ...")  # one line: transformers' messages span several
         raise ValueError(f"--model {name_or_path}: no model could be loaded from it ({why}); give a "
                          "folder written by scripts/finetune.py or save_pretrained, or a Hub model id") from error
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
