@@ -23,13 +23,12 @@ from torch.utils.data import DataLoader
 from transformers import default_data_collator
 
 from training.data import (
-    CIFAR_MEAN,
-    IMAGENET_MEAN,
     DataArguments,
     DataError,
     labels_of,
     load_image_data,
 )
+from training.defaults import CIFAR_MEAN, IMAGENET_MEAN
 from training.transforms import build_transforms
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -143,7 +142,7 @@ def test_an_empty_split_is_named(tmp_path):
     splits = {"train": tiny_dataset(), "test": tiny_dataset().select([])}
     with pytest.raises(DataError, match=r"cannot load .*ds: .*\"test\" corresponds to no data"):
         load(tmp_path, splits)
-    with pytest.raises(DataError, match="the validation split is empty"):
+    with pytest.raises(DataError, match="--max_eval_samples must be at least 1"):
         load(tmp_path / "2", max_eval_samples=0)
     with pytest.raises(DataError, match="the train split is empty"):
         load(tmp_path / "3", {"train": with_bad_images(list(range(40)))}, verify_images=True, skip_bad_images=True)

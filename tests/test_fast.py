@@ -52,10 +52,10 @@ def test_fast_sets_its_optimizer_shape_and_defaults_and_every_flag_still_wins():
     assert (training_args.tta, data_args.augment) == ("none", "crop-flip")
     (stage,) = build_schedule(stage_args, training_args).stages
     assert stage.epochs == 3 and set(stage.lrs.values()) == {0.05}
-    # the other recipes keep the tutorial's defaults
+    # the other recipes keep the tutorial's defaults (the augmentation is chosen from the images: tutorial for CIFAR)
     _, data_args, _, training_args = parse_arguments([])
     assert (training_args.optimizer.name, training_args.ema_decay, training_args.tta, data_args.augment) == \
-        ("adamw_torch_fused", 0.0, "none", "tutorial")
+        ("adamw_torch_fused", 0.0, "none", None)
 
 
 def test_fast_scales_from_its_own_batch_and_any_recipe_takes_the_triangle_from_flags():
@@ -93,7 +93,8 @@ def test_fast_from_a_json_file_takes_the_same_defaults(tmp_path):
 
 @pytest.mark.parametrize("bad, words", [(["--ema_decay", "1"], "--ema_decay must be in [0, 1)"),
                                          (["--tta", "five-crop"], "--tta must be one of none, flip"),
-                                         (["--augment", "flip"], "--augment must be one of tutorial, crop-flip, none")])
+                                         (["--augment", "flip"],
+                                          "--augment must be one of tutorial, crop-flip, resized-crop-flip, none")])
 def test_bad_fast_flags_are_refused(bad, words):
     with pytest.raises(ValueError, match=words.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
         parse_arguments(["--recipe", "fast", *bad])
@@ -266,7 +267,7 @@ def test_crop_flip_translates_within_the_padding_and_mirrors_exactly_on_both_pat
     size = 16
     pad = crop_padding(size)
     mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
-    data = SimpleNamespace(image_size=size, native_size=(size, size), image_mean=mean, image_std=std)
+    data = SimpleNamespace(image_size=size, native_size=(size, size), image_mean=mean, image_std=std, crop_pct=1.0)
     pil = build_transforms(data, train=True, augment="crop-flip")
     kornia = device_augmentation("crop-flip", size, mean, std)
     image = _positions_image(size)

@@ -228,7 +228,8 @@ def test_no_network_for_the_torchvision_weights_names_the_offline_alternatives(m
     monkeypatch.setattr(WeightsEnum, "get_state_dict", unreachable)
     model = ResNetCBAMForImageClassification(ResNetCBAMConfig())
     with pytest.raises(ValueError, match="cannot download torchvision's resnet18 ImageNet weights .*local "
-                                         ".safetensors/.pth file or from random weights"):
+                                         r".safetensors/.pth file \(scripts/finetune.py: --backbone_weights FILE\) "
+                                         r"or start from random weights \(--backbone_weights none\)"):
         model.load_backbone_weights("torchvision")
 
 

@@ -11,7 +11,8 @@ import torchvision
 from helpers import hub_layout_folder, image_folder, saved_to_disk, tiny_dataset
 from PIL import Image
 
-import training.data
+import training.images
+import training.transforms
 from modeling_resnet_cbam import ResNetCBAMConfig, ResNetCBAMForImageClassification
 from training.cli import finetune_main
 from training.data import DataArguments, DataError, labels_of, load_image_data
@@ -150,7 +151,8 @@ def test_an_unknown_label_lists_the_datasets_names_before_any_image_is_decoded(t
     def no_decoding(*args):
         raise AssertionError("an image was decoded")
 
-    monkeypatch.setattr(training.data, "decode_image", no_decoding)
+    monkeypatch.setattr(training.images, "decode_image", no_decoding)
+    monkeypatch.setattr(training.transforms, "decode_image", no_decoding)
     with pytest.raises(DataError, match=r"--labels: 'horse' not among the classes of .*: cat, dog, ship, truck"):
         load_image_data(DataArguments(dataset_name=str(folder), labels="dog,horse"))
     code = finetune_main(["--dataset_name", str(folder), "--labels", "dog,horse", "--output_dir",

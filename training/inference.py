@@ -46,7 +46,8 @@ def check_saved_model(name: str, flag: str = "--model") -> None:
         config = PreTrainedConfig.get_config_dict(name)[0]
     except OSError as error:  # no such folder or Hub id, offline, or no config.json
         why = shorten(str(error), 300, placeholder=" ...")
-        raise ValueError(f"{flag} {name}: cannot read its config.json ({why})") from error
+        raise ValueError(f"{flag} {name}: no model could be loaded from it (no readable config.json: {why}); give a "
+                         "folder written by scripts/finetune.py or save_pretrained, or a Hub model id") from error
     found = config.get("model_type")
     if found != ResNetCBAMConfig.model_type:
         raise ValueError(f"{flag} {name} is a {found or 'untyped'} model, not a ResNet-CBAM (model_type "
