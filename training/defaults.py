@@ -15,12 +15,13 @@ from dataclasses import dataclass
 import torch
 
 from modeling_resnet_cbam import ResNetCBAMConfig, ResNetCBAMForImageClassification
+from modeling_resnet_cbam.configuration_resnet_cbam import CIFAR10_MEAN, CIFAR10_STD
 from training.images import SizeProfile
 
 logger = logging.getLogger(__name__)
 
 PHOTO_MIN_SIDE = 64  # a median shorter side above this: photographs (CIFAR is 32, its upsampled copies 64)
-CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
+CIFAR_MEAN, CIFAR_STD = CIFAR10_MEAN, CIFAR10_STD  # the model config's defaults: one owner
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 COSTLY_CIFAR_STEM_SIZE = 128  # the CIFAR stem keeps full resolution into layer1: 16x the ImageNet stem's cost
 
