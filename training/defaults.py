@@ -30,7 +30,6 @@ COSTLY_CIFAR_STEM_SIZE = 128  # the CIFAR stem keeps full resolution into layer1
 class InputPreset:
     """What a kind of image gets unless a flag says otherwise."""
 
-    name: str
     image_size: int
     stem: str
     crop_pct: float  # evaluation: the shorter side resized to image_size / crop_pct, then a centre crop
@@ -38,9 +37,9 @@ class InputPreset:
     why: str
 
 
-CIFAR_INPUT = InputPreset("cifar", 32, "cifar", 1.0, "tutorial",
+CIFAR_INPUT = InputPreset(32, "cifar", 1.0, "tutorial",
                           f"CIFAR-sized images (median shorter side at most {PHOTO_MIN_SIDE} px): the seed recipe's")
-PHOTO_INPUT = InputPreset("photo", 224, "imagenet", 0.875, "resized-crop-flip",
+PHOTO_INPUT = InputPreset(224, "imagenet", 0.875, "resized-crop-flip",
                           f"photographs (median shorter side above {PHOTO_MIN_SIDE} px): an ImageNet backbone's")
 
 
@@ -56,9 +55,12 @@ class InputSettings:
     image_size: int
     image_mean: tuple[float, ...]
     image_std: tuple[float, ...]
-    crop_pct: float
     augment: str
     given: tuple[str, ...]  # the flags that overrode the preset
+
+    @property
+    def crop_pct(self) -> float:
+        return self.preset.crop_pct
 
 
 def resolve_input(profile: SizeProfile, image_size: int | None, image_mean, image_std,
@@ -72,8 +74,8 @@ def resolve_input(profile: SizeProfile, image_size: int | None, image_mean, imag
     mean, std = (CIFAR_MEAN, CIFAR_STD) if cifar_statistics else (IMAGENET_MEAN, IMAGENET_STD)
     given = tuple(flag for flag, value in (("--image_size", image_size), ("--image_mean", image_mean),
                                            ("--image_std", image_std), ("--augment", augment)) if value is not None)
-    return InputSettings(preset, size, tuple(image_mean or mean), tuple(image_std or std), preset.crop_pct,
-                         augment or preset.augment, given)
+    return InputSettings(preset, size, tuple(image_mean or mean), tuple(image_std or std), augment or preset.augment,
+                         given)
 
 
 def describe_input(settings: InputSettings) -> str:

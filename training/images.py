@@ -26,13 +26,17 @@ class DataError(ValueError):
         super().__init__(message)
 
 
+def _image_source(value: dict):
+    """What PIL opens for a `datasets` image value (decode=False): its bytes, else its file."""
+    return io.BytesIO(value["bytes"]) if value.get("bytes") else value["path"]
+
+
 def decode_image(value: dict | Image.Image, split: str, row: int) -> Image.Image:
     """An RGB PIL image from a `datasets` image value; a DataError naming split, row and file when it is bad."""
     if isinstance(value, Image.Image):
         return value.convert("RGB")
     try:
-        source = io.BytesIO(value["bytes"]) if value.get("bytes") else value["path"]
-        with Image.open(source) as image:
+        with Image.open(_image_source(value)) as image:
             image.load()
             return image.convert("RGB")
     except Exception as error:
@@ -103,7 +107,7 @@ def profile_sizes(split: Dataset, image_column: str, sample: int = 1000, seed: i
             if isinstance(value, Image.Image):
                 sizes.append(value.size)
                 continue
-            with Image.open(io.BytesIO(value["bytes"]) if value.get("bytes") else value["path"]) as image:
+            with Image.open(_image_source(value)) as image:
                 sizes.append(image.size)
         except Exception:  # noqa: BLE001 - any unreadable header: decoding reports the file
             continue
