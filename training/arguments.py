@@ -21,7 +21,7 @@ from transformers import HfArgumentParser, TrainingArguments
 from modeling_resnet_cbam import ResNetCBAMConfig
 from training import stages
 from training.data import DataArguments
-from training.hardware import bf16_is_fast, default_num_workers, launch
+from training.hardware import default_num_workers, default_precision, launch
 from training.inference import check_tta
 from training.onnx_export import require_onnx
 from training.optimizers import OptimizerSpec
@@ -116,7 +116,8 @@ class StageArguments:
 RECIPE_FIELDS = {
     "num_train_epochs", "learning_rate", "lr_scheduler_type", "lr_scheduler_kwargs", "warmup_steps", "optim",
     "optim_args", "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon", "label_smoothing_factor",
-    "max_grad_norm", "per_device_train_batch_size", "gradient_accumulation_steps", "seed", "bf16", "use_cpu",
+    "max_grad_norm", "per_device_train_batch_size", "gradient_accumulation_steps", "seed", "bf16", "fp16",
+    "use_cpu",
     "push_to_hub", "hub_model_id", "hub_token", "hub_private_repo", "resume_from_checkpoint", "output_dir",
 }  # and this project's own: channels_last, data_on_device, overwrite_output_dir, allow_changed_run, ema_decay, tta,
 # export_onnx
@@ -137,9 +138,10 @@ _OWN_LOOP = "would change the training loop this recipe's stages and exact resum
 # Refused when set to anything but the default, with the reason.
 REFUSED_FIELDS = {
     "max_steps": "stages are in epochs: use --stage_epochs or --num_train_epochs, not --max_steps",
-    "fp16": "fp16 is not supported: --bf16 (on by default where the hardware computes bf16) is the mixed precision",
-    "fp16_full_eval": "evaluation runs under the training precision (--bf16)",
-    "bf16_full_eval": "evaluation runs under the training precision (--bf16)",
+    "fp16_full_eval": "evaluation runs under the training precision (--bf16 or --fp16)",
+    "bf16_full_eval": "evaluation runs under the training precision (--bf16 or --fp16)",
+    "fp16_opt_level": "apex is not used: --fp16 is torch's autocast with a GradScaler",
+    "half_precision_backend": "--fp16 and --bf16 are torch's autocast (with a GradScaler for fp16)",
     "activation_checkpointing": "the model does not support activation checkpointing",
     "activation_checkpointing_kwargs": "the model does not support activation checkpointing",
     "gradient_checkpointing": "the model does not support gradient checkpointing",
@@ -248,6 +250,11 @@ class FinetuneTrainingArguments(TrainingArguments):
         default=None, metadata={"help": "bf16 autocast with fp32 master weights. Default: on where the hardware "
                                 "computes bf16 natively (Ampere+ GPUs, CPUs with AVX512-BF16 or AMX)."}
     )
+    fp16: bool | None = field(
+        default=None, metadata={"help": "fp16 autocast with fp32 master weights and loss scaling (a GradScaler, "
+                                "saved in checkpoints). Default: on a CUDA GPU without native bf16 (T4, V100, P100); "
+                                "on a CPU it runs, for checking, far slower than bf16 or fp32."}
+    )
     channels_last: bool | None = field(
         default=None, metadata={"help": "channels_last memory format. Default: on with bf16 or on a GPU."}
     )
@@ -288,13 +295,22 @@ class FinetuneTrainingArguments(TrainingArguments):
             self.dataloader_persistent_workers = False  # torch refuses persistent workers without workers
         self.dataloader_pin_memory = self.dataloader_pin_memory and torch.cuda.is_available()
         gpu = torch.cuda.is_available() and not self.use_cpu
-        if self.bf16 is None:
-            self.bf16 = bf16_is_fast(self.use_cpu)
-        if self.bf16 and not gpu:
-            self.use_cpu = True  # the Trainer only takes bf16 on a CPU when told the CPU is the device
+        self._choose_precision()
+        if (self.bf16 or self.fp16) and not gpu:
+            self.use_cpu = True  # the Trainer only takes mixed precision on a CPU when told the CPU is the device
         if self.channels_last is None:
             self.channels_last = self.bf16 or gpu
         super().__post_init__()
+
+    def _choose_precision(self) -> None:
+        """--bf16 / --fp16 as given, else the hardware's default (training/hardware.py); never both."""
+        if self.bf16 and self.fp16:
+            raise ValueError("--bf16 and --fp16 are both on: choose one mixed precision (or neither, for fp32)")
+        chosen = default_precision(self.use_cpu)
+        if self.bf16 is None:
+            self.bf16 = chosen == "bf16" and not self.fp16
+        if self.fp16 is None:
+            self.fp16 = chosen == "fp16" and not self.bf16
 
     def _refuse_unsupported(self) -> None:
         for spec in dataclasses.fields(self):

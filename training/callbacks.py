@@ -57,6 +57,7 @@ class StageCallback(TrainerCallback):
 
     def on_step_begin(self, args, state, control, model=None, optimizer=None, lr_scheduler=None, **kwargs):
         plan = lr_scheduler.plan
+        lr_scheduler.follow(state.global_step)  # after a step the GradScaler skipped, the lrs still follow the step
         if plan.is_stage_start(state.global_step):
             optimizer.state.clear()  # a fresh optimizer for the new stage (and for a resume exactly at its start)
         index = plan.stage_index(state.global_step)

@@ -57,10 +57,19 @@ def default_num_workers() -> int:
 
 
 def bf16_is_fast(use_cpu: bool = False) -> bool:
-    """bf16 autocast where the device computes bf16 natively: Ampere+ GPUs, CPUs with AVX512-BF16 or AMX."""
+    """bf16 autocast where the device computes bf16 natively: Ampere+ GPUs, CPUs with AVX512-BF16 or AMX. (torch's
+    own check counts emulated bf16 by default: a T4 or V100 "supports" bf16 at a fraction of fp16's speed.)"""
     if torch.cuda.is_available() and not use_cpu:
-        return torch.cuda.is_bf16_supported()
+        return torch.cuda.is_bf16_supported(including_emulation=False)
     return cpu_has_bf16()
+
+
+def default_precision(use_cpu: bool = False) -> str:
+    """The mixed precision to train in by default: bf16 where it is native; fp16 (with loss scaling) on a CUDA GPU
+    without it (T4, V100, P100: tensor cores compute fp16); fp32 ("no") elsewhere, as fp16 is no faster on a CPU."""
+    if bf16_is_fast(use_cpu):
+        return "bf16"
+    return "fp16" if torch.cuda.is_available() and not use_cpu else "no"
 
 
 def device_name(device: torch.device, world_size: int = 1) -> str:
@@ -73,8 +82,16 @@ def device_name(device: torch.device, world_size: int = 1) -> str:
     return f"{world_size} x {name}" if world_size > 1 else name
 
 
-def describe(bf16: bool, channels_last: bool, device: torch.device) -> str:
-    return f"{device.type}, {'bf16 autocast' if bf16 else 'fp32'}, {'channels_last' if channels_last else 'NCHW'}"
+PRECISION_NAMES = {"bf16": "bf16 autocast", "fp16": "fp16 autocast with loss scaling", "no": "fp32"}
+
+
+def precision(bf16: bool, fp16: bool) -> str:
+    """How training computes, in words: 'bf16 autocast', 'fp16 autocast with loss scaling' or 'fp32'."""
+    return PRECISION_NAMES["bf16" if bf16 else "fp16" if fp16 else "no"]
+
+
+def describe(bf16: bool, fp16: bool, channels_last: bool, device: torch.device) -> str:
+    return f"{device.type}, {precision(bf16, fp16)}, {'channels_last' if channels_last else 'NCHW'}"
 
 
 def configure_threads() -> int:

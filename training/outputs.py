@@ -42,6 +42,7 @@ class RunRecord:
     world_size: int
     seed: int
     hardware: str
+    precision: str  # training/hardware.py's words: 'bf16 autocast', 'fp16 autocast with loss scaling', 'fp32'
     split_sizes: dict[str, int]
     label_names: list[str]
     architecture: dict  # the model config's fields that shape the network

@@ -28,7 +28,7 @@ from training.data import DataArguments, ImageData, labels_of, load_image_data
 from training.defaults import resolve_architecture, warn_costly_stem
 from training.device_data import DeviceData, supports_device_data
 from training.ema import EMACallback
-from training.hardware import describe, device_name
+from training.hardware import describe, device_name, precision
 from training.inference import check_saved_model
 from training.metrics import classification_metrics, compute_accuracy
 from training.outputs import RunRecord
@@ -121,7 +121,8 @@ def build_run(
     if device_data:  # the loader only carries indices: workers would add latency, not throughput
         training_args.dataloader_num_workers, training_args.dataloader_persistent_workers = 0, False
     splits = trainer_splits(data, device_data)
-    logger.info("speed settings: %s%s", describe(training_args.bf16, training_args.channels_last, training_args.device),
+    logger.info("speed settings: %s%s", describe(training_args.bf16, training_args.fp16, training_args.channels_last,
+                                                   training_args.device),
                 ", data on the device" if device_data else f", {training_args.dataloader_num_workers} loader workers")
     logger.info("optimizer: %s", training_args.optimizer.describe())
     record = RunRecord(
@@ -145,6 +146,7 @@ def build_run(
         world_size=training_args.world_size,
         seed=training_args.seed,
         hardware=device_name(training_args.device, training_args.world_size),
+        precision=precision(training_args.bf16, training_args.fp16),
         split_sizes={name: len(split) for name, split in data.splits.items()},
         source_split_sizes=data.source_sizes,
         label_names=data.label_names,

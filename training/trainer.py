@@ -32,6 +32,14 @@ class StageLR(LambdaLR):
     def state_dict(self) -> dict:
         return {key: value for key, value in super().state_dict().items() if key != "plan"}
 
+    def follow(self, step: int) -> None:
+        """Set the lrs of optimizer step `step` (the Trainer's global_step). The Trainer does not step its scheduler
+        after a step that fp16's GradScaler skipped (an overflowing gradient), so the scheduler's own count falls
+        behind global_step, which the stages and checkpoints count in; it is brought back here."""
+        if self.last_epoch != step:
+            self.last_epoch = step - 1
+            self.step()
+
 
 def _lr_of(plan: StagePlan, group: str):
     """A closure, so that LambdaLR saves no state for it."""
@@ -98,6 +106,19 @@ class StagedTrainer(Trainer):
         self._epoch_started = time.perf_counter()
         self._micro_step, self._micro_batch = None, 0  # which micro-batch of the optimizer step this is
         self.divergence = DivergenceWatch()
+
+    def create_accelerator_and_postprocess(self) -> None:
+        """As the Trainer's, and on a CPU with --fp16, fp16 as on a GPU: Accelerate turns neither autocast nor the
+        GradScaler on there (it would train in fp32, silently), though torch runs both on a CPU. It is slow there;
+        it is so that the fp16 path (scaler, skipped steps, its state in checkpoints) is the same code wherever it
+        runs, and is tested."""
+        super().create_accelerator_and_postprocess()
+        accelerator = self.accelerator
+        if self.args.fp16 and accelerator.device.type == "cpu" and accelerator.scaler is None:
+            accelerator.native_amp = True  # read by prepare_model: the forward runs under torch.autocast(fp16)
+            accelerator.scaler = torch.amp.GradScaler("cpu")
+            logger.warning("fp16 on a CPU: autocast and loss scaling as on a GPU, many times slower than bf16 or "
+                           "fp32 here; use it to check the fp16 path, not to train")
 
     @property
     def plan(self) -> StagePlan:
