@@ -22,6 +22,7 @@ from modeling_resnet_cbam import ResNetCBAMConfig
 from training import stages
 from training.data import DataArguments
 from training.hardware import default_num_workers, default_precision, launch
+from training.hub import HUB_STRATEGIES
 from training.inference import check_tta
 from training.onnx_export import require_onnx
 from training.optimizers import OptimizerSpec
@@ -118,7 +119,8 @@ RECIPE_FIELDS = {
     "optim_args", "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon", "label_smoothing_factor",
     "max_grad_norm", "per_device_train_batch_size", "gradient_accumulation_steps", "seed", "bf16", "fp16",
     "use_cpu",
-    "push_to_hub", "hub_model_id", "hub_token", "hub_private_repo", "resume_from_checkpoint", "output_dir",
+    "push_to_hub", "hub_model_id", "hub_token", "hub_private_repo", "hub_strategy", "hub_always_push",
+    "resume_from_checkpoint", "output_dir",
 }  # and this project's own: channels_last, data_on_device, overwrite_output_dir, allow_changed_run, ema_decay, tta,
 # export_onnx
 # Passed to the Trainer as they are, and known to work with this recipe.
@@ -170,8 +172,6 @@ REFUSED_FIELDS = {
     "ignore_data_skip": "a resumed run must see the same batches as an uninterrupted one",
     "restore_callback_states_from_checkpoint": "the callbacks derive their state from the step",
     "enable_jit_checkpoint": _OWN_LOOP,
-    "hub_strategy": "the finished folder is pushed once, after training; checkpoints stay local",
-    "hub_always_push": "the finished folder is pushed once, after training; checkpoints stay local",
     "hub_revision": "the push goes to the main branch",
     "accelerator_config": "launch settings come from `accelerate launch` or configs/accelerate/",
     "parallelism_config": "only data parallelism (DDP) is supported",
@@ -278,6 +278,13 @@ class FinetuneTrainingArguments(TrainingArguments):
         default="none", metadata={"help": "Test-time augmentation of every evaluation: none (default) or flip (the "
                                   "mean of the softmax of each image and its mirror)."}
     )
+    hub_strategy: str = field(
+        default="end", metadata={"help": "With --push_to_hub, what is pushed while training, in the background, "
+                                 "after each complete checkpoint: end (default): nothing, the finished folder at the "
+                                 "end; every_save: the model at each save; checkpoint: also the checkpoint, in "
+                                 "last-checkpoint/ (resume with --resume_from_checkpoint hf://USER/NAME); "
+                                 "all_checkpoints: also every checkpoint, in checkpoint-N/."}
+    )
     export_onnx: bool = field(
         default=False, metadata={"help": "At the end, also write model.onnx and model.onnx.json into --output_dir "
                                  "(as scripts/export_onnx.py, checked against PyTorch; needs the onnx extra); the "
@@ -347,8 +354,22 @@ class FinetuneTrainingArguments(TrainingArguments):
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"--ema_decay must be in [0, 1) (0: no average; e.g. 0.99), got {self.ema_decay}")
         check_tta(self.tta)
+        self._check_hub_strategy()
         if self.learning_rate is not None and not 0 < self.learning_rate < math.inf:
             raise ValueError(f"--learning_rate must be a positive finite number, got {self.learning_rate}")
+
+    def _check_hub_strategy(self) -> None:
+        strategy = str(getattr(self.hub_strategy, "value", self.hub_strategy))
+        if strategy not in HUB_STRATEGIES:
+            raise ValueError(f"--hub_strategy must be one of {', '.join(HUB_STRATEGIES)}, got {strategy!r}")
+        if strategy != "end" and not self.push_to_hub:
+            raise ValueError(f"--hub_strategy {strategy} pushes checkpoints to the Hub: it needs --push_to_hub and "
+                             "--hub_model_id")
+        if strategy != "end" and str(getattr(self.save_strategy, "value", self.save_strategy)) == "no":
+            raise ValueError(f"--hub_strategy {strategy} pushes at each save, and --save_strategy no saves none")
+        if self.hub_always_push and strategy == "end":
+            raise ValueError("--hub_always_push is about pushes during training: it needs --hub_strategy every_save, "
+                             "checkpoint or all_checkpoints")
 
     def _scheduler_name(self) -> str:
         """--lr_scheduler_type as given (the Trainer turns it into an enum in its own __post_init__)."""
@@ -382,13 +403,18 @@ RECIPE_HELP = {
     "adam_epsilon": "AdamW's epsilon; refused with sgd.",
     "gradient_accumulation_steps": "Steps per update; the schedule counts updates.",
     "label_smoothing_factor": "Label smoothing of the cross-entropy (training and evaluation loss).",
-    "push_to_hub": "Push the finished folder once, at the end (access checked before training).",
+    "push_to_hub": "Push the finished folder at the end (access checked before training); checkpoints too with "
+                   "--hub_strategy.",
+    "hub_always_push": "With --hub_strategy other than end: push every checkpoint, even while the previous push is "
+                       "still running (default: that checkpoint is not pushed; the next one is).",
     "hub_model_id": "The Hub repository to push to (user/name).",
     "hub_token": "The Hub token; default: the logged-in one.",
     "hub_private_repo": "Create the Hub repository as private, if it does not exist yet.",
     "seed": "Seeds the model's init, the data order and the augmentation.",
     "use_cpu": "Train on the CPU even where a GPU is present.",
-    "resume_from_checkpoint": "A checkpoint folder, or last: the newest complete one in --output_dir.",
+    "resume_from_checkpoint": "A checkpoint folder; last: the newest complete one in --output_dir; or "
+                              "hf://USER/NAME[/checkpoint-N]: a checkpoint a run pushed to the Hub (last-checkpoint/ "
+                              "by default), downloaded first.",
 }
 OWN_TRAINING_GROUP = ("training (this recipe's: optimizer, rates, loss and batch; precision and data placement; EMA; "
                       "TTA; the run folder, resume and push; ONNX export)")

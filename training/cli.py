@@ -12,7 +12,7 @@ import transformers
 from training.arguments import FinetuneTrainingArguments, parse_arguments
 from training.checkpoints import WriteError, last_complete_checkpoint, mark_complete, writing
 from training.hardware import configure_threads
-from training.hub import HubError, check_push_access, push_folder
+from training.hub import CheckpointPusher, HubError, check_push_access, push_folder
 from training.images import DataError
 from training.lock import run_lock
 from training.onnx_export import ParityError, export_run
@@ -93,12 +93,19 @@ def saved_so_far(output_dir: str) -> str:
 
 def _finetune(model_args, data_args, stage_args, training_args) -> int:
     push = training_args.push_to_hub
-    training_args.push_to_hub = False  # the finished folder is pushed once, below, never checkpoints mid-run
+    training_args.push_to_hub = False  # the Trainer's own pushes: the finished folder is pushed below, checkpoints
+    pusher = None  # by CheckpointPusher (--hub_strategy)
     try:
         if push and training_args.should_save:
             hub = (training_args.hub_model_id, training_args.hub_token, training_args.hub_private_repo)
-            logger.info("the Hub accepts pushes to %s", check_push_access(*hub))
+            repo_id = check_push_access(*hub)
+            logger.info("the Hub accepts pushes to %s", repo_id)
+            if training_args.hub_strategy != "end":
+                pusher = CheckpointPusher(repo_id, training_args.hub_strategy.value, training_args.hub_token,
+                                          training_args.hub_always_push)
         run, checkpoint = prepare_run(model_args, data_args, stage_args, training_args)
+        if pusher:  # last, after RunFactsCallback has marked each checkpoint complete
+            run.trainer.add_callback(pusher)
     except (ValueError, HubError, FileNotFoundError) as error:  # bad flags, data or weights: said before training
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -132,6 +139,7 @@ def _finetune(model_args, data_args, stage_args, training_args) -> int:
             return 1
     if not push:
         return 0
+    during = f"; {pusher.finish()}" if pusher else ""  # waits for a push still running
     try:
         url = push_folder(record.output_dir, training_args.hub_model_id, training_args.hub_token)
     except Exception as error:  # the folder is complete on disk: nothing is lost
@@ -139,5 +147,5 @@ def _finetune(model_args, data_args, stage_args, training_args) -> int:
               f"{record.output_dir}: push it with `python scripts/push.py {record.output_dir} "
               f"--hub_model_id {training_args.hub_model_id}`", file=sys.stderr)
         return 1
-    logger.info("pushed to %s", url)
+    logger.info("pushed to %s%s", url, during)
     return 0

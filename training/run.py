@@ -29,6 +29,7 @@ from training.defaults import resolve_architecture, warn_costly_stem
 from training.device_data import DeviceData, supports_device_data
 from training.ema import EMACallback
 from training.hardware import describe, device_name, precision
+from training.hub import HUB_CHECKPOINT, fetch_checkpoint
 from training.inference import check_saved_model
 from training.metrics import classification_metrics, compute_accuracy
 from training.outputs import RunRecord
@@ -184,6 +185,8 @@ def prepare_run(
     data_paths = tuple(path for path in (data_args.train_dir, data_args.validation_dir, data_args.dataset_name)
                        if path and Path(path).exists())
     to_delete = check_output_dir(output_dir, training_args.overwrite_output_dir, resume, data_paths)
+    if resume and resume.startswith(HUB_CHECKPOINT):  # pushed by a run with --hub_strategy checkpoint
+        resume = str(fetch_checkpoint(resume, training_args.hub_token))
     checkpoint = resolve_checkpoint(resume, output_dir)
     if checkpoint is not None and checkpoint.resolve().parent != output_dir.resolve():
         logger.warning("resuming from %s, a checkpoint of another folder: the run continues into %s", checkpoint,
