@@ -279,8 +279,8 @@ from training.outputs import RunRecord, write_model_card
 from training.stages import recipe
 model = ResNetCBAMForImageClassification(ResNetCBAMConfig(depths=[1, 1, 1, 1], num_labels=2))
 record = RunRecord(Path(sys.argv[2]), "m", "d", "d", False, "staged", recipe("staged"), "train", "tutorial", "random",
-                   "adamw", 0.0, 0.0, 64, 1, 42, "cpu", "fp32", {"train": 4, "validation": 2}, ["a", "b"],
-                   architecture={},
+                   None, "apache-2.0", "adamw", 0.0, 0.0, 64, 1, 42, "cpu", "fp32", {"train": 4, "validation": 2},
+                   ["a", "b"], architecture={},
                    metrics={"eval_split": "validation", "validation_accuracy": 0.5, "validation_loss": 0.7,
                             "validation_per_class_accuracy": {"a": 1.0, "b": 0.0}, "train_runtime": 3.0,
                             "train_samples_per_second": 9.0})

@@ -285,6 +285,11 @@ class FinetuneTrainingArguments(TrainingArguments):
                                  "last-checkpoint/ (resume with --resume_from_checkpoint hf://USER/NAME); "
                                  "all_checkpoints: also every checkpoint, in checkpoint-N/."}
     )
+    license: str = field(
+        default="apache-2.0", metadata={"help": "The license in the model card's metadata, as a Hub license id "
+                                        "(e.g. apache-2.0, mit, bsd-3-clause, cc-by-nc-4.0). Default: this "
+                                        "project's; the base weights' own terms still apply."}
+    )
     export_onnx: bool = field(
         default=False, metadata={"help": "At the end, also write model.onnx and model.onnx.json into --output_dir "
                                  "(as scripts/export_onnx.py, checked against PyTorch; needs the onnx extra); the "

@@ -14,6 +14,7 @@ from huggingface_hub.utils import filter_repo_objects
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from modeling_resnet_cbam.modeling_resnet_cbam import TORCHVISION_ARCHITECTURES
 from training.checkpoints import RUN_DATA
 
 logger = logging.getLogger(__name__)
@@ -22,6 +23,22 @@ logger = logging.getLogger(__name__)
 # card, plots and results go (the Space folder goes to a Space, with scripts/push.py --space).
 IGNORE = ["checkpoint-*", "checkpoint-*/**", "training_args.bin", "runs/**", "space/**", ".run.lock",
           ".*.partial", ".*.partial/**", RUN_DATA]
+
+
+def is_hub_id(name: str | None) -> bool:
+    """USER/NAME that is no path here: what the model's loaders fetch from the Hub."""
+    return bool(name) and name.count("/") == 1 and not name.startswith((".", "/", "~")) and not Path(name).exists()
+
+
+def base_model(backbone_weights: str, depths: list[int], model_name_or_path: str | None = None) -> str | None:
+    """The Hub model a run's weights came from, for the card's `base_model` (the Hub's model tree): a saved model's
+    Hub id; torchvision's ImageNet weights as the Hub holds the same tensors (timm's `tv_in1k` copies); a timm or
+    other Hub id as given; None for random weights and local files (the card names those in its text)."""
+    if model_name_or_path:
+        return model_name_or_path if is_hub_id(model_name_or_path) else None
+    if backbone_weights == "torchvision":
+        return f"timm/{TORCHVISION_ARCHITECTURES[tuple(depths)]}.tv_in1k"
+    return backbone_weights if is_hub_id(backbone_weights) else None
 
 
 class HubError(RuntimeError):

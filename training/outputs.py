@@ -4,7 +4,7 @@ model card (README.md) and the demo's Space folder, all from one record of the r
 import json
 import logging
 from dataclasses import asdict, dataclass, field
-from importlib import resources
+from importlib import metadata, resources
 from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
@@ -19,6 +19,7 @@ from training.stages import Schedule
 logger = logging.getLogger(__name__)
 TEMPLATE = resources.files("training") / "model_card.md"
 ATTENTION_EXAMPLES = 4
+FRAMEWORKS = ("resnet-cbam", "transformers", "torch", "torchvision", "accelerate", "datasets")  # the card lists them
 
 
 @dataclass
@@ -35,6 +36,8 @@ class RunRecord:
     bn_policy: str
     augment: str
     backbone: str  # where the weights came from, from the backbone import's own report
+    base_model: str | None  # the Hub model they are (training/hub.py's base_model), or None
+    license: str  # the card's license (--license)
     optimizer: str
     label_smoothing: float
     max_grad_norm: float
@@ -118,6 +121,9 @@ def write_model_card(record: RunRecord, model, attention_maps: list[str] = ()) -
     split, metrics, config = record.eval_split, record.metrics, model.config
     accuracy = metrics[f"{split}_accuracy"]
     card_data = ModelCardData(
+        base_model=record.base_model,
+        base_model_relation="finetune" if record.base_model else None,
+        license=record.license,
         library_name="transformers",
         pipeline_tag="image-classification",
         tags=["image-classification", "resnet", "cbam", "attention", "custom_code"],
@@ -148,10 +154,18 @@ def write_model_card(record: RunRecord, model, attention_maps: list[str] = ()) -
         train_time=_duration(metrics["train_runtime"]),
         images_per_second=f"{metrics['train_samples_per_second']:,.0f}",
         attention_maps=list(attention_maps),
+        versions={name: _version(name) for name in FRAMEWORKS},
     )
     path = record.output_dir / "README.md"
     card.save(path)
     return path
+
+
+def _version(distribution: str) -> str:
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return "not installed"
 
 
 def _duration(seconds: float) -> str:

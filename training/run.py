@@ -3,6 +3,7 @@
 Everything that can be wrong with the arguments or the data is checked before the first training step.
 """
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ from training.defaults import resolve_architecture, warn_costly_stem
 from training.device_data import DeviceData, supports_device_data
 from training.ema import EMACallback
 from training.hardware import describe, device_name, precision
-from training.hub import HUB_CHECKPOINT, fetch_checkpoint
+from training.hub import HUB_CHECKPOINT, base_model, fetch_checkpoint
 from training.inference import check_saved_model
 from training.metrics import classification_metrics, compute_accuracy
 from training.outputs import RunRecord
@@ -83,6 +84,8 @@ def build_model(args: ModelArguments, data: ImageData,
         return model, "random (no pretrained weights)", chosen
     report = model.load_backbone_weights(args.backbone_weights)
     logger.info("%s", report)
+    if Path(report.source).exists():  # the card names a local file by its name, never by where it is here
+        report = dataclasses.replace(report, source=f"the local file {Path(report.source).name}")
     return model, str(report), chosen
 
 
@@ -138,6 +141,8 @@ def build_run(
         augment=data.augment,
         defaults=[data.input_summary, *chosen],
         backbone=weights,
+        base_model=base_model(model_args.backbone_weights, model.config.depths, model_args.model_name_or_path),
+        license=training_args.license,
         optimizer=training_args.optimizer.describe(),
         label_smoothing=training_args.label_smoothing_factor,
         ema_decay=training_args.ema_decay,
