@@ -8,8 +8,8 @@
 Prints a table and writes --json: step_img_s (train step on tensors in memory, the project's speed settings
 and fused Adam), step_fp32_img_s (the tutorial's step: fp32, NCHW, default Adam), data_img_s (the data path alone),
 plain_loop_img_s (the tutorial's loop: fp32, default DataLoader, Adam, batch 64, data included), trainer_img_s
-(scripts/finetune.py's path, data included), speedup_vs_plain, eval_img_s. Figures, not pass/fail: compare
-ratios measured in one run.
+(scripts/finetune.py's path, data included), speedup_vs_plain, eval_img_s; with --profile_steps, where the train
+step's time goes. Figures, not pass/fail: compare ratios measured in one run.
 """
 
 import json
@@ -31,13 +31,16 @@ class BenchmarkArguments:
     eval_images: int = field(default=1024, metadata={"help": "Images evaluated for eval_img_s."})
     batch_size: int = field(default=64, metadata={"help": "Images per step in every path."})
     bf16: bool | None = field(default=None, metadata={"help": "As finetune.py's --bf16 (default: the hardware's)."})
+    fp16: bool | None = field(default=None, metadata={"help": "As finetune.py's --fp16 (default: the hardware's)."})
     channels_last: bool | None = field(default=None, metadata={"help": "As finetune.py's --channels_last."})
     data_on_device: bool | None = field(default=None, metadata={"help": "As finetune.py's --data_on_device."})
     torch_compile: bool = field(default=False, metadata={"help": "As finetune.py's --torch_compile."})
+    profile_steps: int = field(default=0, metadata={"help": "Also profile this many train steps (torch.profiler): "
+                                                       "where the time goes, by kind of op, and the heaviest ops."})
     json: str | None = field(default=None, metadata={"help": "Write the figures as JSON."})
 
     def __post_init__(self):
-        check_at_least(self, steps=1, warmup=0, eval_images=1, batch_size=1)
+        check_at_least(self, steps=1, warmup=0, eval_images=1, batch_size=1, profile_steps=0)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,12 +53,24 @@ def main(argv: list[str] | None = None) -> int:
     result = run_benchmark(**{"dataset": options.pop("dataset_name"), **options})
     width = max(map(len, result))
     for key, value in result.items():
-        shown = f"{value:,.{2 if abs(value) < 10 else 1}f}" if isinstance(value, float) else str(value)
-        print(f"{key:<{width}}  {shown}")
+        if key != "profile":
+            print(f"{key:<{width}}  {_number(value)}")
+    if "profile" in result:
+        profile = result["profile"]
+        print(f"\nwhere a train step's time goes ({profile['ms_per_step']:,.0f} ms per step of {args.batch_size}, "
+              "self time of each op, torch.profiler):")
+        for title, table in (("kind of op", profile["by_kind"]), ("heaviest ops", profile["top_ops"])):
+            print(f"  {title:<44}  {'ms/step':>8}  {'share':>6}")
+            for name, ms in table.items():
+                print(f"  {name[:44]:<44}  {ms:8,.1f}  {ms / profile['ms_per_step']:6.1%}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)
     return 0
+
+
+def _number(value) -> str:
+    return f"{value:,.{2 if abs(value) < 10 else 1}f}" if isinstance(value, float) else str(value)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,7 @@
-"""The speed settings: bf16 and channels_last defaults, device-resident data with kornia, lr scaling with batch."""
+"""The speed settings: bf16 and channels_last defaults, device-resident data with kornia, lr scaling with batch; the
+benchmark."""
+
+import json
 
 import pytest
 import torch
@@ -14,7 +17,7 @@ from training.hardware import cpu_has_bf16
 def test_fast_settings_are_the_default_where_the_hardware_has_them():
     training_args = parse_arguments([])[3]
     gpu = torch.cuda.is_available()
-    assert training_args.bf16 == (torch.cuda.is_bf16_supported() if gpu else cpu_has_bf16())
+    assert training_args.bf16 == (torch.cuda.is_bf16_supported(including_emulation=False) if gpu else cpu_has_bf16())
     assert training_args.channels_last == (training_args.bf16 or gpu)
     assert training_args.data_on_device is None  # decided once the data is loaded: on for images up to 64x64
     off = parse_arguments(["--bf16", "false", "--channels_last", "false"])[3]
@@ -117,3 +120,20 @@ def test_crop_flip_on_the_device_is_a_crop_of_the_reflect_padded_image_maybe_mir
         assert found, "every output is a crop of its padded image, mirrored or not"
         seen.update(found)
     assert {flip for _, _, flip in seen} == {False, True} and len({top for top, _, _ in seen}) == 5
+
+
+def test_the_benchmark_measures_the_precision_asked_and_says_where_the_step_time_goes(tmp_path, capsys):
+    from helpers import load_script
+
+    figures = tmp_path / "bench.json"
+    argv = ["--steps", "1", "--warmup", "1", "--eval_images", "10", "--batch_size", "2", "--profile_steps", "1",
+            "--fp16", "true", "--json", str(figures)]
+    assert load_script("benchmark").main(argv) == 0
+    result = json.loads(figures.read_text())
+    assert result["dtype"] == "fp16 autocast with loss scaling" and result["image_size"] == 32
+    for key in ("step_img_s", "step_fp32_img_s", "data_img_s", "plain_loop_img_s", "trainer_img_s", "eval_img_s"):
+        assert result[key] > 0, key
+    profile = result["profile"]
+    assert sum(profile["by_kind"].values()) == pytest.approx(profile["ms_per_step"])
+    assert profile["by_kind"]["convolution"] > 0 and profile["by_kind"]["optimizer"] > 0
+    assert "where a train step's time goes" in capsys.readouterr().out

@@ -142,8 +142,6 @@ REFUSED_FIELDS = {
     "max_steps": "stages are in epochs: use --stage_epochs or --num_train_epochs, not --max_steps",
     "fp16_full_eval": "evaluation runs under the training precision (--bf16 or --fp16)",
     "bf16_full_eval": "evaluation runs under the training precision (--bf16 or --fp16)",
-    "fp16_opt_level": "apex is not used: --fp16 is torch's autocast with a GradScaler",
-    "half_precision_backend": "--fp16 and --bf16 are torch's autocast (with a GradScaler for fp16)",
     "activation_checkpointing": "the model does not support activation checkpointing",
     "activation_checkpointing_kwargs": "the model does not support activation checkpointing",
     "gradient_checkpointing": "the model does not support gradient checkpointing",

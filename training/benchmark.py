@@ -16,12 +16,16 @@ from transformers import TrainerCallback, default_data_collator
 from modeling_resnet_cbam import ResNetCBAMConfig, ResNetCBAMForImageClassification
 from training.arguments import FinetuneTrainingArguments, ModelArguments, StageArguments
 from training.data import DataArguments
+from training.hardware import mixed_precision, precision
 from training.run import build_run
 from training.synthetic import hub_layout_folder, random_dataset
 
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
-def _autocast(device: torch.device, bf16: bool):
-    return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
+
+def _autocast(device: torch.device, mixed: str):
+    """Autocast for training/hardware.py's precision names: bf16, fp16, or no (fp32)."""
+    return torch.autocast(device.type, dtype=AUTOCAST_DTYPES[mixed]) if mixed in AUTOCAST_DTYPES else nullcontext()
 
 
 def _sync(device: torch.device | None) -> None:
@@ -29,9 +33,10 @@ def _sync(device: torch.device | None) -> None:
         torch.cuda.synchronize(device)
 
 
-def step_throughput(model, device, batch_size: int, steps: int, warmup: int, bf16: bool, channels_last: bool,
+def step_throughput(model, device, batch_size: int, steps: int, warmup: int, mixed: str, channels_last: bool,
                     fused: bool | None = None) -> float:
-    """Images/s of forward + backward + Adam on tensors already on the device."""
+    """Images/s of forward + backward + Adam on tensors already on the device; `mixed`: bf16, fp16 (with a
+    GradScaler, as training has) or no."""
     model = model.to(device).train()
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
@@ -39,17 +44,85 @@ def step_throughput(model, device, batch_size: int, steps: int, warmup: int, bf1
     x = torch.randn(batch_size, 3, size, size, device=device).contiguous(memory_format=memory_format)
     y = torch.randint(0, model.config.num_labels, (batch_size,), device=device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, fused=fused)
+    scaler = torch.amp.GradScaler(device.type, enabled=mixed == "fp16")
     for step in range(warmup + steps):
         if step == warmup:
             _sync(device)
             started = time.perf_counter()
-        with _autocast(device, bf16):
+        with _autocast(device, mixed):
             loss = model(x, labels=y).loss
-        loss.backward()
-        optimizer.step()
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
         optimizer.zero_grad(set_to_none=True)
     _sync(device)
     return steps * batch_size / (time.perf_counter() - started)
+
+
+# Kinds of op, for where a step's time goes: the first pattern an op's name contains decides (aten names, CPU and GPU)
+OP_KINDS = (
+    ("optimizer", ("adam", "_foreach", "sgd")),
+    ("convolution", ("conv",)),
+    ("batch norm", ("batch_norm",)),
+    ("matmul (CBAM MLP, head)", ("addmm", "mm", "linear")),
+    ("relu", ("relu", "threshold_backward")),
+    ("pooling and reductions (CBAM)", ("pool", "amax", "max", "mean", "sum", "cat")),
+    ("sigmoid, gates, residual adds", ("sigmoid", "mul", "add", "div", "sub")),
+    ("casts and copies", ("copy", "_to_", "clone", "contiguous", "empty", "fill", "zero")),
+)
+
+
+def _op_kind(name: str) -> str:
+    name = name.lower()
+    return next((kind for kind, words in OP_KINDS if any(word in name for word in words)), "other")
+
+
+def step_profile(model, device, batch_size: int, steps: int, mixed: str, channels_last: bool) -> dict:
+    """Where a training step's time goes (forward, backward, fused Adam: step_throughput's step), from
+    torch.profiler over `steps` steps after two warm-up steps: the self time of every op (CPU time; on a GPU, the
+    kernels' device time), summed by kind (OP_KINDS), in ms per step, with the heaviest ops."""
+    from torch.profiler import ProfilerActivity, profile
+
+    model = model.to(device).train()
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(memory_format=memory_format)
+    size = model.config.image_size
+    x = torch.randn(batch_size, 3, size, size, device=device).contiguous(memory_format=memory_format)
+    y = torch.randint(0, model.config.num_labels, (batch_size,), device=device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, fused=True)
+    scaler = torch.amp.GradScaler(device.type, enabled=mixed == "fp16")
+
+    def step():
+        with _autocast(device, mixed):
+            loss = model(x, labels=y).loss
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+
+    for _ in range(2):
+        step()
+    _sync(device)
+    gpu = device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if gpu else [])
+    with profile(activities=activities) as profiler:
+        for _ in range(steps):
+            step()
+        _sync(device)
+    by_kind, ops = {}, []
+    for event in profiler.key_averages():
+        microseconds = event.self_device_time_total if gpu else event.self_cpu_time_total
+        if microseconds <= 0:
+            continue
+        kind = _op_kind(event.key)
+        by_kind[kind] = by_kind.get(kind, 0.0) + microseconds / 1000 / steps
+        ops.append((event.key, microseconds / 1000 / steps))
+    total = sum(by_kind.values())
+    return {
+        "ms_per_step": total,
+        "by_kind": {kind: ms for kind, ms in sorted(by_kind.items(), key=lambda item: -item[1])},
+        "top_ops": dict(sorted(ops, key=lambda item: -item[1])[:8]),
+    }
 
 
 def loader_throughput(loader, batches: int, device_data=None, device=None) -> float:
@@ -117,9 +190,9 @@ def decode_throughput(files: list[Path], draft: int | None = None) -> float:
 
 
 def run_benchmark(dataset: str | None, steps: int, warmup: int, eval_images: int, batch_size: int = 64,
-                  train_dir: str | None = None, **speed) -> dict:
+                  train_dir: str | None = None, profile_steps: int = 0, **speed) -> dict:
     """Every figure of the benchmark, measured in this process, in sequence. `speed` holds the training arguments
-    under test (bf16, channels_last, data_on_device, torch_compile); None keeps the project's default. With
+    under test (bf16, fp16, channels_last, data_on_device, torch_compile); None keeps the project's default. With
     `train_dir` (a folder of photos), the run is the photos' default (224 px, the ImageNet stem) and the JPEG decode
     is measured at full size and in draft mode."""
     with tempfile.TemporaryDirectory() as workdir:
@@ -147,7 +220,7 @@ def run_benchmark(dataset: str | None, steps: int, warmup: int, eval_images: int
         config = trainer.model.config
         result = {
             "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-            "dtype": "bf16 autocast" if args.bf16 else "fp32",
+            "dtype": precision(args.bf16, args.fp16),
             "channels_last": bool(args.channels_last),
             "data_on_device": trainer.device_data is not None,
             "batch_size": batch_size,
@@ -163,10 +236,14 @@ def run_benchmark(dataset: str | None, steps: int, warmup: int, eval_images: int
             result["decode_img_s"] = decode_throughput(files)
             result["decode_draft_img_s"] = decode_throughput(files, draft=round(config.image_size / config.crop_pct))
         fresh = ResNetCBAMForImageClassification(config)
-        result["step_img_s"] = step_throughput(fresh, device, batch_size, steps, warmup, args.bf16,
+        mixed = mixed_precision(args.bf16, args.fp16)
+        result["step_img_s"] = step_throughput(fresh, device, batch_size, steps, warmup, mixed,
                                                args.channels_last, fused=True)
         result["step_fp32_img_s"] = step_throughput(ResNetCBAMForImageClassification(config), device, batch_size,
-                                                    steps, warmup, bf16=False, channels_last=False)
+                                                    steps, warmup, mixed="no", channels_last=False)
+        if profile_steps:
+            result["profile"] = step_profile(ResNetCBAMForImageClassification(config), device, batch_size,
+                                             profile_steps, mixed, args.channels_last)
         result["data_img_s"] = loader_throughput(trainer.get_train_dataloader(), steps, trainer.device_data, device)
         result["plain_loop_img_s"] = plain_loop_throughput(run.data.splits["train"], config, device, steps, warmup,
                                                            batch_size)

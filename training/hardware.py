@@ -85,9 +85,14 @@ def device_name(device: torch.device, world_size: int = 1) -> str:
 PRECISION_NAMES = {"bf16": "bf16 autocast", "fp16": "fp16 autocast with loss scaling", "no": "fp32"}
 
 
+def mixed_precision(bf16: bool, fp16: bool) -> str:
+    """The --bf16 / --fp16 pair as one name: bf16, fp16 or no (fp32), as Accelerate names it."""
+    return "bf16" if bf16 else "fp16" if fp16 else "no"
+
+
 def precision(bf16: bool, fp16: bool) -> str:
     """How training computes, in words: 'bf16 autocast', 'fp16 autocast with loss scaling' or 'fp32'."""
-    return PRECISION_NAMES["bf16" if bf16 else "fp16" if fp16 else "no"]
+    return PRECISION_NAMES[mixed_precision(bf16, fp16)]
 
 
 def describe(bf16: bool, fp16: bool, channels_last: bool, device: torch.device) -> str:
