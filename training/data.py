@@ -66,8 +66,15 @@ class DataArguments:
         default=None, metadata={"help": "tutorial (random crop with padding, flip, colour jitter, rotation), "
                                 "crop-flip (random crop of the reflect-padded image, and a flip), resized-crop-flip "
                                 "(random-resized-crop and a flip, as for ImageNet), or none (normalisation only). "
+                                "randaugment, trivialaugment or autoaugment (torchvision's policy after crop-flip, or "
+                                "resized-crop-flip for larger images; in the DataLoader, never on the device). "
                                 "Default: tutorial for CIFAR-sized images, resized-crop-flip for larger ones, none "
                                 "with fast. 'seed' is the old name of 'tutorial'."}
+    )
+    random_erasing: float = field(
+        default=0.0, metadata={"help": "Probability of erasing a random box of each training image (torchvision's "
+                               "RandomErasing, after the other augmentations; kornia's on the device), e.g. 0.25; "
+                               "0 (default): never."}
     )
     verify_images: bool = field(
         default=False, metadata={"help": "Decode every image before training and list every bad one."}
@@ -114,6 +121,9 @@ class DataArguments:
             self.augment = AUGMENT_ALIASES[self.augment]
         if self.augment is not None and self.augment not in AUGMENTATIONS:
             raise DataError(f"--augment must be one of {', '.join(AUGMENTATIONS)}, got {self.augment!r}")
+        if not 0 <= self.random_erasing <= 1:
+            raise DataError(f"--random_erasing is a probability in [0, 1] (0: off; e.g. 0.25), got "
+                            f"{self.random_erasing}")
         for flag in ("max_train_samples", "max_eval_samples"):
             if getattr(self, flag) is not None and getattr(self, flag) < 1:
                 raise DataError(f"--{flag} must be at least 1 (leave it out to keep every image), got "
@@ -135,6 +145,7 @@ class ImageData:
     image_std: tuple[float, ...]
     crop_pct: float  # evaluation images: the shorter side resized to image_size / crop_pct, then centre-cropped
     augment: str  # of the training images
+    random_erasing: float  # the probability of erasing a box of a training image, after `augment`
     profile: SizeProfile  # the sizes of a sample of the images the defaults were chosen from
     input_choice: str  # what the input defaults are and why (training/defaults.py), for the log and the card
     preset: InputPreset
@@ -144,6 +155,12 @@ class ImageData:
     def native_size(self) -> tuple[int, int] | None:
         """The one size of the (sampled) images, or None when they differ."""
         return self.profile.uniform
+
+    @property
+    def augmentation(self) -> str:
+        """The training augmentation in a few words, for the log, the card and the run's identity."""
+        erasing = f" + random erasing (p={self.random_erasing:g})" if self.random_erasing else ""
+        return self.augment + erasing
 
     @property
     def input_summary(self) -> str:
@@ -225,6 +242,7 @@ def load_image_data(args: DataArguments, seed: int = 42, split: str | None = Non
         image_std=settings.image_std,
         crop_pct=settings.crop_pct,
         augment=settings.augment,
+        random_erasing=args.random_erasing,
         profile=profile,
         input_choice=describe_input(settings),
         preset=settings.preset,

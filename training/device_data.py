@@ -16,7 +16,7 @@ from torch.nn import functional as F
 
 from training.data import ImageData
 from training.images import ROW, DataError, decode_image
-from training.transforms import COLOR_JITTER, ROTATION_DEGREES, crop_padding
+from training.transforms import COLOR_JITTER, POLICIES, ROTATION_DEGREES, crop_padding
 
 logger = logging.getLogger(__name__)
 
@@ -26,7 +26,7 @@ MAX_BYTES = 4 * 2**30
 
 def supports_device_data(data: ImageData) -> bool:
     size = data.image_size
-    return data.native_size == (size, size) and size * size <= MAX_PIXELS
+    return data.native_size == (size, size) and size * size <= MAX_PIXELS and data.augment not in POLICIES
 
 
 class ImageStore:
@@ -89,11 +89,18 @@ class CropFlip(nn.Module):
         return padded.gather(2, index[:, None].expand(n, channels, -1)).view(n, channels, height, width)
 
 
-def device_augmentation(augment: str, size: int, mean, std) -> nn.Module:
+def device_augmentation(augment: str, size: int, mean, std, random_erasing: float = 0.0) -> nn.Module:
     """The PIL path's augmentations of `augment` (data.build_transforms; torchvision semantics, random per sample),
-    then Normalize, on float [0, 1] input. crop-flip and none read no tensor on the host; tutorial's (kornia's
-    crop, colour jitter and rotation) does, a few times a step."""
-    normalize = K.Normalize(mean=torch.tensor(mean), std=torch.tensor(std))
+    then Normalize, then kornia's RandomErasing with probability `random_erasing`, on float [0, 1] input. crop-flip
+    and none read no tensor on the host; tutorial's (kornia's crop, colour jitter and rotation) does, a few times a
+    step."""
+    augmentation = _device_augmentation(augment, size, K.Normalize(mean=torch.tensor(mean), std=torch.tensor(std)))
+    if not random_erasing:
+        return augmentation
+    return nn.Sequential(augmentation, K.RandomErasing(p=random_erasing))  # torchvision's defaults: box, ratio, 0
+
+
+def _device_augmentation(augment: str, size: int, normalize: nn.Module) -> nn.Module:
     if augment == "crop-flip":
         return nn.Sequential(CropFlip(crop_padding(size)), normalize)
     if augment == "none":
@@ -123,7 +130,8 @@ class DeviceData:
         self.splits = {name: IndexedSplit(store, offset)
                        for (name, store), offset in zip(stores.items(), offsets, strict=True)}
         self.images = torch.cat([store.images for store in stores.values()])  # moved to the device on first use
-        self.train_transform = device_augmentation(augment or data.augment, size, data.image_mean, data.image_std)
+        self.train_transform = device_augmentation(augment or data.augment, size, data.image_mean, data.image_std,
+                                                   data.random_erasing)
         self.eval_transform = device_augmentation("none", size, data.image_mean, data.image_std)
         logger.info("device-resident data: %s images decoded once",
                     ", ".join(f"{name} {len(s):,}" for name, s in self.splits.items()))

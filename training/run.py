@@ -31,11 +31,13 @@ from training.device_data import DeviceData, supports_device_data
 from training.ema import EMACallback
 from training.hardware import describe, device_name, precision
 from training.hub import HUB_CHECKPOINT, base_model, fetch_checkpoint
+from training.images import DataError
 from training.inference import check_saved_model
 from training.metrics import classification_metrics, compute_accuracy
 from training.outputs import RunRecord
 from training.plots import epoch_entries
 from training.trainer import StagedTrainer
+from training.transforms import POLICIES
 
 logger = logging.getLogger(__name__)
 ARCHITECTURE_FIELDS = ("depths", "stem", "cbam_placement", "cbam_init", "zero_init_residual", "cbam_reduction",
@@ -106,6 +108,9 @@ def build_run(
     the one training will resume from (the EMA of the weights continues from it)."""
     schedule = build_schedule(stage_args, training_args)
     training_args.num_train_epochs = schedule.total_epochs
+    if training_args.data_on_device and data_args.augment in POLICIES:
+        raise DataError(f"--augment {data_args.augment} is torchvision's policy on PIL images, in the DataLoader: it "
+                        "has no device-resident version; leave out --data_on_device true")
     with training_args.main_process_first(desc="loading the dataset"):
         data = load_image_data(data_args, seed=training_args.seed)
     torch.manual_seed(training_args.seed)  # the new modules' initialisation is reproducible
@@ -121,6 +126,9 @@ def build_run(
         model = model.to(memory_format=torch.channels_last)
     if training_args.data_on_device is None:  # auto: small images are decoded once, wherever training runs
         training_args.data_on_device = supports_device_data(data)
+        if data.augment in POLICIES:
+            logger.info("augment %s: torchvision's policy on PIL images in the DataLoader workers (the "
+                        "device-resident path has no such policy)", data.augment)
     device_data = DeviceData(data) if training_args.data_on_device else None
     if device_data:  # the loader only carries indices: workers would add latency, not throughput
         training_args.dataloader_num_workers, training_args.dataloader_persistent_workers = 0, False
@@ -138,7 +146,7 @@ def build_run(
         recipe=stage_args.stages_file or stage_args.recipe,
         schedule=schedule,
         bn_policy=stage_args.bn_policy,
-        augment=data.augment,
+        augment=data.augmentation,
         defaults=[data.input_summary, *chosen],
         backbone=weights,
         base_model=base_model(model_args.backbone_weights, model.config.depths, model_args.model_name_or_path),

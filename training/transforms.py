@@ -10,7 +10,10 @@ from torchvision.transforms import v2
 
 from training.images import ROW, decode_image
 
-AUGMENTATIONS = ("tutorial", "crop-flip", "resized-crop-flip", "none")
+# torchvision v2's automatic augmentation policies, each after the input's crop and flip (crop-flip at the images'
+# own size, resized-crop-flip otherwise), on the PIL images in the DataLoader workers (no device-resident version)
+POLICIES = ("randaugment", "trivialaugment", "autoaugment")
+AUGMENTATIONS = ("tutorial", "crop-flip", "resized-crop-flip", *POLICIES, "none")
 AUGMENT_ALIASES = {"seed": "tutorial"}  # the old name, accepted for one release
 # The tutorial's augmentation parameters, shared by the PIL path here and the kornia path in device_data.py
 COLOR_JITTER = (0.2, 0.2, 0.2, 0.1)  # brightness, contrast, saturation, hue
@@ -38,12 +41,29 @@ def build_transforms(data, train: bool, augment: str | None = None) -> Callable:
         steps += [crop, v2.RandomHorizontalFlip(), v2.ColorJitter(*COLOR_JITTER), v2.RandomRotation(ROTATION_DEGREES)]
     elif train and augment == "resized-crop-flip":  # torchvision's and timm's ImageNet training crop
         steps += [v2.RandomResizedCrop(size, antialias=True), v2.RandomHorizontalFlip()]
+    elif train and augment in POLICIES:
+        crop = v2.RandomCrop(size, padding=crop_padding(size), padding_mode="reflect") if native \
+            else v2.RandomResizedCrop(size, antialias=True)
+        steps += [crop, v2.RandomHorizontalFlip(), policy_transform(augment, small=native)]
     else:  # every image to the model's size (PIL leaves a same-size image as it is)
         steps += [v2.Resize(round(size / data.crop_pct), antialias=True), v2.CenterCrop(size)]
     if train and augment == "crop-flip":  # a translation of at most crop_padding pixels, and a mirror
         steps += [v2.RandomCrop(size, padding=crop_padding(size), padding_mode="reflect"), v2.RandomHorizontalFlip()]
     steps += [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(data.image_mean, data.image_std)]
+    if train and data.random_erasing:  # after normalising: the erased box is 0, the mean colour
+        steps.append(v2.RandomErasing(p=data.random_erasing))
     return v2.Compose(steps)
+
+
+def policy_transform(policy: str, small: bool) -> v2.Transform:
+    """torchvision v2's policy: RandAugment (2 ops at magnitude 9, the paper's ImageNet setting), TrivialAugment
+    (TrivialAugmentWide, no parameters), or AutoAugment with the policy searched on CIFAR-10 for images at their own
+    small size, ImageNet's otherwise."""
+    if policy == "randaugment":
+        return v2.RandAugment()
+    if policy == "trivialaugment":
+        return v2.TrivialAugmentWide()
+    return v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10 if small else v2.AutoAugmentPolicy.IMAGENET)
 
 
 def set_transforms(data) -> None:
