@@ -120,7 +120,7 @@ RECIPE_FIELDS = {
     "max_grad_norm", "per_device_train_batch_size", "gradient_accumulation_steps", "seed", "bf16", "fp16",
     "use_cpu",
     "push_to_hub", "hub_model_id", "hub_token", "hub_private_repo", "hub_strategy", "hub_always_push",
-    "resume_from_checkpoint", "output_dir",
+    "resume_from_checkpoint", "output_dir", "load_best_model_at_end", "metric_for_best_model",
 }  # and this project's own: channels_last, data_on_device, overwrite_output_dir, allow_changed_run, ema_decay, tta,
 # export_onnx
 # Passed to the Trainer as they are, and known to work with this recipe.
@@ -164,9 +164,7 @@ REFUSED_FIELDS = {
     "include_for_metrics": "the metrics are fixed (accuracy, per-class accuracy, confusion matrix)",
     "batch_eval_metrics": "the metrics are fixed (accuracy, per-class accuracy, confusion matrix)",
     "eval_use_gather_object": _UNUSED,
-    "load_best_model_at_end": "the final model is the last epoch's, which the card and results describe",
-    "metric_for_best_model": "the final model is the last epoch's (see --load_best_model_at_end)",
-    "greater_is_better": "the final model is the last epoch's (see --load_best_model_at_end)",
+    "greater_is_better": "it follows --metric_for_best_model: higher accuracy, lower loss",
     "ignore_data_skip": "a resumed run must see the same batches as an uninterrupted one",
     "restore_callback_states_from_checkpoint": "the callbacks derive their state from the step",
     "enable_jit_checkpoint": _OWN_LOOP,
@@ -193,6 +191,7 @@ RECIPE_DEFAULTS = {
                  per_device_train_batch_size=stages.FAST_BATCH, augment="none", ema_decay=0.0, tta="flip",
                  backbone_weights="none"),
 }
+BEST_MODEL_METRICS = {"accuracy": True, "loss": False}  # --metric_for_best_model: whether higher is better
 LR_SHAPES = {"constant": "constant", "constant_with_warmup": "constant", "cosine": "cosine", "linear": "linear",
              "cosine_with_min_lr": "cosine"}
 
@@ -276,6 +275,16 @@ class FinetuneTrainingArguments(TrainingArguments):
         default="none", metadata={"help": "Test-time augmentation of every evaluation: none (default) or flip (the "
                                   "mean of the softmax of each image and its mirror)."}
     )
+    metric_for_best_model: str | None = field(
+        default=None, metadata={"help": "What chooses the epoch kept by --load_best_model_at_end and what "
+                                "--early_stopping_patience watches, on the validation split: accuracy (default) or "
+                                "loss."}
+    )
+    early_stopping_patience: int | None = field(
+        default=None, metadata={"help": "Stop once this many evaluations in a row have not improved on the best so "
+                                "far; only evaluations after the last stage has started count (the earlier stages "
+                                "train a part of the network and plateau by design). Default: never stop early."}
+    )
     hub_strategy: str = field(
         default="end", metadata={"help": "With --push_to_hub, what is pushed while training, in the background, "
                                  "after each complete checkpoint: end (default): nothing, the finished folder at the "
@@ -358,8 +367,32 @@ class FinetuneTrainingArguments(TrainingArguments):
             raise ValueError(f"--ema_decay must be in [0, 1) (0: no average; e.g. 0.99), got {self.ema_decay}")
         check_tta(self.tta)
         self._check_hub_strategy()
+        self._check_best_model()
         if self.learning_rate is not None and not 0 < self.learning_rate < math.inf:
             raise ValueError(f"--learning_rate must be a positive finite number, got {self.learning_rate}")
+
+    def _check_best_model(self) -> None:
+        """--load_best_model_at_end and --early_stopping_patience watch accuracy (default) or loss on validation."""
+        watched = self.load_best_model_at_end or self.early_stopping_patience is not None
+        if self.metric_for_best_model is not None:
+            metric = self.metric_for_best_model.removeprefix("eval_")
+            if metric not in BEST_MODEL_METRICS:
+                raise ValueError(f"--metric_for_best_model must be accuracy or loss, got "
+                                 f"{self.metric_for_best_model!r}")
+            if not watched:
+                raise ValueError("--metric_for_best_model chooses the epoch --load_best_model_at_end keeps and what "
+                                 "--early_stopping_patience watches: give one of them")
+            self.metric_for_best_model = metric
+        elif watched:
+            self.metric_for_best_model = "accuracy"
+        if watched:
+            self.greater_is_better = BEST_MODEL_METRICS[self.metric_for_best_model]
+            if str(getattr(self.eval_strategy, "value", self.eval_strategy)) == "no":
+                raise ValueError("--load_best_model_at_end and --early_stopping_patience read the evaluations: "
+                                 "--eval_strategy no has none")
+        if self.early_stopping_patience is not None and self.early_stopping_patience < 1:
+            raise ValueError(f"--early_stopping_patience must be at least 1 evaluation, got "
+                             f"{self.early_stopping_patience}")
 
     def _check_hub_strategy(self) -> None:
         strategy = str(getattr(self.hub_strategy, "value", self.hub_strategy))
@@ -408,6 +441,9 @@ RECIPE_HELP = {
     "label_smoothing_factor": "Label smoothing of the cross-entropy (training and evaluation loss).",
     "push_to_hub": "Push the finished folder at the end (access checked before training); checkpoints too with "
                    "--hub_strategy.",
+    "load_best_model_at_end": "Save and evaluate on the test split the epoch with the best validation "
+                              "--metric_for_best_model (kept from checkpoint rotation), not the last one; with "
+                              "--ema_decay, the averaged weights of that epoch. The card says which epoch.",
     "hub_always_push": "With --hub_strategy other than end: push every checkpoint, even while the previous push is "
                        "still running (default: that checkpoint is not pushed; the next one is).",
     "hub_model_id": "The Hub repository to push to (user/name).",

@@ -139,6 +139,37 @@ def check_ranks_agree(model, device: torch.device, when: str) -> None:
     logger.info("all %d ranks hold identical parameters after %s", len(every_rank), when)
 
 
+def evaluations_without_improvement(evaluations: list[tuple[int, float]], counted_from: int, greater: bool) -> int:
+    """How many of the latest evaluations (step, value), in a row, did not improve on the best before them; only
+    evaluations after step `counted_from` count (earlier ones still set the best)."""
+    best, waited = None, 0
+    for step, value in evaluations:
+        improved = best is None or (value > best if greater else value < best)
+        best = value if improved else best
+        waited = 0 if improved else waited + (step > counted_from)
+    return waited
+
+
+class EarlyStopping(TrainerCallback):
+    """--early_stopping_patience: stop training once `patience` evaluations in a row have not improved the watched
+    validation metric, counting only evaluations after the last stage has started. The earlier stages train a part
+    of the network at a rate meant for it and plateau by design (stage 1 with a frozen backbone most of all); a
+    stage that stops improving is what the schedule moves on from, not a reason to stop. The count is derived from
+    the log history at every evaluation, so a resumed run stops where the uninterrupted one does."""
+
+    def __init__(self, patience: int, metric: str, greater: bool):
+        self.patience, self.key, self.greater = patience, f"eval_{metric}", greater
+
+    def on_evaluate(self, args, state, control, lr_scheduler=None, **kwargs):
+        plan = lr_scheduler.plan
+        evaluations = [(entry["step"], entry[self.key]) for entry in state.log_history if self.key in entry]
+        waited = evaluations_without_improvement(evaluations, plan.first_steps[-1], self.greater)
+        if waited >= self.patience and state.global_step < plan.last_step:
+            control.should_training_stop = True
+            logger.info("early stopping at epoch %g: %s has not improved for %d evaluations in the last stage",
+                        state.epoch, self.key, waited)
+
+
 class ChanceLevelCallback(TrainerCallback):
     """After the first epoch, warn when validation accuracy is near chance: usually preprocessing or labels.
 

@@ -15,7 +15,7 @@ from transformers import TrainerCallback, default_data_collator
 
 from modeling_resnet_cbam import ResNetCBAMConfig, ResNetCBAMForImageClassification
 from training.arguments import FinetuneTrainingArguments, ModelArguments, StageArguments, build_schedule
-from training.callbacks import ChanceLevelCallback, RankConsistencyCallback, StageCallback
+from training.callbacks import ChanceLevelCallback, EarlyStopping, RankConsistencyCallback, StageCallback
 from training.checkpoints import (
     RunFactsCallback,
     check_output_dir,
@@ -166,8 +166,12 @@ def build_run(
         label_names=data.label_names,
         architecture={name: getattr(model.config, name) for name in ARCHITECTURE_FIELDS},
         gradient_accumulation_steps=training_args.gradient_accumulation_steps,
+        best_model=_best_model_setting(training_args),
     )
     ema = [EMACallback(training_args.ema_decay, checkpoint)] if training_args.ema_decay else []
+    patience = training_args.early_stopping_patience
+    stopping = [EarlyStopping(patience, training_args.metric_for_best_model, training_args.greater_is_better)] \
+        if patience else []
     trainer = StagedTrainer(
         model=model,
         args=training_args,
@@ -176,7 +180,7 @@ def build_run(
         data_collator=default_data_collator,
         compute_metrics=compute_accuracy,
         callbacks=[*extra_callbacks, StageCallback(stage_args.bn_policy), RankConsistencyCallback(),
-                   ChanceLevelCallback(_label_counts(data, "validation"), data.label_names), *ema,
+                   ChanceLevelCallback(_label_counts(data, "validation"), data.label_names), *ema, *stopping,
                    RunFactsCallback(record.identity())],  # facts last: complete
         schedule=schedule,
         device_data=device_data,
@@ -221,6 +225,31 @@ def prepare_run(
     return run, checkpoint
 
 
+def _best_model_setting(args: FinetuneTrainingArguments) -> dict:
+    """--load_best_model_at_end and --early_stopping_patience, for the run's identity and card ({}: neither)."""
+    if not (args.load_best_model_at_end or args.early_stopping_patience):
+        return {}
+    return {"metric": f"validation {args.metric_for_best_model}", "keep_best": args.load_best_model_at_end,
+            "patience": args.early_stopping_patience}
+
+
+def kept_epoch(trainer: StagedTrainer) -> dict | None:
+    """With --load_best_model_at_end, the evaluation whose checkpoint the Trainer loaded at the end (the last
+    epoch's, when that was the best): its epoch, step, checkpoint and watched value; None without it."""
+    state, args = trainer.state, trainer.args
+    if not args.load_best_model_at_end or state.best_model_checkpoint is None:
+        return None
+    checkpoint = Path(state.best_model_checkpoint)
+    if not checkpoint.is_dir():  # a run resumed elsewhere (hf://) whose best epoch came before the resume
+        logger.warning("the best checkpoint %s is not on this machine: the Trainer kept the last epoch's model",
+                       checkpoint)
+        return None
+    key = f"eval_{args.metric_for_best_model}"
+    entry = next(e for e in state.log_history if key in e and e["step"] == state.best_global_step)
+    return {"epoch": entry["epoch"], "step": entry["step"], "checkpoint": checkpoint.name,
+            "metric": f"validation {args.metric_for_best_model}", "value": entry[key]}
+
+
 def _label_counts(data: ImageData, split: str) -> list[int]:
     return np.bincount(labels_of(data.splits[split], data.label_column), minlength=len(data.label_names)).tolist()
 
@@ -241,7 +270,15 @@ def train_and_evaluate(run: Run, checkpoint: Path | None = None) -> RunRecord:
         train_seconds = sum(entry["epoch_time"] for entry in epoch_entries(trainer.state.log_history))
         images = len(trainer.train_dataset) * record.schedule.total_epochs
         train_output.metrics.update(train_runtime=train_seconds, train_samples_per_second=images / train_seconds)
+    kept = kept_epoch(trainer)  # the Trainer has loaded that checkpoint's weights
+    if kept:
+        best = Path(trainer.state.best_model_checkpoint)
+        trainer.state.best_model_checkpoint = kept["checkpoint"]  # its name, not this machine's path
+        logger.info("kept the model of epoch %g (%s): the best %s, %.4f", kept["epoch"], kept["checkpoint"],
+                    kept["metric"], kept["value"])
     if trainer.ema is not None:  # the averaged weights are the model from here on: saved, evaluated, shown
+        if kept:
+            trainer.ema.load(best)  # that epoch's average
         trainer.ema.copy_to(trainer.model)
     with writing("the final model", trainer.args.output_dir):
         trainer.save_model(trainer.args.output_dir)
@@ -265,6 +302,8 @@ def train_and_evaluate(run: Run, checkpoint: Path | None = None) -> RunRecord:
         f"{split}_images": record.images(split),
         "label_names": data.label_names,
         "train_wall_seconds": train_seconds,
+        "trained_epochs": trainer.state.epoch,
+        "kept_epoch": kept,
     }
     record.log_history = trainer.state.log_history
     if trainer.is_world_process_zero():
