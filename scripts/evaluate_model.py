@@ -4,6 +4,7 @@
     python scripts/evaluate_model.py --model outputs/resnet-cbam --dataset_name uoft-cs/cifar10 --split test
     python scripts/evaluate_model.py --model outputs/resnet-cbam --dataset_name ../shared/datasets/cifar10 \\
         --split validation --json eval.json --plot confusion.png
+    python scripts/evaluate_model.py --model outputs/resnet-cbam --top_losses 16   # and its worst mistakes
 
 Data options as for training (Hub id, Hub-layout folder, image folders); only the evaluated split is needed; images
 are prepared as the model was trained (its image size and normalisation); labels are matched to the model's by
@@ -34,9 +35,13 @@ class EvaluateArguments:
                              "folder evaluated on its own data, else 42 (training's default)."})
     device: str | None = field(default=None, metadata={"help": "cuda or cpu (default: cuda when present)."})
     tta: str = field(default="none", metadata={"help": "none, or flip: the mean softmax of each image and its mirror."})
+    top_losses: int = field(default=0, metadata={"help": "Also list the N images of highest loss (true and predicted "
+                            "class, probability), draw them in --top_losses_plot, and print the most confused class "
+                            "pairs. 0 (default): none."})
+    top_losses_plot: str = field(default="top_losses.png", metadata={"help": "Where --top_losses draws its grid."})
 
     def __post_init__(self):
-        check_at_least(self, batch_size=1)
+        check_at_least(self, batch_size=1, top_losses=0)
         check_tta(self.tta)
 
 
@@ -59,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
         args, data_args = script_parser((EvaluateArguments, DataArguments)).parse_args_into_dataclasses(argv)
         data_args, split, seed = data_to_evaluate(args, data_args)
         model, processor = load_model(args.model, args.device)
-        result = evaluate_split(model, processor, data_args, split, seed, args.batch_size, args.tta)
+        result = evaluate_split(model, processor, data_args, split, seed, args.batch_size, args.tta,
+                                args.top_losses, args.top_losses_plot if args.top_losses else None)
     except ValueError as error:  # DataError included: a bad split, column, label set or image, named
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -128,6 +128,7 @@ def test_attention_maps_are_in_range_and_written_as_png(model_dir, images, tmp_p
     ("predict", ["--model", "m", "x.png", "--top_k", "0"], "--top_k must be at least 1, got 0"),
     ("predict", ["--model", "m", "--num_workers", "-1"], "--num_workers must be at least 0, got -1"),
     ("evaluate_model", ["--model", "m", "--batch_size", "0"], "--batch_size must be at least 1, got 0"),
+    ("evaluate_model", ["--model", "m", "--top_losses", "-1"], "--top_losses must be at least 0, got -1"),
     ("attention_maps", ["--model", "m", "--top_channels", "0"], "--top_channels must be at least 1, got 0"),
     ("demo", ["--model", "m", "--top_k", "-3"], "--top_k must be at least 1, got -3"),
     ("demo", ["--model", "m", "--port", "70000"], "--port must be at most 65535, got 70000"),
@@ -138,3 +139,29 @@ def test_attention_maps_are_in_range_and_written_as_png(model_dir, images, tmp_p
 def test_every_scripts_counts_below_their_minimum_are_refused_before_loading(script, argv, message, capsys):
     assert load_script(script).main(argv) == 2  # "m" is no model: the flag is refused before anything loads
     assert message in capsys.readouterr().err
+
+
+def test_top_losses_are_the_images_the_model_gets_most_wrong(model_dir, tmp_path):
+    dataset = hub_layout_folder(tmp_path / "ds", {"train": tiny_dataset(10, size=(16, 16)),
+                                                  "test": tiny_dataset(5, size=(16, 16), seed=70)})
+    grid = tmp_path / "worst.png"
+    done = run_script("evaluate_model.py", "--model", str(model_dir), "--dataset_name", str(dataset),
+                      "--top_losses", "6", "--top_losses_plot", str(grid), "--json", str(tmp_path / "e.json"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads((tmp_path / "e.json").read_text())
+    model, processor = load_model(str(model_dir), "cpu")
+    test = tiny_dataset(5, size=(16, 16), seed=70)
+    pixels = torch.cat([processor(row["img"], return_tensors="pt")["pixel_values"] for row in test])
+    with torch.no_grad():
+        losses = torch.nn.functional.cross_entropy(model(pixels).logits, torch.tensor(test["label"]),
+                                                   reduction="none")
+    worst = losses.argsort(descending=True)[:6].tolist()
+    assert [row["index"] for row in result["top_losses"]] == worst
+    assert [row["loss"] for row in result["top_losses"]] == pytest.approx(losses[worst].tolist(), rel=1e-4)
+    assert all(row["true"] == NAMES[test["label"][row["index"]]] for row in result["top_losses"])
+    confusion = result["confusion_matrix"]
+    top = result["most_confused"][0]
+    assert top["images"] == max(confusion[t][p] for t in range(4) for p in range(4) if t != p)
+    assert "most confused (true -> predicted: images):" in done.stdout
+    assert f"  {top['true']} -> {top['predicted']}: {top['images']}" in done.stdout
+    assert grid.read_bytes()[:4] == b"\x89PNG"

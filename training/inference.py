@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, Dataset
 from transformers import AutoImageProcessor, AutoModelForImageClassification
 
 from modeling_resnet_cbam import ResNetCBAMConfig
-from training.plots import denormalize, plot_attention
+from training.plots import denormalize, plot_attention, save_image_grid
 
 IMAGE_SUFFIXES = {suffix for suffix, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
 TTA_CHOICES = ("none", "flip")
@@ -221,7 +221,7 @@ def match_labels(dataset_labels: Sequence[str], model_labels: dict[int, str]) ->
 
 def predict_split(model, split, batch_size: int = 256, num_workers: int = 2,
                   tta: str = "none") -> tuple[torch.Tensor, torch.Tensor]:
-    """Predicted model classes (with flip TTA when asked) and dataset labels of a transformed split."""
+    """Class probabilities (with flip TTA when asked; model classes) and dataset labels of a transformed split."""
     from tqdm.auto import tqdm
     from transformers import default_data_collator
 
@@ -230,16 +230,17 @@ def predict_split(model, split, batch_size: int = 256, num_workers: int = 2,
     predictions, labels = [], []
     with torch.inference_mode():
         for batch in tqdm(loader, unit="batch"):
-            predictions.append(class_probabilities(model, batch["pixel_values"].to(device), tta).argmax(dim=-1).cpu())
+            predictions.append(class_probabilities(model, batch["pixel_values"].to(device), tta).float().cpu())
             labels.append(batch["labels"])
     return torch.cat(predictions), torch.cat(labels)
 
 
 def evaluate_split(model, processor, data_args, split: str, seed: int = 42, batch_size: int = 256,
-                   tta: str = "none") -> dict:
+                   tta: str = "none", top_losses: int = 0, top_losses_plot: str | Path | None = None) -> dict:
     """Accuracy, per-class accuracy and confusion matrix of a model (with flip TTA when asked) on one split of a
     dataset, its images prepared as the model's processor says and its labels matched to the model's by name.
-    Loads only that split."""
+    Loads only that split. With `top_losses`, also the images of highest loss (and their grid in
+    `top_losses_plot`) and the most confused class pairs."""
     from training.data import load_image_data
     from training.metrics import classification_metrics
     from training.transforms import set_transforms
@@ -251,12 +252,40 @@ def evaluate_split(model, processor, data_args, split: str, seed: int = 42, batc
     data.crop_pct = processor.crop_size["height"] / processor.size["shortest_edge"]  # evaluated as the model says
     set_transforms(data)
     to_model = match_labels(data.label_names, model.config.id2label)
-    predictions, labels = predict_split(model, data.splits[split], batch_size, tta=tta)
+    probabilities, labels = predict_split(model, data.splits[split], batch_size, tta=tta)
     names = [model.config.id2label[i] for i in range(model.config.num_labels)]
     references = [to_model[label] for label in labels.tolist()]
-    result = classification_metrics().compute(predictions=predictions.tolist(), references=references,
-                                              num_classes=len(names))
-    return {"split": split, "images": len(references), "tta": tta, "labels": names, **result}
+    result = classification_metrics().compute(predictions=probabilities.argmax(dim=-1).tolist(),
+                                              references=references, num_classes=len(names))
+    result = {"split": split, "images": len(references), "tta": tta, "labels": names, **result}
+    if top_losses:
+        result["top_losses"] = highest_losses(probabilities, torch.tensor(references), names, top_losses)
+        result["most_confused"] = most_confused(result["confusion_matrix"], names)
+        if top_losses_plot:
+            images = [data.splits[split][row["index"]]["pixel_values"] for row in result["top_losses"]]
+            titles = [f"{row['true']} -> {row['predicted']}\n{row['probability']:.0%}, loss {row['loss']:.2f}"
+                      for row in result["top_losses"]]
+            save_image_grid(images, titles, top_losses_plot, columns=min(8, len(images)), mean=processor.image_mean,
+                            std=processor.image_std, title=f"{split}: the {len(images)} images of highest loss")
+    return result
+
+
+def highest_losses(probabilities: torch.Tensor, references: torch.Tensor, names: Sequence[str],
+                   count: int) -> list[dict]:
+    """The `count` images of highest cross-entropy (-log of the probability of the true class), highest first:
+    their index in the split, true and predicted class, the predicted class's probability and the loss."""
+    losses = -probabilities.gather(1, references[:, None]).squeeze(1).clamp_min(torch.finfo(torch.float32).tiny).log()
+    worst = losses.argsort(descending=True, stable=True)[:count]
+    confidence, predicted = probabilities.max(dim=-1)
+    return [{"index": int(i), "true": names[int(references[i])], "predicted": names[int(predicted[i])],
+             "probability": float(confidence[i]), "loss": float(losses[i])} for i in worst]
+
+
+def most_confused(confusion: Sequence[Sequence[int]], names: Sequence[str], count: int = 5) -> list[dict]:
+    """The class pairs most often mistaken (true, predicted, images), most first; pairs never mistaken left out."""
+    pairs = [(confusion[t][p], t, p) for t in range(len(names)) for p in range(len(names)) if t != p]
+    return [{"true": names[t], "predicted": names[p], "images": n}
+            for n, t, p in sorted(pairs, key=lambda pair: (-pair[0], pair[1], pair[2]))[:count] if n]
 
 
 def evaluation_report(result: dict) -> str:
@@ -272,4 +301,12 @@ def evaluation_report(result: dict) -> str:
               " " * (width + 2) + "".join(f"{name[:6]:>7}" for name in names)]
     lines += [f"  {name:<{width}}" + "".join(f"{count:>7}" for count in row)
               for name, row in zip(names, result["confusion_matrix"], strict=True)]
+    if "top_losses" in result:
+        lines += ["most confused (true -> predicted: images):"]
+        lines += [f"  {pair['true']} -> {pair['predicted']}: {pair['images']}" for pair in result["most_confused"]]
+        lines += [] if result["most_confused"] else ["  none: every image is classified right"]
+        lines += [f"the {len(result['top_losses'])} images of highest loss (index in the split: true -> predicted, "
+                  "its probability, loss):"]
+        lines += [f"  {row['index']}: {row['true']} -> {row['predicted']}, {row['probability']:.1%}, "
+                  f"{row['loss']:.3f}" for row in result["top_losses"]]
     return "\n".join(lines)
