@@ -425,6 +425,7 @@ class FinetuneTrainingArguments(TrainingArguments):
 
 
 ARGUMENTS = (ModelArguments, DataArguments, StageArguments, FinetuneTrainingArguments)
+FINETUNE = "Fine-tune a ResNet18-CBAM on an image-classification dataset."
 
 
 # The help of the TrainingArguments fields the recipe reads, as they work here (transformers' own texts describe the
@@ -460,12 +461,12 @@ OWN_TRAINING_GROUP = ("training (this recipe's: optimizer, rates, loss and batch
 TRAINER_GROUP = "Trainer (transformers TrainingArguments, passed to the Trainer as they are)"
 
 
-def build_parser() -> HfArgumentParser:
+def build_parser(extra: tuple = (), description: str = FINETUNE) -> HfArgumentParser:
     """The parser of scripts/finetune.py, its --help in the order a user reads it: model, data, stages, this
-    project's training flags, then the Trainer's own fields passed through, then the refused ones, listed once."""
-    parser = script_parser(ARGUMENTS, usage="%(prog)s [--flag VALUE ...]  |  %(prog)s ARGS.json|ARGS.yaml",
-                           epilog=_refused_epilog(),
-                           description="Fine-tune a ResNet18-CBAM on an image-classification dataset.")
+    project's training flags, then the Trainer's own fields passed through, then the refused ones, listed once.
+    `extra`: the dataclasses of another script that takes every fine-tuning flag too (listed first)."""
+    parser = script_parser((*extra, *ARGUMENTS), usage="%(prog)s [--flag VALUE ...]  |  %(prog)s ARGS.json|ARGS.yaml",
+                           epilog=_refused_epilog(), description=description)
     # argparse has no public way to move a flag between groups; its groups are plain lists of actions
     trainer = next(g for g in parser._action_groups if g.title == FinetuneTrainingArguments._argument_group_name)
     own = parser.add_argument_group(OWN_TRAINING_GROUP)
@@ -493,10 +494,10 @@ def _refused_epilog() -> str:
     return "\n".join(lines)
 
 
-def parse_arguments(argv: list[str] | None = None):
-    """Flags, or a single .json / .yaml file holding them all: (model, data, stage, training) arguments. The recipe's
-    defaults (RECIPE_DEFAULTS) apply to every flag not given."""
-    parser = build_parser()
+def parse_arguments(argv: list[str] | None = None, extra: tuple = (), description: str = FINETUNE):
+    """Flags, or a single .json / .yaml file holding them all: (model, data, stage, training) arguments, after those
+    of the `extra` dataclasses. The recipe's defaults (RECIPE_DEFAULTS) apply to every flag not given."""
+    parser = build_parser(extra, description)
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) == 1 and argv[0].endswith((".json", ".yaml", ".yml")):
         path = Path(argv[0])

@@ -234,3 +234,19 @@ def plot_attention(image: torch.Tensor, attentions: Sequence, path: str | Path, 
     if title:
         figure.suptitle(title, fontsize=10)
     return _save(figure, path)
+
+
+def plot_lr_find(lrs: Sequence[float], losses: Sequence[float], marks: dict[str, float], path: str | Path,
+                 title: str = "") -> Path:
+    """The range test's smoothed loss against the lr (log scale), with the named rates marked."""
+    figure, axis = plt.subplots(figsize=(6, 4))
+    axis.plot(lrs, losses)
+    axis.set_xscale("log")
+    axis.set_xlabel("learning rate (the stage's highest)")
+    axis.set_ylabel("training loss (smoothed)")
+    for (name, lr), colour in zip(marks.items(), ("tab:red", "tab:green", "tab:purple"), strict=False):
+        axis.axvline(lr, color=colour, linestyle="--", label=f"{name}: {lr:.2g}")
+    axis.legend()
+    axis.set_title(title)
+    figure.tight_layout()
+    return _save(figure, path)

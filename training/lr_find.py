@@ -1,0 +1,99 @@
+"""The learning-rate range test (Leslie Smith's, as fastai's `lr_find`): train a fresh copy of the run's model on
+the groups one stage trains, the lr rising exponentially at every step, until the loss diverges; the rate to use is
+read off the curve. Nothing is saved: the model is built for the test and dropped."""
+
+import logging
+import math
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+from torch.nn import functional as F
+
+from training.callbacks import freeze_for_stage
+from training.run import Run
+
+logger = logging.getLogger(__name__)
+SMOOTHING = 0.98  # of the loss's exponential moving average (bias-corrected), as fastai's
+AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class RangeTest:
+    """The rates tried (the peak of the stage's groups), the smoothed loss at each, and why the test ended."""
+
+    stage: int  # 1-based
+    groups: tuple[str, ...]
+    trainable: int  # parameters
+    lrs: list[float]
+    losses: list[float]
+    ended: str
+
+    @property
+    def minimum(self) -> float:
+        """The rate of the lowest smoothed loss."""
+        return self.lrs[min(range(len(self.losses)), key=self.losses.__getitem__)]
+
+    @property
+    def suggestion(self) -> float:
+        """The rule this test suggests by: a tenth of the rate of the lowest smoothed loss (fastai's `lr_min`),
+        where the loss still falls fast and is far from diverging."""
+        return self.minimum / 10
+
+    @property
+    def steepest(self) -> float:
+        """The rate where the smoothed loss falls fastest per decade of lr (fastai's `lr_steep`), up to the minimum;
+        shown beside the suggestion, being noisier on short tests."""
+        end = self.losses.index(min(self.losses))
+        if end < 2:
+            return self.lrs[0]
+        slopes = [(self.losses[i + 1] - self.losses[i - 1]) / math.log10(self.lrs[i + 1] / self.lrs[i - 1])
+                  for i in range(1, end)]
+        return self.lrs[1 + min(range(len(slopes)), key=slopes.__getitem__)]
+
+
+def range_test(run: Run, stage_index: int, start_lr: float, end_lr: float, steps: int,
+               diverge: float = 4.0) -> RangeTest:
+    """Train `run`'s model on the groups of stage `stage_index` (0-based) with --optim, the lr of step t being
+    start_lr * (end_lr / start_lr) ** (t / (steps - 1)) for the stage's highest rate and in proportion for its other
+    groups; stop after `steps` steps or once the smoothed loss exceeds `diverge` times its lowest (or is not
+    finite). Batches, augmentation, precision and loss (label smoothing included) are the run's."""
+    trainer = run.trainer
+    args, model = trainer.args, trainer.model.to(trainer.args.device)
+    stage = trainer.schedule.stages[stage_index]
+    freeze_for_stage(model, stage, distributed=False)
+    groups = model.parameter_groups()
+    optimizer = args.optimizer.build({g: [p for p in groups[g]] for g in stage.groups}, args.device)
+    peak = max(stage.lrs.values())
+    mixed = "bf16" if args.bf16 else "fp16" if args.fp16 else "no"
+    scaler = torch.amp.GradScaler(args.device.type, enabled=mixed == "fp16")
+    model.train()
+    lrs, losses, average, ended = [], [], 0.0, f"after {steps} steps"
+    batches = _forever(trainer.get_train_dataloader())
+    for step in range(steps):
+        lr = start_lr * (end_lr / start_lr) ** (step / max(steps - 1, 1))
+        for group in optimizer.param_groups:
+            group["lr"] = lr * stage.lrs[group["group"]] / peak
+        inputs = trainer._model_inputs(next(batches), train=True)
+        with torch.autocast(args.device.type, dtype=AUTOCAST[mixed]) if mixed in AUTOCAST else nullcontext():
+            logits = model(pixel_values=inputs["pixel_values"]).logits
+        loss = F.cross_entropy(logits.float(), inputs["labels"], label_smoothing=args.label_smoothing_factor)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        value = loss.item()
+        average = SMOOTHING * average + (1 - SMOOTHING) * value
+        smoothed = average / (1 - SMOOTHING ** (step + 1))
+        if not math.isfinite(smoothed) or (losses and smoothed > diverge * min(losses)):
+            ended = f"diverged at lr {lr:.3g} (step {step + 1}: smoothed loss {smoothed:.3g})"
+            break
+        lrs.append(lr)
+        losses.append(smoothed)
+    return RangeTest(stage_index + 1, stage.groups, stage.parameter_count(groups), lrs, losses, ended)
+
+
+def _forever(loader):
+    """The loader's batches, epoch after epoch (itertools.cycle would keep every batch in memory)."""
+    while True:
+        yield from loader
