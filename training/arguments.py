@@ -275,6 +275,16 @@ class FinetuneTrainingArguments(TrainingArguments):
         default="none", metadata={"help": "Test-time augmentation of every evaluation: none (default) or flip (the "
                                   "mean of the softmax of each image and its mirror)."}
     )
+    mixup_alpha: float = field(
+        default=0.0, metadata={"help": "MixUp: each training batch blended with a shuffled copy of itself, with a "
+                               "weight drawn from Beta(alpha, alpha), and the labels alike (e.g. 0.2); 0 (default): "
+                               "off. With --cutmix_alpha too, each batch gets one of the two."}
+    )
+    cutmix_alpha: float = field(
+        default=0.0, metadata={"help": "CutMix: a box of each training image replaced by the same box of another, the "
+                               "labels weighted by area, the area drawn from Beta(alpha, alpha) (e.g. 1.0); 0 "
+                               "(default): off. Evaluation is never mixed."}
+    )
     metric_for_best_model: str | None = field(
         default=None, metadata={"help": "What chooses the epoch kept by --load_best_model_at_end and what "
                                 "--early_stopping_patience watches, on the validation split: accuracy (default) or "
@@ -368,6 +378,10 @@ class FinetuneTrainingArguments(TrainingArguments):
         check_tta(self.tta)
         self._check_hub_strategy()
         self._check_best_model()
+        for flag in ("mixup_alpha", "cutmix_alpha"):
+            if not 0 <= getattr(self, flag) < math.inf:
+                raise ValueError(f"--{flag} must be 0 (off) or positive (e.g. 0.2 for MixUp, 1.0 for CutMix), got "
+                                 f"{getattr(self, flag)}")
         if self.learning_rate is not None and not 0 < self.learning_rate < math.inf:
             raise ValueError(f"--learning_rate must be a positive finite number, got {self.learning_rate}")
 

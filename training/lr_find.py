@@ -77,7 +77,8 @@ def range_test(run: Run, stage_index: int, start_lr: float, end_lr: float, steps
         inputs = trainer._model_inputs(next(batches), train=True)
         with torch.autocast(args.device.type, dtype=AUTOCAST[mixed]) if mixed in AUTOCAST else nullcontext():
             logits = model(pixel_values=inputs["pixel_values"]).logits
-        loss = F.cross_entropy(logits.float(), inputs["labels"], label_smoothing=args.label_smoothing_factor)
+        loss = F.cross_entropy(logits.float(), inputs.get("targets", inputs["labels"]),  # mixed: soft targets
+                               label_smoothing=args.label_smoothing_factor)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()

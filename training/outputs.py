@@ -51,6 +51,7 @@ class RunRecord:
     architecture: dict  # the model config's fields that shape the network
     gradient_accumulation_steps: int = 1
     best_model: dict = field(default_factory=dict)  # --load_best_model_at_end, --early_stopping_patience ({}: off)
+    mixing: str = ""  # MixUp / CutMix of the training batches ("": none)
     defaults: list[str] = field(default_factory=list)  # the defaults chosen from the data and weights, with reasons
     source_split_sizes: dict[str, int] = field(default_factory=dict)  # before --max_train/eval_samples
     ema_decay: float = 0.0  # 0: no average of the weights
@@ -70,7 +71,9 @@ class RunRecord:
             "ema_decay": self.ema_decay, "max_grad_norm": self.max_grad_norm,
             "batch_size": self.batch_size, "world_size": self.world_size,
             "gradient_accumulation_steps": self.gradient_accumulation_steps, "seed": self.seed,
-            **({"best_model": self.best_model} if self.best_model else {}),  # absent before it existed: old runs resume
+            # absent when off, as before they existed: older runs' checkpoints still resume
+            **({"best_model": self.best_model} if self.best_model else {}),
+            **({"mixing": self.mixing} if self.mixing else {}),
         }
 
     @property

@@ -36,7 +36,7 @@ from training.inference import check_saved_model
 from training.metrics import classification_metrics, compute_accuracy
 from training.outputs import RunRecord
 from training.plots import epoch_entries
-from training.trainer import StagedTrainer
+from training.trainer import StagedTrainer, describe_mixing
 from training.transforms import POLICIES
 
 logger = logging.getLogger(__name__)
@@ -167,7 +167,11 @@ def build_run(
         architecture={name: getattr(model.config, name) for name in ARCHITECTURE_FIELDS},
         gradient_accumulation_steps=training_args.gradient_accumulation_steps,
         best_model=_best_model_setting(training_args),
+        mixing=describe_mixing(training_args.mixup_alpha, training_args.cutmix_alpha),
     )
+    if record.mixing:
+        logger.info("batch mixing: %s of the training batches, against soft targets; train_accuracy counts each "
+                    "mixed image's dominant class", record.mixing)
     ema = [EMACallback(training_args.ema_decay, checkpoint)] if training_args.ema_decay else []
     patience = training_args.early_stopping_patience
     stopping = [EarlyStopping(patience, training_args.metric_for_best_model, training_args.greater_is_better)] \

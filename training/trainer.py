@@ -6,6 +6,7 @@ import time
 import torch
 from torch.nn import functional as F
 from torch.optim.lr_scheduler import LambdaLR
+from torchvision.transforms import v2
 from transformers import Trainer
 
 from training.checkpoints import writing
@@ -48,6 +49,21 @@ def _lr_of(plan: StagePlan, group: str):
         return plan.lr(group, step)
 
     return lr
+
+
+def batch_mixing(mixup_alpha: float, cutmix_alpha: float, num_classes: int):
+    """torchvision v2's MixUp and CutMix batch transforms ((images, int labels) -> (mixed images, soft labels)):
+    the one asked for, one of the two per batch when both are, or None."""
+    chosen = [mix(alpha=alpha, num_classes=num_classes) for mix, alpha in ((v2.MixUp, mixup_alpha),
+                                                                         (v2.CutMix, cutmix_alpha)) if alpha]
+    return None if not chosen else chosen[0] if len(chosen) == 1 else v2.RandomChoice(chosen)
+
+
+def describe_mixing(mixup_alpha: float, cutmix_alpha: float) -> str:
+    """E.g. 'MixUp (alpha 0.2) or CutMix (alpha 1), one per batch'; '' when neither is on."""
+    alphas = (("MixUp", mixup_alpha), ("CutMix", cutmix_alpha))
+    chosen = [f"{name} (alpha {alpha:g})" for name, alpha in alphas if alpha]
+    return " or ".join(chosen) + (", one per batch" if len(chosen) == 2 else "")
 
 
 class DivergenceError(RuntimeError):
@@ -102,6 +118,7 @@ class StagedTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.schedule = schedule
         self.device_data = device_data
+        self.mixing = batch_mixing(self.args.mixup_alpha, self.args.cutmix_alpha, self.model.config.num_labels)
         self._epoch_totals = None
         self._epoch_started = time.perf_counter()
         self._micro_step, self._micro_batch = None, 0  # which micro-batch of the optimizer step this is
@@ -201,18 +218,31 @@ class StagedTrainer(Trainer):
         inputs = self._prepare_inputs(inputs)
         if self.device_data is not None:
             inputs = self.device_data.inputs(inputs, train, self._augment_seed() if train else None)
+        if train and self.mixing is not None:
+            inputs = self._mixed(inputs)
         if self.args.channels_last:
             inputs["pixel_values"] = inputs["pixel_values"].contiguous(memory_format=torch.channels_last)
         return inputs
 
+    def _mixed(self, inputs: dict) -> dict:
+        """MixUp or CutMix of a training batch, drawn from a seed of (run seed, step, micro-batch, rank) so that a
+        resume mixes exactly as the uninterrupted run: soft targets for the loss, and as labels each image's
+        dominant class (what train_accuracy counts)."""
+        with torch.random.fork_rng(devices=[inputs["pixel_values"].device] if inputs["pixel_values"].is_cuda else []):
+            torch.manual_seed(self._augment_seed())
+            pixel_values, targets = self.mixing(inputs["pixel_values"], inputs["labels"])
+        return {**inputs, "pixel_values": pixel_values, "targets": targets, "labels": targets.argmax(dim=-1)}
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        """A per-batch mean (the Trainer scales it for gradient accumulation), smoothed as the flag says."""
+        """A per-batch mean (the Trainer scales it for gradient accumulation), smoothed as the flag says; against
+        the mixed soft targets of a MixUp/CutMix batch (label smoothing applies to them too)."""
         labels = inputs["labels"]
         outputs = model(pixel_values=inputs["pixel_values"])
         if not model.training and self.args.tta != "none":
             probabilities = class_probabilities(model, inputs["pixel_values"], self.args.tta, outputs.logits)
             outputs.logits = probabilities.clamp_min(torch.finfo(torch.float32).tiny).log()
-        loss = F.cross_entropy(outputs.logits.float(), labels, label_smoothing=self.args.label_smoothing_factor)
+        loss = F.cross_entropy(outputs.logits.float(), inputs.get("targets", labels),
+                               label_smoothing=self.args.label_smoothing_factor)
         if model.training:
             with torch.no_grad():
                 correct = (outputs.logits.argmax(dim=-1) == labels).sum()
