@@ -36,7 +36,9 @@ def save_image_grid(
 ) -> Path:
     """A labelled grid of normalised images, written as PNG."""
     rows = -(-len(images) // columns)
-    figure, axes = plt.subplots(rows, columns, figsize=(1.6 * columns, 1.8 * rows + 0.4), squeeze=False)
+    title_lines = max((label.count("\n") + 1 for label in titles), default=1)
+    figure, axes = plt.subplots(rows, columns, figsize=(1.6 * columns, (1.6 + 0.2 * title_lines) * rows + 0.4),
+                                squeeze=False)
     for axis in axes.flat:
         axis.axis("off")
     for axis, image, label in zip(axes.flat, images, titles, strict=False):
