@@ -51,6 +51,9 @@ def _lr_of(plan: StagePlan, group: str):
     return lr
 
 
+MIXING_SEED_OFFSET = 1 << 62  # the mixing's seed beside the step's augmentation seed (those stay far below it)
+
+
 def batch_mixing(mixup_alpha: float, cutmix_alpha: float, num_classes: int):
     """torchvision v2's MixUp and CutMix batch transforms ((images, int labels) -> (mixed images, soft labels)):
     the one asked for, one of the two per batch when both are, or None."""
@@ -229,7 +232,7 @@ class StagedTrainer(Trainer):
         resume mixes exactly as the uninterrupted run: soft targets for the loss, and as labels each image's
         dominant class (what train_accuracy counts)."""
         with torch.random.fork_rng(devices=[inputs["pixel_values"].device] if inputs["pixel_values"].is_cuda else []):
-            torch.manual_seed(self._augment_seed())
+            torch.manual_seed(self._augment_seed() + MIXING_SEED_OFFSET)  # not the augmentation's draws again
             pixel_values, targets = self.mixing(inputs["pixel_values"], inputs["labels"])
         return {**inputs, "pixel_values": pixel_values, "targets": targets, "labels": targets.argmax(dim=-1)}
 
