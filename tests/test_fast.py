@@ -94,7 +94,8 @@ def test_fast_from_a_json_file_takes_the_same_defaults(tmp_path):
 @pytest.mark.parametrize("bad, words", [(["--ema_decay", "1"], "--ema_decay must be in [0, 1)"),
                                          (["--tta", "five-crop"], "--tta must be one of none, flip"),
                                          (["--augment", "flip"],
-                                          "--augment must be one of tutorial, crop-flip, resized-crop-flip, none")])
+                                          "--augment must be one of tutorial, crop-flip, resized-crop-flip, "
+                                          "randaugment, trivialaugment, autoaugment, none")])
 def test_bad_fast_flags_are_refused(bad, words):
     with pytest.raises(ValueError, match=words.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
         parse_arguments(["--recipe", "fast", *bad])
@@ -267,7 +268,8 @@ def test_crop_flip_translates_within_the_padding_and_mirrors_exactly_on_both_pat
     size = 16
     pad = crop_padding(size)
     mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
-    data = SimpleNamespace(image_size=size, native_size=(size, size), image_mean=mean, image_std=std, crop_pct=1.0)
+    data = SimpleNamespace(image_size=size, native_size=(size, size), image_mean=mean, image_std=std, crop_pct=1.0,
+                           random_erasing=0.0)
     pil = build_transforms(data, train=True, augment="crop-flip")
     kornia = device_augmentation("crop-flip", size, mean, std)
     image = _positions_image(size)
