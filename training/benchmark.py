@@ -5,7 +5,6 @@ All paths train every parameter (recipe `full`), so they do the same work per im
 
 import tempfile
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -16,16 +15,9 @@ from transformers import TrainerCallback, default_data_collator
 from modeling_resnet_cbam import ResNetCBAMConfig, ResNetCBAMForImageClassification
 from training.arguments import FinetuneTrainingArguments, ModelArguments, StageArguments
 from training.data import DataArguments
-from training.hardware import mixed_precision, precision
+from training.hardware import autocast, mixed_precision, precision
 from training.run import build_run
 from training.synthetic import hub_layout_folder, random_dataset
-
-AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def _autocast(device: torch.device, mixed: str):
-    """Autocast for training/hardware.py's precision names: bf16, fp16, or no (fp32)."""
-    return torch.autocast(device.type, dtype=AUTOCAST_DTYPES[mixed]) if mixed in AUTOCAST_DTYPES else nullcontext()
 
 
 def _sync(device: torch.device | None) -> None:
@@ -33,10 +25,9 @@ def _sync(device: torch.device | None) -> None:
         torch.cuda.synchronize(device)
 
 
-def step_throughput(model, device, batch_size: int, steps: int, warmup: int, mixed: str, channels_last: bool,
-                    fused: bool | None = None) -> float:
-    """Images/s of forward + backward + Adam on tensors already on the device; `mixed`: bf16, fp16 (with a
-    GradScaler, as training has) or no."""
+def train_step(model, device, batch_size: int, mixed: str, channels_last: bool, fused: bool | None = None):
+    """One training step of `model` on a fixed random batch already on the device, as a function: forward under
+    the autocast of `mixed` (bf16, fp16 or no), backward, Adam (through a GradScaler with fp16, as training has)."""
     model = model.to(device).train()
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
@@ -45,16 +36,27 @@ def step_throughput(model, device, batch_size: int, steps: int, warmup: int, mix
     y = torch.randint(0, model.config.num_labels, (batch_size,), device=device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, fused=fused)
     scaler = torch.amp.GradScaler(device.type, enabled=mixed == "fp16")
-    for step in range(warmup + steps):
-        if step == warmup:
-            _sync(device)
-            started = time.perf_counter()
-        with _autocast(device, mixed):
+
+    def step() -> None:
+        with autocast(device, mixed):
             loss = model(x, labels=y).loss
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
         optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
+def step_throughput(model, device, batch_size: int, steps: int, warmup: int, mixed: str, channels_last: bool,
+                    fused: bool | None = None) -> float:
+    """Images/s of train_step's step (forward + backward + Adam on tensors already on the device)."""
+    step = train_step(model, device, batch_size, mixed, channels_last, fused)
+    for index in range(warmup + steps):
+        if index == warmup:
+            _sync(device)
+            started = time.perf_counter()
+        step()
     _sync(device)
     return steps * batch_size / (time.perf_counter() - started)
 
@@ -83,23 +85,7 @@ def step_profile(model, device, batch_size: int, steps: int, mixed: str, channel
     kernels' device time), summed by kind (OP_KINDS), in ms per step, with the heaviest ops."""
     from torch.profiler import ProfilerActivity, profile
 
-    model = model.to(device).train()
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    model = model.to(memory_format=memory_format)
-    size = model.config.image_size
-    x = torch.randn(batch_size, 3, size, size, device=device).contiguous(memory_format=memory_format)
-    y = torch.randint(0, model.config.num_labels, (batch_size,), device=device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, fused=True)
-    scaler = torch.amp.GradScaler(device.type, enabled=mixed == "fp16")
-
-    def step():
-        with _autocast(device, mixed):
-            loss = model(x, labels=y).loss
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
-
+    step = train_step(model, device, batch_size, mixed, channels_last, fused=True)
     for _ in range(2):
         step()
     _sync(device)

@@ -1,6 +1,7 @@
 """What the machine and the launch offer, read once and only here: the CPU (name, bf16 support, usable cores), the
 GPU, and the process counts that `accelerate launch` / torchrun put in the environment."""
 
+import contextlib
 import os
 import platform
 from dataclasses import dataclass
@@ -88,6 +89,15 @@ PRECISION_NAMES = {"bf16": "bf16 autocast", "fp16": "fp16 autocast with loss sca
 def mixed_precision(bf16: bool, fp16: bool) -> str:
     """The --bf16 / --fp16 pair as one name: bf16, fp16 or no (fp32), as Accelerate names it."""
     return "bf16" if bf16 else "fp16" if fp16 else "no"
+
+
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast(device: torch.device, mixed: str) -> contextlib.AbstractContextManager:
+    """torch.autocast for a precision name (mixed_precision's): bf16, fp16, or no (fp32: no autocast)."""
+    return torch.autocast(device.type, dtype=AUTOCAST_DTYPES[mixed]) if mixed in AUTOCAST_DTYPES \
+        else contextlib.nullcontext()
 
 
 def precision(bf16: bool, fp16: bool) -> str:

@@ -4,18 +4,16 @@ read off the curve. Nothing is saved: the model is built for the test and droppe
 
 import logging
 import math
-from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
-from torch.nn import functional as F
 
 from training.callbacks import freeze_for_stage
+from training.hardware import autocast, mixed_precision
 from training.run import Run
 
 logger = logging.getLogger(__name__)
 SMOOTHING = 0.98  # of the loss's exponential moving average (bias-corrected), as fastai's
-AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass
@@ -63,9 +61,9 @@ def range_test(run: Run, stage_index: int, start_lr: float, end_lr: float, steps
     stage = trainer.schedule.stages[stage_index]
     freeze_for_stage(model, stage, distributed=False)
     groups = model.parameter_groups()
-    optimizer = args.optimizer.build({g: [p for p in groups[g]] for g in stage.groups}, args.device)
+    optimizer = args.optimizer.build({g: groups[g] for g in stage.groups}, args.device)
     peak = max(stage.lrs.values())
-    mixed = "bf16" if args.bf16 else "fp16" if args.fp16 else "no"
+    mixed = mixed_precision(args.bf16, args.fp16)
     scaler = torch.amp.GradScaler(args.device.type, enabled=mixed == "fp16")
     model.train()
     lrs, losses, average, ended = [], [], 0.0, f"after {steps} steps"
@@ -75,10 +73,8 @@ def range_test(run: Run, stage_index: int, start_lr: float, end_lr: float, steps
         for group in optimizer.param_groups:
             group["lr"] = lr * stage.lrs[group["group"]] / peak
         inputs = trainer._model_inputs(next(batches), train=True)
-        with torch.autocast(args.device.type, dtype=AUTOCAST[mixed]) if mixed in AUTOCAST else nullcontext():
-            logits = model(pixel_values=inputs["pixel_values"]).logits
-        loss = F.cross_entropy(logits.float(), inputs.get("targets", inputs["labels"]),  # mixed: soft targets
-                               label_smoothing=args.label_smoothing_factor)
+        with autocast(args.device, mixed):
+            loss = trainer.compute_loss(model, inputs)  # the run's own loss: label smoothing, mixed soft targets
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
