@@ -371,6 +371,12 @@ class ResNetCBAMPreTrainedModel(PreTrainedModel):
         return report
 
 
+def is_hub_id(name: str | None) -> bool:
+    """USER/NAME that is no path here nor a weights file name: what is fetched from the Hub."""
+    return bool(name) and name.count("/") == 1 and not name.startswith((".", "/", "~")) and \
+        not name.endswith(WEIGHT_FILE_SUFFIXES) and not Path(name).exists()
+
+
 def _read_resnet_state_dict(source: str | os.PathLike, depths: list[int]) -> dict[str, torch.Tensor]:
     source = str(source)
     if source == "torchvision":
@@ -394,7 +400,7 @@ def _read_resnet_state_dict(source: str | os.PathLike, depths: list[int]) -> dic
         state_dict = _read_file(weights)
     elif Path(source).is_file():
         state_dict = _read_file(Path(source))
-    elif source.startswith((".", "/", "~")) or source.count("/") != 1 or source.endswith(WEIGHT_FILE_SUFFIXES):
+    elif not is_hub_id(source):
         raise FileNotFoundError(f"backbone weights: no file {source} (and it is not a Hub id such as timm/resnet18)")
     else:
         from huggingface_hub import hf_hub_download

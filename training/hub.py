@@ -14,7 +14,7 @@ from huggingface_hub.utils import filter_repo_objects
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from modeling_resnet_cbam.modeling_resnet_cbam import TORCHVISION_ARCHITECTURES
+from modeling_resnet_cbam.modeling_resnet_cbam import TORCHVISION_ARCHITECTURES, is_hub_id
 from training.checkpoints import RUN_DATA
 
 logger = logging.getLogger(__name__)
@@ -23,11 +23,6 @@ logger = logging.getLogger(__name__)
 # card, plots and results go (the Space folder goes to a Space, with scripts/push.py --space).
 IGNORE = ["checkpoint-*", "checkpoint-*/**", "training_args.bin", "runs/**", "space/**", ".run.lock",
           ".*.partial", ".*.partial/**", RUN_DATA]
-
-
-def is_hub_id(name: str | None) -> bool:
-    """USER/NAME that is no path here: what the model's loaders fetch from the Hub."""
-    return bool(name) and name.count("/") == 1 and not name.startswith((".", "/", "~")) and not Path(name).exists()
 
 
 def base_model(backbone_weights: str, depths: list[int], model_name_or_path: str | None = None) -> str | None:
