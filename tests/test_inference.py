@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from datasets import Dataset
 from helpers import NAMES, hub_layout_folder, load_script, random_image, run_script, tiny_dataset, truncated_jpeg
 from PIL import Image
 
@@ -65,19 +66,32 @@ def test_predict_script_reports_the_bad_file_and_still_predicts_the_rest(model_d
     assert f"{images / 'rgb.png'}: " in done.stdout
 
 
+def held_out_test_split() -> Dataset:
+    return tiny_dataset(5, size=(16, 16), seed=70)
+
+
+def with_test_split(folder: Path) -> Path:
+    """A Hub-layout dataset whose test split is held_out_test_split()."""
+    return hub_layout_folder(folder, {"train": tiny_dataset(10, size=(16, 16)), "test": held_out_test_split()})
+
+
+def direct_logits(model_dir: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """The saved model's logits on held_out_test_split(), each image prepared by its processor, and the labels."""
+    model, processor = load_model(str(model_dir), "cpu")
+    test = held_out_test_split()
+    pixels = torch.cat([processor(row["img"], return_tensors="pt")["pixel_values"] for row in test])
+    with torch.no_grad():
+        return model(pixels).logits, torch.tensor(test["label"])
+
+
 def test_evaluate_model_accuracy_equals_a_direct_computation(model_dir, tmp_path):
-    dataset = hub_layout_folder(tmp_path / "ds", {"train": tiny_dataset(10, size=(16, 16)),
-                                                  "test": tiny_dataset(5, size=(16, 16), seed=70)})
+    dataset = with_test_split(tmp_path / "ds")
     done = run_script("evaluate_model.py", "--model", str(model_dir), "--dataset_name", str(dataset),
                       "--json", str(tmp_path / "e.json"), "--plot", str(tmp_path / "cm.png"))
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads((tmp_path / "e.json").read_text())
-    model, processor = load_model(str(model_dir), "cpu")
-    test = tiny_dataset(5, size=(16, 16), seed=70)
-    pixels = torch.cat([processor(row["img"], return_tensors="pt")["pixel_values"] for row in test])
-    with torch.no_grad():
-        predicted = model(pixels).logits.argmax(-1)
-    direct = (predicted == torch.tensor(test["label"])).float().mean().item()
+    logits, labels = direct_logits(model_dir)
+    direct = (logits.argmax(-1) == labels).float().mean().item()
     assert result["images"] == 20 and result["accuracy"] == pytest.approx(direct)
     assert f"accuracy {100 * direct:.2f}%" in done.stdout and "confusion matrix" in done.stdout
     assert (tmp_path / "cm.png").read_bytes()[:4] == b"\x89PNG"
@@ -142,23 +156,18 @@ def test_every_scripts_counts_below_their_minimum_are_refused_before_loading(scr
 
 
 def test_top_losses_are_the_images_the_model_gets_most_wrong(model_dir, tmp_path):
-    dataset = hub_layout_folder(tmp_path / "ds", {"train": tiny_dataset(10, size=(16, 16)),
-                                                  "test": tiny_dataset(5, size=(16, 16), seed=70)})
+    dataset = with_test_split(tmp_path / "ds")
     grid = tmp_path / "worst.png"
     done = run_script("evaluate_model.py", "--model", str(model_dir), "--dataset_name", str(dataset),
                       "--top_losses", "6", "--top_losses_plot", str(grid), "--json", str(tmp_path / "e.json"))
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads((tmp_path / "e.json").read_text())
-    model, processor = load_model(str(model_dir), "cpu")
-    test = tiny_dataset(5, size=(16, 16), seed=70)
-    pixels = torch.cat([processor(row["img"], return_tensors="pt")["pixel_values"] for row in test])
-    with torch.no_grad():
-        losses = torch.nn.functional.cross_entropy(model(pixels).logits, torch.tensor(test["label"]),
-                                                   reduction="none")
+    logits, labels = direct_logits(model_dir)
+    losses = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
     worst = losses.argsort(descending=True)[:6].tolist()
     assert [row["index"] for row in result["top_losses"]] == worst
     assert [row["loss"] for row in result["top_losses"]] == pytest.approx(losses[worst].tolist(), rel=1e-4)
-    assert all(row["true"] == NAMES[test["label"][row["index"]]] for row in result["top_losses"])
+    assert all(row["true"] == NAMES[labels[row["index"]]] for row in result["top_losses"])
     confusion = result["confusion_matrix"]
     top = result["most_confused"][0]
     assert top["images"] == max(confusion[t][p] for t in range(4) for p in range(4) if t != p)
