@@ -26,7 +26,7 @@ from training.hub import HUB_STRATEGIES
 from training.inference import check_tta
 from training.onnx_export import require_onnx
 from training.optimizers import OptimizerSpec
-from training.script_args import check_at_least, comma_list, script_parser
+from training.script_args import check_at_least, comma_list, flag_value, script_parser
 
 
 @dataclass
@@ -401,7 +401,7 @@ class FinetuneTrainingArguments(TrainingArguments):
             self.metric_for_best_model = "accuracy"
         if watched:
             self.greater_is_better = BEST_MODEL_METRICS[self.metric_for_best_model]
-            if str(getattr(self.eval_strategy, "value", self.eval_strategy)) == "no":
+            if flag_value(self.eval_strategy) == "no":
                 raise ValueError("--load_best_model_at_end and --early_stopping_patience read the evaluations: "
                                  "--eval_strategy no has none")
         if self.early_stopping_patience is not None and self.early_stopping_patience < 1:
@@ -409,13 +409,13 @@ class FinetuneTrainingArguments(TrainingArguments):
                              f"{self.early_stopping_patience}")
 
     def _check_hub_strategy(self) -> None:
-        strategy = str(getattr(self.hub_strategy, "value", self.hub_strategy))
+        strategy = flag_value(self.hub_strategy)
         if strategy not in HUB_STRATEGIES:
             raise ValueError(f"--hub_strategy must be one of {', '.join(HUB_STRATEGIES)}, got {strategy!r}")
         if strategy != "end" and not self.push_to_hub:
             raise ValueError(f"--hub_strategy {strategy} pushes checkpoints to the Hub: it needs --push_to_hub and "
                              "--hub_model_id")
-        if strategy != "end" and str(getattr(self.save_strategy, "value", self.save_strategy)) == "no":
+        if strategy != "end" and flag_value(self.save_strategy) == "no":
             raise ValueError(f"--hub_strategy {strategy} pushes at each save, and --save_strategy no saves none")
         if self.hub_always_push and strategy == "end":
             raise ValueError("--hub_always_push is about pushes during training: it needs --hub_strategy every_save, "
@@ -423,7 +423,7 @@ class FinetuneTrainingArguments(TrainingArguments):
 
     def _scheduler_name(self) -> str:
         """--lr_scheduler_type as given (the Trainer turns it into an enum in its own __post_init__)."""
-        return str(getattr(self.lr_scheduler_type, "value", self.lr_scheduler_type))
+        return flag_value(self.lr_scheduler_type)
 
     def lr_shape(self) -> dict | None:
         """The stage shape these flags ask for (shape, warmup as a fraction or warmup_steps, floor), or None when

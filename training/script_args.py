@@ -6,6 +6,11 @@ import argparse
 from transformers import HfArgumentParser
 
 
+def flag_value(value) -> str:
+    """A flag's value as given: the Trainer turns some (strategies, --optim, --lr_scheduler_type) into enums."""
+    return str(getattr(value, "value", value))
+
+
 def check_at_least(args, **minimums: int) -> None:
     """Refuse a count flag below its minimum (--top_k 0, --batch_size -1), naming the flag, before any work."""
     for name, minimum in minimums.items():
