@@ -2,6 +2,7 @@
 and the study script end to end on tiny data."""
 
 import json
+import statistics
 from collections import Counter
 
 import numpy as np
@@ -17,7 +18,7 @@ from modeling_resnet_cbam import ResNetCBAMConfig, ResNetCBAMForImageClassificat
 from training.cli import finetune_main
 from training.data import DataArguments, DataError, labels_of, load_image_data
 from training.device_data import DeviceData
-from training.study import StudyArguments, StudyError, run_study, study_main, study_rows
+from training.study import StudyArguments, StudyError, run_study, seed_list, study_main, study_rows, summarise
 
 torch.backends.mkldnn.deterministic = True
 
@@ -187,10 +188,15 @@ def test_labels_apply_to_every_split_and_the_card_follows(tmp_path):
     assert "Classes (2): ship, dog." in card and "16 train images, 4 validation images, 6 test images" in card
 
 
+# the rows that differ in code path (the others vary an lr, a recipe's stem freezing or CBAM placement, tested
+# elsewhere): every one of them twice would make this the suite's longest test
+TINY_ROWS = ["scratch-fast", "full-lr0.001", "fine_tune", "staged", "staged-paper-cbam", "staged-kept-stem"]
 TINY_STUDY = ["--source_labels", "a,b,c", "--target_labels", "d,e,f", "--pretrain_epochs", "1",
-              "--pretrain_image_size", "32", "--train_per_class", "0", "--eval_samples", "6", "--stage_epochs",
-              "1,1,1", "--finetune_args", "--depths 1,1,1,1 --per_device_train_batch_size 8 "
-              "--dataloader_num_workers 0 --report_to none --validation_split 6 --save_strategy epoch"]
+              "--pretrain_image_size", "32", "--pretrain_eval_samples", "6", "--train_per_class", "0",
+              "--validation_split", "6", "--stage_epochs", "1,1,1", "--seeds", "2", "--runs", ",".join(TINY_ROWS),
+              "--finetune_args",
+              "--depths 1,1,1,1 --per_device_train_batch_size 8 --dataloader_num_workers 0 --report_to none "
+              "--save_strategy epoch"]
 
 
 @pytest.fixture(scope="module")
@@ -203,29 +209,71 @@ def study(tmp_path_factory):
     return root / "out", argv
 
 
-def test_the_study_runs_every_row_and_writes_its_results(study):
+def test_the_study_runs_every_row_once_per_seed_and_writes_its_results(study):
     out, _ = study
     results = json.loads((out / "results.json").read_text())
-    names = [row.name for row in study_rows(StudyArguments())]
-    assert [run["name"] for run in results["runs"]] == names
-    assert "seed-exact" in names and "staged-identity" in names and "fine_tune" in names
+    assert [row.name for row in study_rows(StudyArguments())] == [
+        "scratch-fast", "full-lr0.001", "full-lr0.0001", "fine_tune", "seed-exact", "staged", "staged-paper-cbam",
+        "staged-no-cbam", "staged-kept-stem", "full-lr0.001-kept-stem", "full-lr0.0001-kept-stem"]
+    names = TINY_ROWS
+    assert [(run["seed"], run["name"]) for run in results["runs"]] == [(s, n) for s in (42, 43) for n in names]
     for run in results["runs"]:
         assert [e["epoch"] for e in run["epochs"]] == [1, 2, 3]
         assert run["final_accuracy"] == run["epochs"][-1]["accuracy"]
         assert run["split_sizes"] == {"train": 18, "validation": 6}
         assert run["command"].startswith("accelerate launch scripts/finetune.py --dataset_name")
-    by_name = {run["name"]: run for run in results["runs"]}
+    by_name = {run["name"]: run for run in results["runs"] if run["seed"] == 42}
     assert by_name["staged"]["stage_ends"] == [1, 2, 3] and by_name["fine_tune"]["stage_ends"] == [1, 3]
     assert [e["stage"] for e in by_name["fine_tune"]["epochs"]] == [1, 2, 2]
     assert results["pretrain"]["split_sizes"] == {"train": 18, "validation": 6}
-    config = json.loads((out / "staged-identity" / "config.json").read_text())
+    staged = by_name["staged"]["command"]
+    assert " --seed 42 --recipe staged --stage_epochs 1,1,1 --cbam_init identity --depths" in staged
+    rows = {row["name"]: row for row in results["rows"]}
+    assert list(rows) == names and all(row["seeds"] == [42, 43] for row in rows.values())
+    seeds = [run for run in results["runs"] if run["name"] == "full-lr0.001"]
+    assert rows["full-lr0.001"]["final_accuracy"] == pytest.approx(sum(r["final_accuracy"] for r in seeds) / 2)
+    assert "difference" not in rows["staged"] and rows["full-lr0.001"]["difference"]["seeds"] == 2
+    # the backbone every pretrained row loads is a torchvision ResNet file, the pretraining's weights
+    weights = torch.load(out / "resnet18-source.pth")
+    torchvision.models.resnet.ResNet(torchvision.models.resnet.BasicBlock, [1, 1, 1, 1], num_classes=3) \
+        .load_state_dict(weights)
+    assert f"--backbone_weights {out / 'resnet18-source.pth'}" in staged
+    config = json.loads((out / "seed42" / "staged" / "config.json").read_text())
     assert config["cbam_init"] == "identity" and config["id2label"] == {"0": "d", "1": "e", "2": "f"}
+    assert json.loads((out / "seed42" / "staged-paper-cbam" / "config.json").read_text())["cbam_init"] == "default"
     assert json.loads((out / "pretrain" / "config.json").read_text())["cbam_placement"] == "none"
-    assert "conv1.weight dropped" in (out / "staged" / "README.md").read_text()
-    assert "Initialisation: random" in (out / "scratch-fast" / "README.md").read_text()
+    assert "conv1.weight dropped" in (out / "seed42" / "staged" / "README.md").read_text()
+    kept = json.loads((out / "seed43" / "staged-kept-stem" / "config.json").read_text())
+    assert kept["stem"] == "imagenet" and "conv1.weight dropped" not in \
+        (out / "seed43" / "staged-kept-stem" / "README.md").read_text()
+    assert "Initialisation: random" in (out / "seed42" / "scratch-fast" / "README.md").read_text()
     table = (out / "results.md").read_text()
-    assert table.count("\n| ") == len(names) and "Pretraining:" in table  # a line per row after the header
+    assert table.count("\n| ") == len(names) and "Pretraining:" in table and "2 seeds (42, 43)" in table
     assert Image.open(out / "accuracy.png").size[0] > 500
+
+
+def test_the_summary_pairs_each_seed_with_the_reference_and_says_when_a_difference_is_clear():
+    def run(name, seed, final):
+        return {"name": name, "seed": seed, "description": name, "final_accuracy": final, "best_accuracy": final,
+                "wall_seconds": 60.0, "stage_ends": [1], "accuracy_at_stage_ends": [final],
+                "epochs": [{"epoch": 1, "stage": 1, "accuracy": final}]}
+
+    reference, steady, noisy = [0.5, 0.6, 0.7], [0.55, 0.66, 0.74], [0.6, 0.5, 0.75]
+    runs = [run(name, seed, finals[i]) for name, finals in (("staged", reference), ("steady", steady),
+                                                            ("noisy", noisy)) for i, seed in enumerate((1, 2, 3))]
+    rows = {row["name"]: row for row in summarise(runs, ["staged", "steady", "noisy"])}
+    assert rows["staged"]["final_accuracy"] == pytest.approx(0.6) and rows["staged"]["final_std"] == pytest.approx(0.1)
+    # paired: the rows differ by 5, 6 and 4 points, though the seeds spread the accuracies over 20
+    assert rows["steady"]["difference"]["mean"] == pytest.approx(0.05)
+    assert rows["steady"]["difference"]["standard_error"] == pytest.approx(0.01 / 3 ** 0.5)
+    assert rows["steady"]["difference"]["clear"]
+    assert rows["noisy"]["difference"]["mean"] == pytest.approx(0.05 / 3) and not rows["noisy"]["difference"]["clear"]
+    assert rows["steady"]["epochs"][0]["spread"] == pytest.approx(statistics.stdev(steady))
+
+
+@pytest.mark.parametrize("text, seeds", [("3", [42, 43, 44]), ("1", [42]), ("7,1", [7, 1])])
+def test_seeds_are_a_count_or_a_list(text, seeds):
+    assert seed_list(text) == seeds
 
 
 def test_a_second_study_call_reuses_finished_runs_and_refuses_changed_ones(study):
@@ -234,18 +282,21 @@ def test_a_second_study_call_reuses_finished_runs_and_refuses_changed_ones(study
     (args,) = __import__("transformers").HfArgumentParser(StudyArguments).parse_args_into_dataclasses(argv)
     run_study(args, lambda a: calls.append(a) or 1)
     assert calls == [], "a finished run with the same flags is reused, not rerun"
-    before = (out / "staged" / "model.safetensors").read_bytes()
+    before = (out / "seed42" / "staged" / "model.safetensors").read_bytes()
     changed = [*argv[:-1], argv[-1] + " --seed 3"]
     (args,) = __import__("transformers").HfArgumentParser(StudyArguments).parse_args_into_dataclasses(changed)
     with pytest.raises(StudyError, match="pretrain holds a run made with other flags"):
         run_study(args, lambda a: calls.append(a) or 0)
-    assert calls == [] and (out / "staged" / "model.safetensors").read_bytes() == before
+    assert calls == [] and (out / "seed42" / "staged" / "model.safetensors").read_bytes() == before
 
 
 @pytest.mark.parametrize("flags, words", [(["--stage_epochs", "2,6"], "three positive integers"),
                                           (["--runs", "staged,bogus"], "unknown rows bogus"),
                                           (["--full_lrs", "0"], "positive learning rates"),
-                                          (["--train_per_class", "-1"], "--train_per_class must be at least 0")])
+                                          (["--train_per_class", "-1"], "--train_per_class must be at least 0"),
+                                          (["--seeds", "0"], "--seeds must be a count of at least 1"),
+                                          (["--seeds", "4,4"], "distinct non-negative seeds"),
+                                          (["--seeds", "three"], "--seeds must be comma-separated int")])
 def test_bad_study_flags_are_refused(tmp_path, capsys, flags, words):
     assert study_main(["--output_dir", str(tmp_path / "out"), *flags]) == 2
     assert words in capsys.readouterr().err and not (tmp_path / "out").exists()

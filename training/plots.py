@@ -136,15 +136,21 @@ def plot_accuracy_over_time(runs: dict[str, list[dict]], path: str | Path, title
     return _save(figure, path)
 
 
-def plot_study(runs: list[dict], path: str | Path, title: str = "") -> Path:
-    """The transfer study's figure: validation accuracy against epoch, one line per row, each row's stage ends
-    marked with a diamond on its own line (training/study.py's results)."""
-    figure, axis = plt.subplots(figsize=(10, 5.5))
-    for run in runs:
-        epochs = [entry["epoch"] for entry in run["epochs"]]
-        accuracy = [100 * entry["accuracy"] for entry in run["epochs"]]
-        (line,) = axis.plot(epochs, accuracy, "-", linewidth=1.5, label=f"{run['name']}: {accuracy[-1]:.1f}%")
-        ends = [(e, 100 * a) for e, a in zip(run["stage_ends"][:-1], run["accuracy_at_stage_ends"][:-1],
+def plot_study(rows: list[dict], path: str | Path, title: str = "") -> Path:
+    """The transfer study's figure: validation accuracy against epoch, one line per row (its mean over the seeds,
+    with a band of one standard deviation where an epoch has a `spread`), each row's stage ends marked with a
+    diamond on its own line (training/study.py's summaries)."""
+    figure, axis = plt.subplots(figsize=(11, 6.5))
+    for row in rows:
+        epochs = [entry["epoch"] for entry in row["epochs"]]
+        accuracy = [100 * entry["accuracy"] for entry in row["epochs"]]
+        (line,) = axis.plot(epochs, accuracy, "-", linewidth=1.5, label=f"{row['name']}: {accuracy[-1]:.1f}%")
+        spreads = [entry.get("spread") for entry in row["epochs"]]
+        if None not in spreads:
+            axis.fill_between(epochs, [a - 100 * s for a, s in zip(accuracy, spreads, strict=True)],
+                              [a + 100 * s for a, s in zip(accuracy, spreads, strict=True)],
+                              color=line.get_color(), alpha=0.12, linewidth=0)
+        ends = [(e, 100 * a) for e, a in zip(row["stage_ends"][:-1], row["accuracy_at_stage_ends"][:-1],
                                              strict=True) if a is not None]
         if ends:
             axis.plot(*zip(*ends, strict=True), "D", color=line.get_color(), markersize=6)
@@ -152,7 +158,7 @@ def plot_study(runs: list[dict], path: str | Path, title: str = "") -> Path:
              title=title or "Validation accuracy per epoch")
     axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     axis.grid(alpha=0.3)
-    axis.legend(fontsize=8, loc="lower right")
+    axis.legend(fontsize=8, loc="lower right", ncol=2)
     figure.tight_layout()
     return _save(figure, path)
 

@@ -1,11 +1,13 @@
 """The transfer study: the main job (a pretrained backbone, CBAM inserted, three stages) against the alternatives.
 
 No ImageNet weights can be had here, so the study builds the transfer situation from one dataset: a plain ResNet
-(no CBAM, the 7x7 ImageNet stem) is pretrained on some classes at a larger resolution; then each recipe fine-tunes
-it on the *other* classes at 32 px with the CIFAR stem, as the main job does with torchvision's file (`conv1`
-dropped, CBAM and the head new), from the same small training set, for the same number of epochs, with the same
-seed. Every run is an ordinary `scripts/finetune.py` run in its own folder; the study reads their
-`trainer_state.json` and writes `results.json`, `results.md` and `accuracy.png` beside them.
+(no CBAM, the 7x7 ImageNet stem) is pretrained on some classes at a larger resolution and saved in torchvision's
+format; then each recipe fine-tunes that file on the *other* classes, as the main job does with torchvision's
+file, from the same small training set, for the same number of epochs, once per seed (the seed draws the training
+sample, the validation images, the new modules' init and the order; every row of one seed shares them). Every run
+is an ordinary `scripts/finetune.py` run in its own folder; the study reads their `trainer_state.json` and writes
+`results.json` (every run), `results.md` (each row's mean and standard deviation over the seeds, and its paired
+difference from `staged`) and `accuracy.png` beside them.
 
 A finished run is reused when the study is run again with the same arguments (its folder keeps the flags it was
 run with); an unfinished one resumes from its last complete checkpoint.
@@ -13,7 +15,9 @@ run with); an unfinished one resumes from its last complete checkpoint.
 
 import json
 import logging
+import math
 import shlex
+import statistics
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -43,22 +47,39 @@ class StudyError(ValueError):
         self.code = code
 
 
+FIRST_SEED = 42  # `--seeds N` runs seeds 42, 43, ...; the first also seeds the pretraining
+REFERENCE_ROW = "staged"  # the project's recipe on a pretrained backbone: every row's difference is taken from it
+IDENTITY_CBAM = ("--cbam_init", "identity")
+# torchvision's stem kept: its 7x7 conv and max-pool, fed the 32 px target images upsampled to the pretraining's
+# size, as a user of ImageNet weights does at 224 px (the photos default)
+KEPT_STEM = ("--stem", "imagenet")
+WEIGHTS_FILE = "resnet18-source.pth"  # the pretrained backbone in torchvision's format, in --output_dir
+
+
 @dataclass
 class StudyArguments:
     output_dir: str = field(default="runs/transfer_study", metadata={"help": "One folder per run, and the results."})
     dataset_name: str = field(default="uoft-cs/cifar10", metadata={"help": "The dataset both tasks are taken from."})
     source_labels: str = field(default=SOURCE_LABELS, metadata={"help": "The pretraining task's classes."})
     target_labels: str = field(default=TARGET_LABELS, metadata={"help": "The fine-tuning task's classes."})
-    pretrain_epochs: int = field(default=6, metadata={"help": "Epochs of pretraining (the fast recipe's triangle)."})
-    pretrain_image_size: int = field(default=64, metadata={"help": "Pretraining resolution (224: ImageNet's)."})
+    pretrain_epochs: int = field(default=10, metadata={"help": "Epochs of pretraining (the fast recipe's triangle)."})
+    pretrain_image_size: int = field(default=64, metadata={"help": "Pretraining resolution (224: ImageNet's); the "
+                                                         "kept-stem rows fine-tune at it too."})
     pretrain_train_samples: int | None = field(
-        default=None, metadata={"help": "Pretraining images (a seeded sample). Default: every image of the classes."}
+        default=None, metadata={"help": "Pretraining images (a seeded sample). Default: every image of the classes "
+                                "but those held out."}
+    )
+    pretrain_eval_samples: int = field(
+        default=1000, metadata={"help": "Images of the source classes held out to watch the pretraining flatten."}
     )
     train_per_class: int = field(
         default=500, metadata={"help": "Fine-tuning images per class (a seeded sample of that many times the class "
-                               "count); 0: all of them."}
+                               "count, from the images not held out for validation); 0: all of them."}
     )
-    eval_samples: int = field(default=1000, metadata={"help": "Validation images of each fine-tuning run."})
+    validation_split: int = field(
+        default=5000, metadata={"help": "Validation images of the target classes, held out stratified by class "
+                                "(1,000 per class by default) and never trained on."}
+    )
     stage_epochs: str = field(
         default="1,3,6", metadata={"help": "The three stages' lengths (the tutorial's 5,15,30 scaled down); every "
                                   "row trains for their sum."}
@@ -67,14 +88,17 @@ class StudyArguments:
     runs: str | None = field(default=None, metadata={"help": "Only these rows, comma-separated (pretrain is run "
                                                       "when a row needs it). Default: all."})
     tta: str = field(default="none", metadata={"help": "Every row's evaluation: none or flip (the same for all)."})
-    seed: int = field(default=42, metadata={"help": "The seed of every run (data sample, init, order)."})
+    seeds: str = field(default="3", metadata={"help": "A count N (seeds 42, 43, ...) or a comma-separated list of "
+                                              "two or more seeds: every row runs once per seed; the first seeds the "
+                                              "pretraining."})
     finetune_args: str = field(default="", metadata={"help": "More flags for every run, e.g. '--bf16 false'."})
     overwrite_output_dir: bool = field(
         default=False, metadata={"help": "Rerun rows whose folder holds a run made with other flags."}
     )
 
     def __post_init__(self):
-        check_at_least(self, pretrain_epochs=1, pretrain_image_size=16, train_per_class=0, eval_samples=1, seed=0)
+        check_at_least(self, pretrain_epochs=1, pretrain_image_size=16, pretrain_eval_samples=1, train_per_class=0,
+                       validation_split=1)
         self.epochs = comma_list(self.stage_epochs, int, "--stage_epochs")
         if len(self.epochs) != 3 or min(self.epochs) < 1:
             raise StudyError(f"--stage_epochs must be three positive integers such as 2,6,12, got {self.stage_epochs}")
@@ -83,6 +107,7 @@ class StudyArguments:
             raise StudyError(f"--full_lrs must be positive learning rates, got {self.full_lrs}")
         if self.tta not in ("none", "flip"):
             raise StudyError(f"--tta must be none or flip, got {self.tta!r}")
+        self.seed_list = seed_list(self.seeds)
         names = [row.name for row in study_rows(self)]
         self.selected = comma_list(self.runs, str, "--runs") or names
         unknown = [name for name in self.selected if name not in names]
@@ -98,6 +123,18 @@ class StudyArguments:
         return len(self.target_labels.split(","))
 
 
+def seed_list(text: str) -> list[int]:
+    """`--seeds`: a count N, the seeds 42..42+N-1; or a list of two or more distinct non-negative seeds."""
+    values = comma_list(text, int, "--seeds")
+    if len(values) == 1:
+        if values[0] < 1:
+            raise StudyError(f"--seeds must be a count of at least 1 or a list of seeds, got {text}")
+        return list(range(FIRST_SEED, FIRST_SEED + values[0]))
+    if min(values) < 0 or len(set(values)) != len(values):
+        raise StudyError(f"--seeds must list distinct non-negative seeds, got {text}")
+    return values
+
+
 @dataclass(frozen=True)
 class StudyRow:
     name: str
@@ -107,30 +144,32 @@ class StudyRow:
 
 
 def study_rows(args: StudyArguments) -> list[StudyRow]:
-    """The fine-tuning rows, each a recipe as a user would run it: the same data, epochs and seed for all."""
+    """The fine-tuning rows, each a recipe as a user would run it: the same data, epochs and seed for all. On the
+    pretrained backbone CBAM starts as the identity (the project's default there) unless a row says otherwise."""
     epochs, total = ",".join(map(str, args.epochs)), str(args.total_epochs)
-    rows = [
-        StudyRow("scratch-fast", "from scratch, `--recipe fast` (the paper's CBAM)",
-                 ("--recipe", "fast", "--num_train_epochs", total, *FAST_AUGMENT, *PAPER_CBAM), pretrained=False),
-        StudyRow("scratch-full", "from scratch, `--recipe full` (Adam 1e-3; the paper's CBAM)",
-                 ("--recipe", "full", "--num_train_epochs", total, *PAPER_CBAM), pretrained=False),
-    ]
-    rows += [StudyRow(f"full-lr{lr:g}", f"one stage, everything at Adam {lr:g} (the paper's CBAM)",
-                      ("--recipe", "full", "--num_train_epochs", total, "--learning_rate", f"{lr:g}", *PAPER_CBAM))
+    staged = ("--recipe", "staged", "--stage_epochs", epochs)
+    kept = (*KEPT_STEM, "--image_size", str(args.pretrain_image_size))
+    rows = [StudyRow("scratch-fast", "from scratch, `--recipe fast` (the paper's CBAM)",
+                     ("--recipe", "fast", "--num_train_epochs", total, *FAST_AUGMENT, *PAPER_CBAM), pretrained=False)]
+    rows += [StudyRow(f"full-lr{lr:g}", f"one stage, everything at Adam {lr:g}",
+                      ("--recipe", "full", "--num_train_epochs", total, "--learning_rate", f"{lr:g}", *IDENTITY_CBAM))
              for lr in args.lrs]
     rows += [
-        StudyRow("seed-exact", "the tutorial's stages (its stem frozen until stage 3; the paper's CBAM)",
+        StudyRow("fine_tune", "fastai's `fine_tune`: new modules, then everything (discriminative lrs), one-cycle",
+                 ("--stages_file", str(Path(args.output_dir) / "fine_tune_stages.json"), *IDENTITY_CBAM)),
+        StudyRow("seed-exact", "the tutorial exactly: its stages, its stem frozen until stage 3, the paper's CBAM",
                  ("--recipe", "seed-exact", "--stage_epochs", epochs, *PAPER_CBAM)),
-        StudyRow("staged", "the project's stages (the new stem trains from stage 1; the paper's CBAM)",
-                 ("--recipe", "staged", "--stage_epochs", epochs, *PAPER_CBAM)),
-        StudyRow("staged-identity", "`staged`, CBAM starting as the identity (now the default on pretrained weights)",
-                 ("--recipe", "staged", "--stage_epochs", epochs, "--cbam_init", "identity")),
-        StudyRow("fine_tune", "fastai's `fine_tune`: new modules, then everything (discriminative lrs), one-cycle "
-                 "(the paper's CBAM)",
-                 ("--stages_file", str(Path(args.output_dir) / "fine_tune_stages.json"), *PAPER_CBAM)),
+        StudyRow(REFERENCE_ROW, "the project's stages (the new stem trains from stage 1)", (*staged, *IDENTITY_CBAM)),
+        StudyRow("staged-paper-cbam", "`staged` with the paper's CBAM init", (*staged, *PAPER_CBAM)),
         StudyRow("staged-no-cbam", "`staged` without CBAM (`--cbam_placement none`)",
-                 ("--recipe", "staged", "--stage_epochs", epochs, "--cbam_placement", "none")),
+                 (*staged, "--cbam_placement", "none")),
+        StudyRow("staged-kept-stem", f"`staged` keeping the pretrained 7x7 stem, images upsampled to "
+                 f"{args.pretrain_image_size} px", (*staged, *IDENTITY_CBAM, *kept)),
     ]
+    rows += [StudyRow(f"full-lr{lr:g}-kept-stem", f"one stage at Adam {lr:g}, keeping the pretrained stem",
+                      ("--recipe", "full", "--num_train_epochs", total, "--learning_rate", f"{lr:g}", *IDENTITY_CBAM,
+                       *kept))
+             for lr in args.lrs]
     return rows
 
 
@@ -153,20 +192,40 @@ def pretrain_flags(args: StudyArguments) -> list[str]:
     flags = ["--dataset_name", args.dataset_name, "--labels", args.source_labels, "--image_size",
              str(args.pretrain_image_size), "--stem", "imagenet", "--cbam_placement", "none", "--recipe", "fast",
              *FAST_AUGMENT, "--num_train_epochs", str(args.pretrain_epochs), "--backbone_weights", "none",
-             "--seed", str(args.seed)]
+             "--validation_split", str(args.pretrain_eval_samples), "--seed", str(args.seed_list[0])]
     if args.pretrain_train_samples:
         flags += ["--max_train_samples", str(args.pretrain_train_samples)]
     return flags + shlex.split(args.finetune_args)
 
 
-def row_flags(args: StudyArguments, row: StudyRow) -> list[str]:
-    pretrained = str(Path(args.output_dir) / "pretrain") if row.pretrained else "none"
-    flags = ["--dataset_name", args.dataset_name, "--labels", args.target_labels, "--max_eval_samples",
-             str(args.eval_samples), "--backbone_weights", pretrained, "--tta", args.tta, "--seed", str(args.seed),
+def row_flags(args: StudyArguments, row: StudyRow, seed: int) -> list[str]:
+    pretrained = str(Path(args.output_dir) / WEIGHTS_FILE) if row.pretrained else "none"
+    flags = ["--dataset_name", args.dataset_name, "--labels", args.target_labels, "--validation_split",
+             str(args.validation_split), "--backbone_weights", pretrained, "--tta", args.tta, "--seed", str(seed),
              *row.flags]
     if args.train_per_class:
         flags += ["--max_train_samples", str(args.train_per_class * args.target_classes)]
     return flags + shlex.split(args.finetune_args)
+
+
+def save_torchvision_weights(run: Path, out: Path) -> str:
+    """A trained plain ResNet (`--cbam_placement none`) saved as torchvision's ResNet file: the stand-in for
+    ImageNet's weights that `--backbone_weights FILE` loads exactly as it loads torchvision's own. Returns what was
+    written, in words."""
+    import torch
+    import torchvision
+
+    from modeling_resnet_cbam import ResNetCBAMForImageClassification
+
+    model = ResNetCBAMForImageClassification.from_pretrained(run)
+    state_dict = model.torchvision_state_dict()
+    resnet = torchvision.models.resnet.ResNet(torchvision.models.resnet.BasicBlock, model.config.depths,
+                                              num_classes=model.config.num_labels)
+    resnet.load_state_dict(state_dict)  # strict: every tensor of torchvision's ResNet, and nothing else
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(state_dict, out)
+    return (f"{out}: torchvision ResNet with depths {model.config.depths}, {len(state_dict)} tensors, "
+            f"{sum(t.numel() for t in resnet.parameters()):,} parameters ({model.config.num_labels}-class fc)")
 
 
 def run_once(name: str, flags: list[str], args: StudyArguments, finetune) -> Path:
@@ -237,44 +296,112 @@ def stage_ends_of(row: StudyRow, args: StudyArguments) -> list[int]:
 
 
 def run_study(args: StudyArguments, finetune) -> dict:
-    """Pretrain once, run every selected row, write results.json, results.md and accuracy.png; returns the
-    results. `finetune(argv) -> exit code` runs one fine-tuning (training.cli.finetune_main)."""
+    """Pretrain once and save the backbone in torchvision's format, then run every selected row once per seed (all
+    rows of one seed before the next seed), writing results.json, results.md and accuracy.png after every run, so
+    that a stopped study leaves what it finished; returns the results. `finetune(argv) -> exit code` runs one
+    fine-tuning (training.cli.finetune_main)."""
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows = [row for row in study_rows(args) if row.name in args.selected]
     (out / "fine_tune_stages.json").write_text(json.dumps(fine_tune_stages(args), indent=2))
-    results = {"arguments": asdict(args), "runs": []}
+    results = {"arguments": asdict(args), "seeds": args.seed_list, "reference": REFERENCE_ROW, "runs": []}
     if any(row.pretrained for row in rows):
         folder = run_once("pretrain", pretrain_flags(args), args, finetune)
         results["pretrain"] = run_result("pretrain", "plain ResNet18, ImageNet stem, source classes", folder,
                                          [args.pretrain_epochs])
-    for row in rows:
-        folder = run_once(row.name, row_flags(args, row), args, finetune)
-        results["runs"].append(run_result(row.name, row.description, folder, stage_ends_of(row, args)))
-    (out / "results.json").write_text(json.dumps(results, indent=2))
-    (out / "results.md").write_text(results_table(results))
-    plot_study(results["runs"], out / "accuracy.png",
-               title=f"Fine-tuning on {args.target_labels.replace(',', ', ')}: validation accuracy")
+        logger.info("study: %s", save_torchvision_weights(folder, out / WEIGHTS_FILE))
+    for seed in args.seed_list:
+        for row in rows:
+            folder = run_once(f"seed{seed}/{row.name}", row_flags(args, row, seed), args, finetune)
+            results["runs"].append({**run_result(row.name, row.description, folder, stage_ends_of(row, args)),
+                                    "seed": seed})
+            write_results(results, rows, args)
     logger.info("study: results in %s (results.json, results.md, accuracy.png)", out)
     return results
 
 
+def write_results(results: dict, rows: list[StudyRow], args: StudyArguments) -> None:
+    out = Path(args.output_dir)
+    results["rows"] = summarise(results["runs"], [row.name for row in rows])
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    (out / "results.md").write_text(results_table(results))
+    plot_study(results["rows"], out / "accuracy.png",
+               title=f"Fine-tuning on {args.target_labels.replace(',', ', ')}: validation accuracy, mean over "
+                     f"seeds (band: one standard deviation)")
+
+
+def mean_std(values: list[float]) -> tuple[float, float | None]:
+    """The mean and the sample standard deviation (None for a single value)."""
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
+
+
+def summarise(runs: list[dict], names: list[str]) -> list[dict]:
+    """Each row over its seeds: mean and standard deviation per epoch, at the stage ends and final; and its paired
+    difference from the reference row (per seed, the same data and init draws), with the standard error of that
+    difference, for the seeds both have run."""
+    by_row = {name: {run["seed"]: run for run in runs if run["name"] == name} for name in names}
+    reference = by_row.get(REFERENCE_ROW, {})
+    summaries = []
+    for name, seeds in by_row.items():
+        if not seeds:
+            continue
+        first = next(iter(seeds.values()))
+        curves = [[entry["accuracy"] for entry in run["epochs"]] for run in seeds.values()]
+        epochs = [mean_std(list(values)) for values in zip(*curves, strict=True)]
+        ends = [statistics.fmean(values) for values in
+                zip(*(run["accuracy_at_stage_ends"] for run in seeds.values()), strict=True)]
+        final, final_std = mean_std([run["final_accuracy"] for run in seeds.values()])
+        summary = {
+            "name": name, "description": first["description"], "seeds": sorted(seeds),
+            "epochs": [{"epoch": entry["epoch"], "stage": entry["stage"], "accuracy": mean, "spread": spread}
+                       for entry, (mean, spread) in zip(first["epochs"], epochs, strict=True)],
+            "stage_ends": first["stage_ends"], "accuracy_at_stage_ends": ends,
+            "final_accuracy": final, "final_std": final_std,
+            "best_accuracy": statistics.fmean(run["best_accuracy"] for run in seeds.values()),
+            "wall_seconds": statistics.fmean(run["wall_seconds"] for run in seeds.values()),
+        }
+        paired = [seeds[seed]["final_accuracy"] - reference[seed]["final_accuracy"]
+                  for seed in sorted(seeds) if seed in reference]
+        if name != REFERENCE_ROW and len(paired) > 1:
+            difference, spread = mean_std(paired)
+            error = spread / math.sqrt(len(paired))
+            summary["difference"] = {"mean": difference, "standard_error": error, "seeds": len(paired),
+                                     "clear": abs(difference) > 2 * error}
+        summaries.append(summary)
+    return summaries
+
+
 def results_table(results: dict) -> str:
-    """The Markdown table of the rows: accuracy at each stage's end, final and best accuracy, wall time."""
-    lines = ["| row | recipe | after stage 1 | after stage 2 | final | best | time (train + eval) |",
-             "|---|---|---|---|---|---|---|"]
-    for run in results["runs"]:
-        ends = [f"{100 * a:.2f}% (ep {e})" if a is not None else "" for a, e in
-                zip(run["accuracy_at_stage_ends"], run["stage_ends"], strict=True)][:-1]
+    """The Markdown table of the rows over the seeds: accuracy at each stage's end, final (mean and standard
+    deviation), the paired difference from the reference row, best epoch, time per run."""
+    lines = [f"| row | recipe | after stage 1 | after stage 2 | final | vs `{REFERENCE_ROW}` | best epoch | time |",
+             "|---|---|---|---|---|---|---|---|"]
+    for row in results["rows"]:
+        ends = [f"{100 * a:.1f}% (ep {e})" for a, e in zip(row["accuracy_at_stage_ends"], row["stage_ends"],
+                                                            strict=True)][:-1]
         ends += [""] * (2 - len(ends))
-        lines.append(f"| {run['name']} | {run['description']} | {' | '.join(ends)} | "
-                     f"**{100 * run['final_accuracy']:.2f}%** | {100 * run['best_accuracy']:.2f}% | "
-                     f"{run['wall_seconds'] / 60:.1f} min |")
+        spread = f" ± {100 * row['final_std']:.1f}" if row["final_std"] is not None else ""
+        difference = row.get("difference")
+        versus = "" if difference is None else (
+            f"{100 * difference['mean']:+.1f} ± {100 * difference['standard_error']:.1f}"
+            + (" **clear**" if difference["clear"] else ""))
+        lines.append(f"| {row['name']} | {row['description']} | {' | '.join(ends)} | "
+                     f"**{100 * row['final_accuracy']:.1f}%**{spread} | {versus} | {100 * row['best_accuracy']:.1f}% | "
+                     f"{row['wall_seconds'] / 60:.1f} min |")
+    seeds = results["seeds"]
+    lines += ["", f"Each row: the mean over {len(seeds)} seed{'s' * (len(seeds) > 1)} ({', '.join(map(str, seeds))}) "
+              "of the validation accuracy, ± its standard deviation over the seeds; `vs "
+              f"{REFERENCE_ROW}`: the mean of each seed's difference in final accuracy from `{REFERENCE_ROW}` (same "
+              "seed: same training sample, validation images and init), ± its standard error, **clear** where it is "
+              "larger than twice that; best epoch: the mean of each run's best epoch (chosen on the validation "
+              "images, so optimistic); time: one run's logged epochs (training and evaluation)."]
     pretrain = results.get("pretrain")
     if pretrain:
-        lines.append("")
-        lines.append(f"Pretraining: {100 * pretrain['final_accuracy']:.2f}% validation accuracy after "
-                     f"{pretrain['stage_ends'][-1]} epochs, {pretrain['wall_seconds'] / 60:.1f} min.")
+        last = ", ".join(f"{100 * e['accuracy']:.1f}%" for e in pretrain["epochs"][-4:])
+        lines += ["", f"Pretraining: {100 * pretrain['final_accuracy']:.2f}% accuracy on "
+                  f"{pretrain['split_sizes']['validation']:,} held-out source images after "
+                  f"{pretrain['stage_ends'][-1]} epochs on {pretrain['split_sizes']['train']:,} (the last four "
+                  f"epochs: {last}), {pretrain['wall_seconds'] / 60:.1f} min."]
     return "\n".join(lines) + "\n"
 
 
