@@ -62,7 +62,9 @@ def stop_signals_raise():
             signal.signal(signum, handler)
 
 
-def finetune_main(argv: list[str] | None = None) -> int:
+def finetune_main(argv: list[str] | None = None, callbacks: tuple = ()) -> int:
+    """scripts/finetune.py: 0, or 2 for bad flags, data or weights said before training, 1 for a run that failed
+    after; `callbacks` join the Trainer's last (the hyperparameter search reports each epoch through one)."""
     try:
         model_args, data_args, stage_args, training_args = parse_arguments(argv)
     except ValueError as error:  # every argument dataclass checks itself (ScheduleError and DataError included)
@@ -72,7 +74,7 @@ def finetune_main(argv: list[str] | None = None) -> int:
     logger.info("%d CPU threads per process", configure_threads())
     try:
         with stop_signals_raise(), run_lock(training_args.output_dir, take=training_args.process_index == 0):
-            return _finetune(model_args, data_args, stage_args, training_args)
+            return _finetune(model_args, data_args, stage_args, training_args, callbacks)
     except ValueError as error:  # the folder is in use or cannot be written
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -91,7 +93,7 @@ def saved_so_far(output_dir: str) -> str:
             "--resume_from_checkpoint last (after the end of training, that writes the missing final outputs)")
 
 
-def _finetune(model_args, data_args, stage_args, training_args) -> int:
+def _finetune(model_args, data_args, stage_args, training_args, callbacks=()) -> int:
     push = training_args.push_to_hub
     training_args.push_to_hub = False  # the Trainer's own pushes: the finished folder is pushed below, checkpoints
     pusher = None  # by CheckpointPusher (--hub_strategy)
@@ -104,6 +106,8 @@ def _finetune(model_args, data_args, stage_args, training_args) -> int:
                 pusher = CheckpointPusher(repo_id, training_args.hub_strategy.value, training_args.hub_token,
                                           training_args.hub_always_push)
         run, checkpoint = prepare_run(model_args, data_args, stage_args, training_args)
+        for callback in callbacks:
+            run.trainer.add_callback(callback)
         if pusher:  # last, after RunFactsCallback has marked each checkpoint complete
             run.trainer.add_callback(pusher)
     except (ValueError, HubError, FileNotFoundError) as error:  # bad flags, data or weights: said before training
