@@ -59,7 +59,7 @@ python scripts/compare_runs.py "$out/scratch10=full" "$out/fast30=fast" --plot "
 
 if [ "${TRANSFER_STUDY:-0}" = 1 ]; then
     python scripts/transfer_study.py --dataset_name "$data" --output_dir "$out/transfer_study" --train_per_class 0 \
-        --eval_samples 2500 --stage_epochs 5,15,30 --pretrain_epochs 30 \
+        --seeds 1 --stage_epochs 5,15,30 --pretrain_epochs 30 \
         --finetune_args "--per_device_train_batch_size 256 --save_strategy no --logging_steps 20" \
         2>&1 | grep -v "it/s]" | tail -40 > "$out/transfer_study.log"
     cp "$out/transfer_study/results.md" "$out/transfer_study_results.md" 2>/dev/null || true

@@ -248,7 +248,8 @@ def test_the_study_runs_every_row_once_per_seed_and_writes_its_results(study):
         (out / "seed43" / "staged-kept-stem" / "README.md").read_text()
     assert "Initialisation: random" in (out / "seed42" / "scratch-fast" / "README.md").read_text()
     table = (out / "results.md").read_text()
-    assert table.count("\n| ") == len(names) and "Pretraining:" in table and "2 seeds (42, 43)" in table
+    assert table.count("\n| ") == len(names) and "Pretraining:" in table and "(of 42, 43)" in table
+    assert all(line.split(" | ")[2] == "2" for line in table.splitlines()[2:2 + len(names)])
     assert Image.open(out / "accuracy.png").size[0] > 500
 
 
@@ -288,6 +289,15 @@ def test_a_second_study_call_reuses_finished_runs_and_refuses_changed_ones(study
     with pytest.raises(StudyError, match="pretrain holds a run made with other flags"):
         run_study(args, lambda a: calls.append(a) or 0)
     assert calls == [] and (out / "seed42" / "staged" / "model.safetensors").read_bytes() == before
+
+
+def test_report_only_runs_nothing_and_tables_each_row_over_the_seeds_it_has(study):
+    out, argv = study
+    more = ["--seeds", "42,43,44", "--runs", "staged,staged-no-cbam", "--report_only", "true"]
+    (args,) = __import__("transformers").HfArgumentParser(StudyArguments).parse_args_into_dataclasses([*argv, *more])
+    results = run_study(args, lambda argv: pytest.fail(f"ran {argv}"))
+    assert [row["name"] for row in results["rows"]] == ["staged"] and results["rows"][0]["seeds"] == [42, 43]
+    assert "pretrain" in results and "(of 42, 43, 44)" in (out / "results.md").read_text()
 
 
 @pytest.mark.parametrize("flags, words", [(["--stage_epochs", "2,6"], "three positive integers"),

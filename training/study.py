@@ -92,6 +92,10 @@ class StudyArguments:
                                               "two or more seeds: every row runs once per seed; the first seeds the "
                                               "pretraining."})
     finetune_args: str = field(default="", metadata={"help": "More flags for every run, e.g. '--bf16 false'."})
+    report_only: bool = field(
+        default=False, metadata={"help": "Run nothing: write the results from the runs of these flags already "
+                                 "finished, each row over the seeds it has."}
+    )
     overwrite_output_dir: bool = field(
         default=False, metadata={"help": "Rerun rows whose folder holds a run made with other flags."}
     )
@@ -235,11 +239,11 @@ def run_once(name: str, flags: list[str], args: StudyArguments, finetune) -> Pat
     record = folder / STUDY_RUN
     argv = [*flags, "--output_dir", str(folder)]
     extra = []
+    if finished(name, flags, args):
+        logger.info("study: %s finished before with the same flags: reused", name)
+        return folder
     if record.is_file():
         saved = json.loads(record.read_text())["argv"]
-        if saved == argv and (folder / "all_results.json").is_file():
-            logger.info("study: %s finished before with the same flags: reused", name)
-            return folder
         if saved != argv and not args.overwrite_output_dir:
             raise StudyError(f"{folder} holds a run made with other flags ({shlex.join(saved)}); rerun it with "
                              "--overwrite_output_dir, or choose another --output_dir")
@@ -257,6 +261,16 @@ def run_once(name: str, flags: list[str], args: StudyArguments, finetune) -> Pat
                          "study again to resume it", code)
     record.write_text(json.dumps({"argv": argv}, indent=2))  # again: --overwrite_output_dir cleared the folder
     return folder
+
+
+def finished(name: str, flags: list[str], args: StudyArguments) -> Path | None:
+    """output_dir/name when it holds a finished run made with these flags."""
+    folder = Path(args.output_dir) / name
+    record = folder / STUDY_RUN
+    if (record.is_file() and json.loads(record.read_text())["argv"] == [*flags, "--output_dir", str(folder)]
+            and (folder / "all_results.json").is_file()):
+        return folder
+    return None
 
 
 def run_result(name: str, description: str, folder: Path, stage_ends: list[int]) -> dict:
@@ -299,23 +313,27 @@ def run_study(args: StudyArguments, finetune) -> dict:
     """Pretrain once and save the backbone in torchvision's format, then run every selected row once per seed (all
     rows of one seed before the next seed), writing results.json, results.md and accuracy.png after every run, so
     that a stopped study leaves what it finished; returns the results. `finetune(argv) -> exit code` runs one
-    fine-tuning (training.cli.finetune_main)."""
+    fine-tuning (training.cli.finetune_main). With --report_only, the finished runs only."""
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows = [row for row in study_rows(args) if row.name in args.selected]
     (out / "fine_tune_stages.json").write_text(json.dumps(fine_tune_stages(args), indent=2))
     results = {"arguments": asdict(args), "seeds": args.seed_list, "reference": REFERENCE_ROW, "runs": []}
-    if any(row.pretrained for row in rows):
-        folder = run_once("pretrain", pretrain_flags(args), args, finetune)
+
+    def run(name: str, flags: list[str]) -> Path | None:
+        return finished(name, flags, args) if args.report_only else run_once(name, flags, args, finetune)
+
+    if any(row.pretrained for row in rows) and (folder := run("pretrain", pretrain_flags(args))):
         results["pretrain"] = run_result("pretrain", "plain ResNet18, ImageNet stem, source classes", folder,
                                          [args.pretrain_epochs])
-        logger.info("study: %s", save_torchvision_weights(folder, out / WEIGHTS_FILE))
+        if not args.report_only:
+            logger.info("study: %s", save_torchvision_weights(folder, out / WEIGHTS_FILE))
     for seed in args.seed_list:
         for row in rows:
-            folder = run_once(f"seed{seed}/{row.name}", row_flags(args, row, seed), args, finetune)
-            results["runs"].append({**run_result(row.name, row.description, folder, stage_ends_of(row, args)),
-                                    "seed": seed})
-            write_results(results, rows, args)
+            if folder := run(f"seed{seed}/{row.name}", row_flags(args, row, seed)):
+                results["runs"].append({**run_result(row.name, row.description, folder, stage_ends_of(row, args)),
+                                        "seed": seed})
+                write_results(results, rows, args)
     logger.info("study: results in %s (results.json, results.md, accuracy.png)", out)
     return results
 
@@ -374,8 +392,8 @@ def summarise(runs: list[dict], names: list[str]) -> list[dict]:
 def results_table(results: dict) -> str:
     """The Markdown table of the rows over the seeds: accuracy at each stage's end, final (mean and standard
     deviation), the paired difference from the reference row, best epoch, time per run."""
-    lines = [f"| row | recipe | after stage 1 | after stage 2 | final | vs `{REFERENCE_ROW}` | best epoch | time |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [f"| row | recipe | seeds | after stage 1 | after stage 2 | final | vs `{REFERENCE_ROW}` | best epoch | "
+             "time |", "|---|---|---|---|---|---|---|---|---|"]
     for row in results["rows"]:
         ends = [f"{100 * a:.1f}% (ep {e})" for a, e in zip(row["accuracy_at_stage_ends"], row["stage_ends"],
                                                             strict=True)][:-1]
@@ -385,11 +403,11 @@ def results_table(results: dict) -> str:
         versus = "" if difference is None else (
             f"{100 * difference['mean']:+.1f} ± {100 * difference['standard_error']:.1f}"
             + (" **clear**" if difference["clear"] else ""))
-        lines.append(f"| {row['name']} | {row['description']} | {' | '.join(ends)} | "
+        lines.append(f"| {row['name']} | {row['description']} | {len(row['seeds'])} | {' | '.join(ends)} | "
                      f"**{100 * row['final_accuracy']:.1f}%**{spread} | {versus} | {100 * row['best_accuracy']:.1f}% | "
                      f"{row['wall_seconds'] / 60:.1f} min |")
     seeds = results["seeds"]
-    lines += ["", f"Each row: the mean over {len(seeds)} seed{'s' * (len(seeds) > 1)} ({', '.join(map(str, seeds))}) "
+    lines += ["", f"Each row: the mean over its seeds (of {', '.join(map(str, seeds))}) "
               "of the validation accuracy, ± its standard deviation over the seeds; `vs "
               f"{REFERENCE_ROW}`: the mean of each seed's difference in final accuracy from `{REFERENCE_ROW}` (same "
               "seed: same training sample, validation images and init), ± its standard error, **clear** where it is "
