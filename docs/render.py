@@ -82,12 +82,15 @@ def run(command: str, expected_exit: int = 0) -> str:
     return output
 
 
-def render_page(page: Path, stamp: str, dry_run: bool = False) -> int:
+def render_page(page: Path, stamp: str, dry_run: bool = False, only: str | None = None) -> int:
     text = page.read_text()
     blocks = list(BLOCK.finditer(text))
     bodies = []
     for match in blocks:  # in page order: a block may use what an earlier one wrote
         command = match["command"]
+        if only is not None and only not in command:
+            bodies.append(match["body"])  # kept as it was rendered
+            continue
         print(f"{page.name}: {command}", file=sys.stderr)
         if dry_run:
             continue
@@ -130,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--record", nargs=2, type=Path, metavar=("RUN_FOLDER", "TARGET"),
                         help="Keep a finished run's figures in TARGET (under docs/runs/) instead of rendering.")
     parser.add_argument("--command", help="With --record: the command that made the run.")
+    parser.add_argument("--only", help="Render only the blocks whose command contains this text (the others keep "
+                        "what they show).")
     args = parser.parse_args(argv)
     if args.record:
         if not args.command:
@@ -138,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     sys.path.insert(0, str(ROOT))
     stamp = f"rendered by docs/render.py at commit {commit()} on {host()}, {datetime.date.today().isoformat()}"
-    total = sum(render_page(page.resolve(), stamp, args.check) for page in (args.pages or PAGES))
+    total = sum(render_page(page.resolve(), stamp, args.check, args.only) for page in (args.pages or PAGES))
     print(f"{total} blocks {'found' if args.check else 'rendered'}", file=sys.stderr)
     return 0
 
