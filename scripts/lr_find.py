@@ -22,7 +22,7 @@ from training.hardware import configure_threads
 from training.lr_find import range_test
 from training.plots import plot_lr_find
 from training.run import build_run
-from training.script_args import check_at_least
+from training.script_args import check_at_least, flags_given
 
 # Fine-tuning flags about what a run keeps, evaluates or publishes: refused here rather than silently ignored
 UNUSED = ("--push_to_hub", "--hub_strategy", "--resume_from_checkpoint", "--export_onnx", "--load_best_model_at_end",
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     scratch = tempfile.mkdtemp(prefix="lr_find-")  # the Trainer's output_dir: nothing is written to yours
     argv = sys.argv[1:] if argv is None else argv
     try:
-        unused = [flag for flag in UNUSED if any(arg.split("=")[0] == flag for arg in argv)]
+        unused = flags_given(argv, UNUSED)
         if unused:
             raise ValueError(f"{', '.join(unused)}: no effect on the range test (it trains a copy of the model for a "
                              "few steps and keeps nothing); leave it out")

@@ -11,6 +11,12 @@ def flag_value(value) -> str:
     return str(getattr(value, "value", value))
 
 
+def flags_given(argv: list[str], flags) -> list[str]:
+    """Those of `flags` (--name) on the command line, as `--name VALUE` or `--name=VALUE`, in the order of `flags`."""
+    names = {arg.split("=")[0] for arg in argv}
+    return [flag for flag in flags if flag in names]
+
+
 def check_at_least(args, **minimums: int) -> None:
     """Refuse a count flag below its minimum (--top_k 0, --batch_size -1), naming the flag, before any work."""
     for name, minimum in minimums.items():

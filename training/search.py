@@ -20,7 +20,7 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from training.script_args import check_at_least
+from training.script_args import check_at_least, flags_given
 
 logger = logging.getLogger(__name__)
 
@@ -257,7 +257,7 @@ def search_main(argv: list[str] | None = None) -> int:
     try:
         if len(argv) == 1 and argv[0].endswith((".json", ".yaml", ".yml")):
             raise SearchError("give the search its flags on the command line (a trial adds its own to them)")
-        refused = [flag for flag in REFUSED if any(arg.split("=")[0] == flag for arg in argv)]
+        refused = flags_given(argv, REFUSED)
         if refused:
             raise SearchError("; ".join(f"{flag}: not for a search ({REFUSED[flag]})" for flag in refused))
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
