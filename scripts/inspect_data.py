@@ -22,6 +22,9 @@ class InspectArguments:
     json: str | None = field(default=None, metadata={"help": "Write the facts printed here as JSON."})
     batch_size: int = field(default=256, metadata={"help": "Images in the batch whose mean/std is measured."})
     seed: int = field(default=42, metadata={"help": "Seed of the validation split and the shuffles."})
+    pretrained: bool = field(default=True, metadata={"help": "The input of a run on pretrained backbone weights "
+                             "(finetune.py's default); false: from random weights (--backbone_weights none), where "
+                             "CIFAR-sized images keep 32 px and the CIFAR stem."})
 
     def __post_init__(self):
         check_at_least(self, grid_size=1, batch_size=1)
@@ -31,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         data_args, args = script_parser((DataArguments, InspectArguments)).parse_args_into_dataclasses(argv)
         torch.manual_seed(args.seed)
-        data = load_image_data(data_args, seed=args.seed)
+        data = load_image_data(data_args, seed=args.seed, pretrained_stem=args.pretrained)
     except ValueError as error:  # DataError included
         print(f"error: {error}", file=sys.stderr)
         return 2

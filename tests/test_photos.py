@@ -18,7 +18,15 @@ from modeling_resnet_cbam import ResNetCBAMConfig
 from training.callbacks import ChanceLevelCallback
 from training.cli import finetune_main
 from training.data import DataArguments, load_image_data
-from training.defaults import CIFAR_MEAN, IMAGENET_MEAN, PHOTO_INPUT, multiply_adds, resolve_architecture
+from training.defaults import (
+    CIFAR_MEAN,
+    IMAGENET_MEAN,
+    KEPT_STEM_INPUT,
+    PHOTO_INPUT,
+    multiply_adds,
+    resolve_architecture,
+    wants_pretrained_stem,
+)
 from training.images import SizeProfile
 from training.stages import recipe
 from training.synthetic import hub_layout_folder
@@ -63,13 +71,42 @@ def test_photos_get_the_imagenet_input_from_the_sizes_of_a_sample_not_the_first_
     assert data.splits["train"][0]["pixel_values"].shape == (3, 224, 224)
 
 
-def test_cifar_sized_data_keep_the_seed_recipes_input(tmp_path):
+def test_cifar_sized_data_keep_the_seed_recipes_input_from_random_weights(tmp_path):
     folder = hub_layout_folder(tmp_path / "ds", {"train": tiny_dataset(10)})
     data = load_image_data(DataArguments(dataset_name=str(folder)))
     assert (data.image_size, data.image_mean, data.crop_pct, data.augment) == (32, CIFAR_MEAN, 1.0, "tutorial")
-    assert data.native_size == (32, 32)
+    assert data.native_size == (32, 32) and data.preset.stem == "cifar"
     upsampled = load_image_data(DataArguments(dataset_name=str(folder), image_size=64))  # as the study pretrains
     assert (upsampled.image_mean, upsampled.crop_pct, upsampled.augment) == (IMAGENET_MEAN, 1.0, "tutorial")
+
+
+def test_cifar_sized_data_on_a_pretrained_backbone_are_upsampled_for_its_stem(tmp_path):
+    folder = hub_layout_folder(tmp_path / "ds", {"train": tiny_dataset(10)})
+    data = load_image_data(DataArguments(dataset_name=str(folder)), pretrained_stem=True)
+    assert (data.image_size, data.image_mean, data.crop_pct, data.augment) == (64, IMAGENET_MEAN, 1.0, "tutorial")
+    assert data.preset is KEPT_STEM_INPUT and data.preset.stem == "imagenet" and "upsampled" in data.input_choice
+    assert data.splits["train"][0]["pixel_values"].shape == (3, 64, 64)
+    # the seed-exact tutorial, a stem given as cifar and random weights keep the seed recipe's input
+    assert wants_pretrained_stem(True, "staged", None) and wants_pretrained_stem(True, "full", "imagenet")
+    assert not wants_pretrained_stem(True, "seed-exact", None)
+    assert not wants_pretrained_stem(True, "staged", "cifar") and not wants_pretrained_stem(False, "staged", None)
+
+
+@pytest.mark.parametrize("flags, expected", [
+    ([], ("imagenet", 64, "identity")),
+    (["--recipe", "seed-exact"], ("cifar", 32, "default")),
+    (["--stem", "cifar"], ("cifar", 32, "identity")),
+])
+def test_a_cifar_sized_run_on_pretrained_weights_keeps_their_stem_by_default(tmp_path, capsys, flags, expected):
+    folder = hub_layout_folder(tmp_path / "ds", {"train": tiny_dataset(12)})
+    out = tmp_path / "run"
+    code = finetune_main(["--dataset_name", str(folder), "--validation_split", "4", "--backbone_weights",
+                          str(torchvision_file(tmp_path / "resnet.pth")), "--output_dir", str(out), *TINY_PHOTO_RUN,
+                          *flags])
+    assert code == 0, capsys.readouterr().err
+    config = json.loads((out / "config.json").read_text())
+    assert (config["stem"], config["image_size"], config["cbam_init"]) == expected
+    assert ("conv1.weight dropped" in (out / "README.md").read_text()) == (expected[0] == "cifar")
 
 
 def test_every_input_flag_given_wins_and_is_named(photos):

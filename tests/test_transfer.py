@@ -214,7 +214,8 @@ def test_the_study_runs_every_row_once_per_seed_and_writes_its_results(study):
     results = json.loads((out / "results.json").read_text())
     assert [row.name for row in study_rows(StudyArguments())] == [
         "scratch-fast", "full-lr0.001", "full-lr0.0001", "fine_tune", "seed-exact", "staged", "staged-paper-cbam",
-        "staged-no-cbam", "staged-kept-stem", "full-lr0.001-kept-stem", "full-lr0.0001-kept-stem"]
+        "staged-no-cbam", "staged-kept-stem", "staged-lr1e-4-kept-stem", "full-lr0.001-kept-stem",
+        "full-lr0.0001-kept-stem"]
     names = TINY_ROWS
     assert [(run["seed"], run["name"]) for run in results["runs"]] == [(s, n) for s in (42, 43) for n in names]
     for run in results["runs"]:
@@ -227,7 +228,7 @@ def test_the_study_runs_every_row_once_per_seed_and_writes_its_results(study):
     assert [e["stage"] for e in by_name["fine_tune"]["epochs"]] == [1, 2, 2]
     assert results["pretrain"]["split_sizes"] == {"train": 18, "validation": 6}
     staged = by_name["staged"]["command"]
-    assert " --seed 42 --recipe staged --stage_epochs 1,1,1 --cbam_init identity --depths" in staged
+    assert " --seed 42 --recipe staged --stage_epochs 1,1,1 --cbam_init identity --stem cifar --depths" in staged
     rows = {row["name"]: row for row in results["rows"]}
     assert list(rows) == names and all(row["seeds"] == [42, 43] for row in rows.values())
     seeds = [run for run in results["runs"] if run["name"] == "full-lr0.001"]

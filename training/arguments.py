@@ -35,8 +35,9 @@ class ArchitectureArguments:
 
     depths: str = field(default="2,2,2,2", metadata={"help": "Blocks per stage: 2,2,2,2 (ResNet18), 3,4,6,3 (34)."})
     stem: str | None = field(default=None, metadata={"help": "cifar (3x3 stride 1, no max-pool) or imagenet (7x7 "
-                                                    "stride 2 and max-pool). Default: cifar for CIFAR-sized images, "
-                                                    "imagenet for larger ones."})
+                                                    "stride 2 and max-pool). Default: imagenet (on a pretrained "
+                                                    "backbone, its own kept); cifar for CIFAR-sized images from "
+                                                    "random weights or in seed-exact."})
     cbam_placement: str = field(default="stage", metadata={"help": "stage (after layer1..4), block, or none "
                                                            "(the plain ResNet: no CBAM)."})
     cbam_init: str | None = field(default=None, metadata={"help": "default (the paper's) or identity (each CBAM "
@@ -81,6 +82,11 @@ class ModelArguments(ArchitectureArguments):
             if given:
                 raise ValueError(f"{', '.join(given)} cannot change a saved model: --model_name_or_path "
                                  f"{self.model_name_or_path} keeps its own architecture and weights")
+
+    @property
+    def pretrained_backbone(self) -> bool:
+        """Whether a new model starts from pretrained backbone weights."""
+        return not self.model_name_or_path and self.backbone_weights.lower() != "none"
 
 
 @dataclass

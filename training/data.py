@@ -54,12 +54,14 @@ class DataArguments:
     )
     max_eval_samples: int | None = field(default=None, metadata={"help": "Same for validation and test."})
     image_size: int | None = field(
-        default=None, metadata={"help": "Side of the model's input. Default: 32 for CIFAR-sized images (a median "
-                                "shorter side of at most 64 px in a sample of the train split), 224 for larger ones."}
+        default=None, metadata={"help": "Side of the model's input. Default for CIFAR-sized images (a median "
+                                "shorter side of at most 64 px in a sample of the train split): 64 on a pretrained "
+                                "backbone (for its stem), 32 from random weights or in seed-exact; 224 for larger "
+                                "ones."}
     )
     image_mean: list[float] | None = field(
-        default=None, metadata={"help": "Per-channel mean. Default: CIFAR-10's for CIFAR-sized images at 32 px, else "
-                                "ImageNet's."}
+        default=None, metadata={"help": "Per-channel mean. Default: CIFAR-10's for CIFAR-sized images at 32 px with "
+                                "the CIFAR stem, else ImageNet's."}
     )
     image_std: list[float] | None = field(default=None, metadata={"help": "Per-channel std, as image_mean."})
     augment: str | None = field(
@@ -181,8 +183,10 @@ class ImageData:
         return "test" if "test" in self.splits else "validation"
 
 
-def load_image_data(args: DataArguments, seed: int = 42, split: str | None = None) -> ImageData:
+def load_image_data(args: DataArguments, seed: int = 42, split: str | None = None,
+                    pretrained_stem: bool = False) -> ImageData:
     """Load, check and split the data; set the lazy transforms. Raises DataError naming the split and row.
+    `pretrained_stem`: CIFAR-sized images are upsampled for a pretrained ImageNet stem (wants_pretrained_stem).
 
     With `split`, only what evaluating that split needs is loaded: the split alone (a dataset of only a test split
     will do), or train when the validation split is carved out of it (with the same seed as in training).
@@ -231,7 +235,8 @@ def load_image_data(args: DataArguments, seed: int = 42, split: str | None = Non
         splits = verify_images(splits, image_column, skip_bad=args.skip_bad_images)
         _require_rows(splits)
     profile = profile_sizes(splits[reference], image_column, seed=seed)
-    settings = resolve_input(profile, args.image_size, args.image_mean, args.image_std, args.augment)
+    settings = resolve_input(profile, args.image_size, args.image_mean, args.image_std, args.augment,
+                             pretrained_stem)
     data = ImageData(
         splits=splits,
         image_column=image_column,

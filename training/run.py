@@ -26,7 +26,7 @@ from training.checkpoints import (
     writing,
 )
 from training.data import DataArguments, ImageData, labels_of, load_image_data
-from training.defaults import resolve_architecture, warn_costly_stem
+from training.defaults import resolve_architecture, wants_pretrained_stem, warn_costly_stem
 from training.device_data import DeviceData, supports_device_data
 from training.ema import EMACallback
 from training.hardware import describe, device_name, precision
@@ -75,7 +75,7 @@ def build_model(args: ModelArguments, data: ImageData,
             raise ValueError(f"--model_name_or_path {args.model_name_or_path}: no weights for {sorted(missing)[0]} "
                              f"(and {len(missing) - 1} more tensors): the saved model does not fit its own config")
         return model, f"the saved model {args.model_name_or_path}", []
-    pretrained = args.backbone_weights.lower() != "none"
+    pretrained = args.pretrained_backbone
     architecture, chosen = resolve_architecture(args.architecture, data.preset, recipe, pretrained)
     for choice in chosen:
         logger.info("default: %s", choice)
@@ -93,7 +93,7 @@ def build_model(args: ModelArguments, data: ImageData,
 
 def keeps_pretrained_stem(args: ModelArguments, model: ResNetCBAMForImageClassification) -> bool:
     """Whether backbone weights were loaded into an ImageNet stem (its 7x7 conv1 kept, not dropped)."""
-    return not args.model_name_or_path and args.backbone_weights.lower() != "none" and model.config.stem == "imagenet"
+    return args.pretrained_backbone and model.config.stem == "imagenet"
 
 
 def build_run(
@@ -112,7 +112,8 @@ def build_run(
         raise DataError(f"--augment {data_args.augment} is torchvision's policy on PIL images, in the DataLoader: it "
                         "has no device-resident version; leave out --data_on_device true")
     with training_args.main_process_first(desc="loading the dataset"):
-        data = load_image_data(data_args, seed=training_args.seed)
+        data = load_image_data(data_args, seed=training_args.seed, pretrained_stem=wants_pretrained_stem(
+            model_args.pretrained_backbone, stage_args.recipe, model_args.stem))
     torch.manual_seed(training_args.seed)  # the new modules' initialisation is reproducible
     logger.info("input: %s", data.input_summary)
     model, weights, chosen = build_model(model_args, data, stage_args.recipe)
