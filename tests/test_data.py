@@ -221,5 +221,8 @@ def test_inspect_data_script_writes_facts_and_grid(tmp_path):
     assert np.isfinite(facts["batch_std"]).all()
     assert (tmp_path / "grid.png").read_bytes()[:4] == b"\x89PNG"
     assert "36 images" in done.stdout and "cat" in done.stdout
+    assert facts["image_size"] == 64 and "on a pretrained backbone" in done.stdout  # finetune.py's default weights
+    scratch = run_script("inspect_data.py", "--dataset_name", str(folder), "--pretrained", "false")
+    assert scratch.returncode == 0 and "the seed recipe's input, 32 px, CIFAR-10 mean and std" in scratch.stdout
     bad = run_script("inspect_data.py", "--dataset_name", str(folder), "--image_column_name", "nope")
     assert bad.returncode == 2 and "the columns are: img, label" in bad.stderr

@@ -44,7 +44,7 @@ CIFAR_INPUT = InputPreset(32, "cifar", 1.0, "tutorial",
                           f"CIFAR-sized images (median shorter side at most {PHOTO_MIN_SIDE} px): the seed recipe's")
 KEPT_STEM_INPUT = InputPreset(64, "imagenet", 1.0, "tutorial",
                               f"CIFAR-sized images (median shorter side at most {PHOTO_MIN_SIDE} px) on a pretrained "
-                              "backbone: its ImageNet stem kept, the images upsampled (the transfer study's best)")
+                              "backbone: the transfer study's best, its ImageNet stem's")
 PHOTO_INPUT = InputPreset(224, "imagenet", 0.875, "resized-crop-flip",
                           f"photographs (median shorter side above {PHOTO_MIN_SIDE} px): an ImageNet backbone's")
 
