@@ -254,6 +254,26 @@ def test_the_study_runs_every_row_once_per_seed_and_writes_its_results(study):
     assert Image.open(out / "accuracy.png").size[0] > 500
 
 
+def test_the_toolbox_adds_each_option_to_the_base_row_and_reuses_its_runs(study):
+    out, argv = study
+    toolbox = [*argv[:argv.index("--runs")], "--runs", "staged-kept-stem,staged-kept-stem+mixup",
+               *argv[argv.index("--runs") + 2:], "--toolbox", "true", "--toolbox_base", "staged-kept-stem"]
+    base_record = (out / "seed42" / "staged-kept-stem" / "trainer_state.json").stat().st_mtime
+    assert study_main(toolbox) == 0
+    assert (out / "seed42" / "staged-kept-stem" / "trainer_state.json").stat().st_mtime == base_record  # reused
+    results = json.loads((out / "toolbox" / "results.json").read_text())
+    assert results["reference"] == "staged-kept-stem"
+    assert [(run["seed"], run["name"]) for run in results["runs"]] == [
+        (s, n) for s in (42, 43) for n in ("staged-kept-stem", "staged-kept-stem+mixup")]
+    mixup = json.loads((out / "seed43" / "staged-kept-stem+mixup" / "study_run.json").read_text())["argv"]
+    assert mixup[mixup.index("--mixup_alpha") + 1] == "0.2" and "--stem" in mixup
+    rows = {row["name"]: row for row in results["rows"]}
+    assert rows["staged-kept-stem+mixup"]["difference"]["seeds"] == 2 and "difference" not in rows["staged-kept-stem"]
+    assert "vs `staged-kept-stem`" in (out / "toolbox" / "results.md").read_text()
+    assert json.loads((out / "results.json").read_text())["reference"] == "staged"  # the study's own left alone
+    assert study_main([*toolbox, "--toolbox_base", "bogus"]) == 2
+
+
 def test_the_summary_pairs_each_seed_with_the_reference_and_says_when_a_difference_is_clear():
     def run(name, seed, final):
         return {"name": name, "seed": seed, "description": name, "final_accuracy": final, "best_accuracy": final,

@@ -9,6 +9,10 @@ is an ordinary `scripts/finetune.py` run in its own folder; the study reads thei
 `results.json` (every run), `results.md` (each row's mean and standard deviation over the seeds, and its paired
 difference from `staged`) and `accuracy.png` beside them.
 
+With `--toolbox true` the rows are instead the practitioners' toolbox (augmentation policies, random erasing, MixUp,
+CutMix), each added to one row (`--toolbox_base`, the study's best), paired with it by seed; their results go to
+`toolbox/` in the same folder, beside which the base row's runs are reused.
+
 A finished run is reused when the study is run again with the same arguments (its folder keeps the flags it was
 run with); an unfinished one resumes from its last complete checkpoint.
 """
@@ -48,7 +52,7 @@ class StudyError(ValueError):
 
 
 FIRST_SEED = 42  # `--seeds N` runs seeds 42, 43, ...; the first also seeds the pretraining
-REFERENCE_ROW = "staged"  # the project's recipe on a pretrained backbone: every row's difference is taken from it
+REFERENCE_ROW = "staged"  # the tutorial's stages with a new stem (the default until this study): the rows' baseline
 IDENTITY_CBAM = ("--cbam_init", "identity")
 # torchvision's stem kept: its 7x7 conv and max-pool, fed the 32 px target images upsampled to the pretraining's
 # size, as a user of ImageNet weights does at 224 px (the photos default)
@@ -58,6 +62,15 @@ KEPT_STEM = ("--stem", "imagenet")
 CIFAR_STEM = ("--stem", "cifar")
 SHORT_STAGE_LRS = "0.001,0.0001,0.0001"  # the staged rates with the last stage at 1e-4: 1e-5 was set for 30 epochs
 WEIGHTS_FILE = "resnet18-source.pth"  # the pretrained backbone in torchvision's format, in --output_dir
+# --toolbox: each option at the value its help suggests, added to the base row
+TOOLBOX = {
+    "trivialaugment": ("--augment", "trivialaugment"),
+    "randaugment": ("--augment", "randaugment"),
+    "random-erasing": ("--random_erasing", "0.25"),
+    "mixup": ("--mixup_alpha", "0.2"),
+    "cutmix": ("--cutmix_alpha", "1.0"),
+}
+TOOLBOX_DIR = "toolbox"  # in --output_dir: the toolbox's results (its runs sit beside the study's)
 
 
 @dataclass
@@ -103,6 +116,13 @@ class StudyArguments:
     overwrite_output_dir: bool = field(
         default=False, metadata={"help": "Rerun rows whose folder holds a run made with other flags."}
     )
+    toolbox: bool = field(
+        default=False, metadata={"help": f"Run the toolbox's rows instead: --toolbox_base alone and with each of "
+                                 f"{', '.join(' '.join(flags) for flags in TOOLBOX.values())}; results in "
+                                 f"OUTPUT/{TOOLBOX_DIR}/."}
+    )
+    toolbox_base: str = field(default="full-lr0.0001-kept-stem",
+                              metadata={"help": "The study row the toolbox's options are added to."})
 
     def __post_init__(self):
         check_at_least(self, pretrain_epochs=1, pretrain_image_size=16, pretrain_eval_samples=1, train_per_class=0,
@@ -116,11 +136,22 @@ class StudyArguments:
         if self.tta not in ("none", "flip"):
             raise StudyError(f"--tta must be none or flip, got {self.tta!r}")
         self.seed_list = seed_list(self.seeds)
-        names = [row.name for row in study_rows(self)]
+        if self.toolbox_base not in (row.name for row in study_rows(self)):
+            raise StudyError(f"--toolbox_base: unknown row {self.toolbox_base}")
+        names = [row.name for row in selectable_rows(self)]
         self.selected = comma_list(self.runs, str, "--runs") or names
         unknown = [name for name in self.selected if name not in names]
         if unknown:
             raise StudyError(f"--runs: unknown rows {', '.join(unknown)}; the rows are {', '.join(names)}")
+
+    @property
+    def reference(self) -> str:
+        """The row every other row's difference is taken from."""
+        return self.toolbox_base if self.toolbox else REFERENCE_ROW
+
+    @property
+    def results_dir(self) -> Path:
+        return Path(self.output_dir) / TOOLBOX_DIR if self.toolbox else Path(self.output_dir)
 
     @property
     def total_epochs(self) -> int:
@@ -183,6 +214,17 @@ def study_rows(args: StudyArguments) -> list[StudyRow]:
                        *kept))
              for lr in args.lrs]
     return rows
+
+
+def toolbox_rows(args: StudyArguments) -> list[StudyRow]:
+    """The base row, then the base row with each of the toolbox's options."""
+    base = next(row for row in study_rows(args) if row.name == args.toolbox_base)
+    return [base] + [StudyRow(f"{base.name}+{name}", f"`{base.name}` with `{' '.join(flags)}`", (*base.flags, *flags))
+                     for name, flags in TOOLBOX.items()]
+
+
+def selectable_rows(args: StudyArguments) -> list[StudyRow]:
+    return toolbox_rows(args) if args.toolbox else study_rows(args)
 
 
 def fine_tune_stages(args: StudyArguments) -> list[dict]:
@@ -324,9 +366,9 @@ def run_study(args: StudyArguments, finetune) -> dict:
     fine-tuning (training.cli.finetune_main). With --report_only, the finished runs only."""
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    rows = [row for row in study_rows(args) if row.name in args.selected]
+    rows = [row for row in selectable_rows(args) if row.name in args.selected]
     (out / "fine_tune_stages.json").write_text(json.dumps(fine_tune_stages(args), indent=2))
-    results = {"arguments": asdict(args), "seeds": args.seed_list, "reference": REFERENCE_ROW, "runs": []}
+    results = {"arguments": asdict(args), "seeds": args.seed_list, "reference": args.reference, "runs": []}
 
     def run(name: str, flags: list[str]) -> Path | None:
         return finished(name, flags, args) if args.report_only else run_once(name, flags, args, finetune)
@@ -342,13 +384,14 @@ def run_study(args: StudyArguments, finetune) -> dict:
                 results["runs"].append({**run_result(row.name, row.description, folder, stage_ends_of(row, args)),
                                         "seed": seed})
                 write_results(results, rows, args)
-    logger.info("study: results in %s (results.json, results.md, accuracy.png)", out)
+    logger.info("study: results in %s (results.json, results.md, accuracy.png)", args.results_dir)
     return results
 
 
 def write_results(results: dict, rows: list[StudyRow], args: StudyArguments) -> None:
-    out = Path(args.output_dir)
-    results["rows"] = summarise(results["runs"], [row.name for row in rows])
+    out = args.results_dir
+    out.mkdir(parents=True, exist_ok=True)
+    results["rows"] = summarise(results["runs"], [row.name for row in rows], args.reference)
     (out / "results.json").write_text(json.dumps(results, indent=2))
     (out / "results.md").write_text(results_table(results))
     plot_study(results["rows"], out / "accuracy.png",
@@ -361,12 +404,12 @@ def mean_std(values: list[float]) -> tuple[float, float | None]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
 
 
-def summarise(runs: list[dict], names: list[str]) -> list[dict]:
+def summarise(runs: list[dict], names: list[str], reference_row: str = REFERENCE_ROW) -> list[dict]:
     """Each row over its seeds: mean and standard deviation per epoch, at the stage ends and final; and its paired
     difference from the reference row (per seed, the same data and init draws), with the standard error of that
     difference, for the seeds both have run."""
     by_row = {name: {run["seed"]: run for run in runs if run["name"] == name} for name in names}
-    reference = by_row.get(REFERENCE_ROW, {})
+    reference = by_row.get(reference_row, {})
     summaries = []
     for name, seeds in by_row.items():
         if not seeds:
@@ -388,7 +431,7 @@ def summarise(runs: list[dict], names: list[str]) -> list[dict]:
         }
         paired = [seeds[seed]["final_accuracy"] - reference[seed]["final_accuracy"]
                   for seed in sorted(seeds) if seed in reference]
-        if name != REFERENCE_ROW and len(paired) > 1:
+        if name != reference_row and len(paired) > 1:
             difference, spread = mean_std(paired)
             error = spread / math.sqrt(len(paired))
             summary["difference"] = {"mean": difference, "standard_error": error, "seeds": len(paired),
@@ -400,7 +443,8 @@ def summarise(runs: list[dict], names: list[str]) -> list[dict]:
 def results_table(results: dict) -> str:
     """The Markdown table of the rows over the seeds: accuracy at each stage's end, final (mean and standard
     deviation), the paired difference from the reference row, best epoch, time per run."""
-    lines = [f"| row | recipe | seeds | after stage 1 | after stage 2 | final | vs `{REFERENCE_ROW}` | best epoch | "
+    reference = results["reference"]
+    lines = [f"| row | recipe | seeds | after stage 1 | after stage 2 | final | vs `{reference}` | best epoch | "
              "time |", "|---|---|---|---|---|---|---|---|---|"]
     for row in results["rows"]:
         ends = [f"{100 * a:.1f}% (ep {e})" for a, e in zip(row["accuracy_at_stage_ends"], row["stage_ends"],
@@ -417,7 +461,7 @@ def results_table(results: dict) -> str:
     seeds = results["seeds"]
     lines += ["", f"Each row: the mean over its seeds (of {', '.join(map(str, seeds))}) "
               "of the validation accuracy, ± its standard deviation over the seeds; `vs "
-              f"{REFERENCE_ROW}`: the mean of each seed's difference in final accuracy from `{REFERENCE_ROW}` (same "
+              f"{reference}`: the mean of each seed's difference in final accuracy from `{reference}` (same "
               "seed: same training sample, validation images and init), ± its standard error, **clear** where it is "
               "larger than twice that; best epoch: the mean of each run's best epoch (chosen on the validation "
               "images, so optimistic); time: one run's logged epochs (training and evaluation)."]
