@@ -351,6 +351,11 @@ class ResNetCBAMPreTrainedModel(PreTrainedModel):
                 if key == "conv1.weight" and self.config.stem == "cifar":
                     report.dropped.append(key)  # the CIFAR stem replaces the 7x7 ImageNet one: it starts at random
                     continue
+                if key == "conv1.weight" and tensor.shape[-1] == 3:
+                    raise ValueError(
+                        f"{source}: its conv1 is 3x3, a CIFAR stem's, and this model's ImageNet stem is 7x7; a model "
+                        "with stem='cifar' takes these weights (scripts/finetune.py: --stem cifar)"
+                    )
                 raise ValueError(
                     f"{source}: tensor '{key}' has shape {tuple(tensor.shape)} but this model's is "
                     f"{tuple(own[key].shape)}; the weights are of another architecture"

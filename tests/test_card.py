@@ -24,7 +24,8 @@ PUSHED_TEXT = ("README.md", "config.json", "all_results.json", "trainer_state.js
 def from_local_weights(dataset, tmp_path_factory):
     """A tiny run whose backbone is a local .pth file in torchvision's format, on a local dataset."""
     root = tmp_path_factory.mktemp("card")
-    source = ResNetCBAMForImageClassification(ResNetCBAMConfig(depths=[1, 1, 1, 1], cbam_placement="none"))
+    source = ResNetCBAMForImageClassification(ResNetCBAMConfig(depths=[1, 1, 1, 1], cbam_placement="none",
+                                                               stem="imagenet"))
     torch.save(source.torchvision_state_dict(), root / "backbone.pth")
     output_dir = root / "out"
     assert finetune_main([*TINY, *flags(dataset, output_dir, "--save_strategy", "no", "--backbone_weights",

@@ -231,6 +231,16 @@ def test_wrong_architecture_names_the_first_mismatching_tensor(tmp_path, archite
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items()), "a failed import changed weights"
 
 
+def test_a_cifar_stem_file_into_an_imagenet_stem_says_which_stem_takes_it(tmp_path):
+    cifar = ResNetCBAMForImageClassification(ResNetCBAMConfig(depths=[1, 1, 1, 1], cbam_placement="none"))
+    path = tmp_path / "w.pth"
+    torch.save(cifar.torchvision_state_dict(), path)
+    with pytest.raises(ValueError, match=r"conv1 is 3x3, a CIFAR stem's.*--stem cifar"):
+        ResNetCBAMModel(ResNetCBAMConfig(depths=[1, 1, 1, 1], stem="imagenet")).load_backbone_weights(path)
+    report = ResNetCBAMModel(ResNetCBAMConfig(depths=[1, 1, 1, 1], stem="cifar")).load_backbone_weights(path)
+    assert "conv1.weight" not in report.dropped
+
+
 def test_resnet18_file_into_resnet34_names_the_missing_tensor(tmp_path):
     torch.save(torchvision.models.resnet18(weights=None).state_dict(), tmp_path / "w.pth")
     model = ResNetCBAMModel(ResNetCBAMConfig(depths=[3, 4, 6, 3]))
