@@ -84,7 +84,8 @@ def test_cifar_sized_data_on_a_pretrained_backbone_are_upsampled_for_its_stem(tm
     folder = hub_layout_folder(tmp_path / "ds", {"train": tiny_dataset(10)})
     data = load_image_data(DataArguments(dataset_name=str(folder)), pretrained_stem=True)
     assert (data.image_size, data.image_mean, data.crop_pct, data.augment) == (64, IMAGENET_MEAN, 1.0, "tutorial")
-    assert data.preset is KEPT_STEM_INPUT and data.preset.stem == "imagenet" and "on a pretrained backbone" in data.input_choice
+    assert data.preset is KEPT_STEM_INPUT and data.preset.stem == "imagenet"
+    assert "on a pretrained backbone" in data.input_choice
     assert data.splits["train"][0]["pixel_values"].shape == (3, 64, 64)
     # the seed-exact tutorial, a stem given as cifar and random weights keep the seed recipe's input
     assert wants_pretrained_stem(True, "staged", None) and wants_pretrained_stem(True, "full", "imagenet")
