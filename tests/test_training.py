@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -56,6 +57,45 @@ def test_bn_policy_frozen_keeps_frozen_groups_statistics(dataset, tmp_path):
         trained = STAGED_1_1_1.stages[record["stage"]].lrs
         for group, changed in record["running_stats_changed"].items():
             assert changed == (group in trained), f"step {record['step']}: {group} BN stats changed={changed}"
+
+
+@pytest.fixture(scope="module")
+def train_bn_run(dataset, tmp_path_factory):
+    output_dir = tmp_path_factory.mktemp("train_bn") / "out"
+    result, recorder = run(flags(dataset, output_dir, "--train_bn", "true", "--save_strategy", "steps", "--save_steps",
+                                 "1", *RANDOM_AUGMENT))
+    return output_dir, result, recorder
+
+
+def assert_trains_frozen_batchnorm(steps: list[dict], plan) -> None:
+    """Every step changes the groups its stage trains, and of the frozen ones their BatchNorm scale and shift only,
+    at the stage's lowest rate; every other parameter of a frozen group stays as it was, bit for bit."""
+    for record in steps:
+        step, stage = record["step"], plan.schedule.stages[record["stage"]]
+        assert record["lrs"] == {g: plan.lr(g, step) for g in GROUPS}
+        assert set(record["batchnorm_lrs"]) == {"stem", "layer1", "layer2", "layer3", "layer4"}
+        for group, lr in record["batchnorm_lrs"].items():
+            assert lr == (stage.lrs[group] if group in stage.lrs else min(stage.lrs.values())) > 0, (step, group)
+            assert record["batchnorm_changed"][group], f"step {step}: {group}'s BatchNorm did not train"
+        for group in GROUPS:
+            assert record["others_changed"][group] == (group in stage.lrs), f"step {step}: {group}"
+
+
+def test_train_bn_trains_frozen_groups_batchnorm_and_nothing_else_of_them(train_bn_run):
+    output_dir, finished, recorder = train_bn_run
+    assert finished.trainer.schedule.train_bn
+    assert_trains_frozen_batchnorm(recorder.steps, finished.trainer.plan)
+    history = json.loads((output_dir / "trainer_state.json").read_text())["log_history"]
+    plain = STAGED_1_1_1.stages[0].parameter_count(finished.trainer.model.parameter_groups())
+    assert [e["trainable_params"] for e in history if "stage" in e][0] > plain  # the frozen BatchNorm counted
+
+
+def test_train_bn_resumes_exactly(train_bn_run, dataset, tmp_path):
+    output_dir, _, recorder = train_bn_run
+    _, resumed = run(flags(dataset, tmp_path / "out", "--train_bn", "true", "--save_strategy", "no",
+                           "--resume_from_checkpoint", str(output_dir / "checkpoint-6"), *RANDOM_AUGMENT))
+    assert_same_weights(output_dir, tmp_path / "out")
+    assert resumed.steps == recorder.steps[6:]
 
 
 def test_one_epoch_entry_per_epoch_in_trainer_state(uninterrupted):
@@ -131,11 +171,12 @@ def accelerate_launch(*args: str) -> list[str]:
     return [sys.executable, "-m", "accelerate.commands.launch", *args]
 
 
-def launch_tiny_ddp(dataset: Path, tmp_path: Path, *options: str) -> subprocess.CompletedProcess:
-    """tests/tiny_run.py on two CPU processes, exactly as a user launches DDP."""
+def launch_tiny_ddp(dataset: Path, tmp_path: Path, *options: str, finetune: tuple[str, ...] = ()
+                    ) -> subprocess.CompletedProcess:
+    """tests/tiny_run.py on two CPU processes, exactly as a user launches DDP (`finetune`: more run flags)."""
     command = accelerate_launch("--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision",
                                 "no", "--dynamo_backend", "no", str(TINY_RUN), str(tmp_path / "rec"), *options, "--",
-                                *flags(dataset, tmp_path / "out", "--save_strategy", "no"))
+                                *flags(dataset, tmp_path / "out", "--save_strategy", "no", *finetune))
     return subprocess.run(command, capture_output=True, text=True, timeout=600,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
 
@@ -149,6 +190,17 @@ def test_ddp_on_two_processes_keeps_ranks_identical_and_follows_the_schedule(dat
     assert "all 2 ranks hold identical parameters after the stage ending at step 6" in done.stdout + done.stderr
     for rank in ranks:
         assert_follows_schedule(rank["steps"], STAGED_1_1_1, distributed=True)
+
+
+def test_ddp_with_train_bn_keeps_ranks_identical(dataset, tmp_path):
+    done = launch_tiny_ddp(dataset, tmp_path, finetune=("--train_bn", "true"))
+    assert done.returncode == 0, done.stderr[-4000:]
+    ranks = [json.loads(Path(f"{tmp_path / 'rec'}.rank{r}").read_text()) for r in (0, 1)]
+    assert ranks[0]["checksums"] == ranks[1]["checksums"]
+    assert "all 2 ranks hold identical parameters after the stage ending at step 2" in done.stdout + done.stderr
+    plan = replace(STAGED_1_1_1, train_bn=True).over_steps(STAGED_1_1_1.total_epochs * 2)  # 2 steps an epoch a rank
+    for rank in ranks:
+        assert_trains_frozen_batchnorm(rank["steps"], plan)
 
 
 def test_ddp_rank_mismatch_stops_the_run_with_a_clear_error(dataset, tmp_path):

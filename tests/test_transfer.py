@@ -7,6 +7,7 @@ from collections import Counter
 
 import numpy as np
 import pytest
+import tiny_run
 import torch
 import torchvision
 from helpers import hub_layout_folder, image_folder, saved_to_disk, tiny_dataset
@@ -18,7 +19,18 @@ from modeling_resnet_cbam import ResNetCBAMConfig, ResNetCBAMForImageClassificat
 from training.cli import finetune_main
 from training.data import DataArguments, DataError, labels_of, load_image_data
 from training.device_data import DeviceData
-from training.study import StudyArguments, StudyError, run_study, seed_list, study_main, study_rows, summarise
+from training.study import (
+    STUDY_RUN,
+    StudyArguments,
+    StudyError,
+    row_flags,
+    run_result,
+    run_study,
+    seed_list,
+    study_main,
+    study_rows,
+    summarise,
+)
 
 torch.backends.mkldnn.deterministic = True
 
@@ -215,7 +227,10 @@ def test_the_study_runs_every_row_once_per_seed_and_writes_its_results(study):
     assert [row.name for row in study_rows(StudyArguments())] == [
         "scratch-fast", "full-lr0.001", "full-lr0.0001", "fine_tune", "seed-exact", "staged", "staged-paper-cbam",
         "staged-no-cbam", "staged-kept-stem", "staged-lr1e-4-kept-stem", "full-lr0.001-kept-stem",
-        "full-lr0.0001-kept-stem"]
+        "full-lr0.0001-kept-stem", "staged-train-bn-kept-stem", "full-cosine-lr0.0001-kept-stem",
+        *(f"{name}-no-cbam" for name in ("staged-kept-stem", "staged-lr1e-4-kept-stem", "full-lr0.001-kept-stem",
+                                         "full-lr0.0001-kept-stem", "staged-train-bn-kept-stem",
+                                         "full-cosine-lr0.0001-kept-stem"))]
     names = TINY_ROWS
     assert [(run["seed"], run["name"]) for run in results["runs"]] == [(s, n) for s in (42, 43) for n in names]
     for run in results["runs"]:
@@ -321,7 +336,38 @@ def test_report_only_runs_nothing_and_tables_each_row_over_the_seeds_it_has(stud
     assert "pretrain" in results and "(of 42, 43, 44)" in (out / "results.md").read_text()
 
 
+def test_the_rows_at_the_defaults_length_evaluate_every_fifth_epoch_and_pair_with_cbam():
+    args = StudyArguments(stage_epochs="5,15,30", eval_every=5, reference="staged-kept-stem")
+    rows = {row.name: row for row in study_rows(args)}
+    flags = row_flags(args, rows["staged-train-bn-kept-stem"], 42)
+    assert flags[flags.index("--eval_strategy"):][:4] == ["--eval_strategy", "steps", "--eval_steps", "0.1"]  # 5, 10..
+    assert "--train_bn" in flags and flags[flags.index("--stage_epochs") + 1] == "5,15,30"
+    cosine = rows["full-cosine-lr0.0001-kept-stem"].flags
+    assert cosine[cosine.index("--lr_scheduler_type") + 1] == "cosine" and "--warmup_steps" in cosine
+    plain = rows["full-lr0.0001-kept-stem-no-cbam"].flags
+    assert plain == (*(f for f in rows["full-lr0.0001-kept-stem"].flags if f not in ("--cbam_init", "identity")),
+                     "--cbam_placement", "none")
+    assert "--eval_strategy" not in row_flags(StudyArguments(), rows["staged"], 42)  # every epoch by default
+
+
+def test_evaluations_every_few_epochs_still_give_every_stage_end_and_the_whole_time(dataset, tmp_path):
+    out = tmp_path / "out"
+    argv = [*tiny_run.TINY, "--dataset_name", str(dataset), "--validation_split", "8", "--output_dir", str(out),
+            "--stage_epochs", "2,2,2", "--eval_strategy", "steps", "--eval_steps", f"{2 / 6:g}", "--save_strategy",
+            "no"]
+    tiny_run.run(argv[len(tiny_run.TINY):])
+    (out / STUDY_RUN).write_text(json.dumps({"argv": argv}))
+    result = run_result("staged", "staged", out, [2, 4, 6])
+    assert [(e["epoch"], e["stage"]) for e in result["epochs"]] == [(2, 1), (4, 2), (6, 3)]
+    assert None not in result["accuracy_at_stage_ends"]
+    history = json.loads((out / "trainer_state.json").read_text())["log_history"]
+    assert result["wall_seconds"] > 0 and len([e for e in history if "epoch_time" in e]) == 3
+
+
 @pytest.mark.parametrize("flags, words", [(["--stage_epochs", "2,6"], "three positive integers"),
+                                          (["--stage_epochs", "5,15,30", "--eval_every", "4"],
+                                           "must divide every stage's end (epochs 5, 20, 50)"),
+                                          (["--reference", "bogus"], "--reference: unknown row bogus"),
                                           (["--runs", "staged,bogus"], "unknown rows bogus"),
                                           (["--full_lrs", "0"], "positive learning rates"),
                                           (["--train_per_class", "-1"], "--train_per_class must be at least 0"),

@@ -17,6 +17,7 @@ from transformers import TrainerCallback
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from training.arguments import parse_arguments  # noqa: E402
+from training.callbacks import batchnorm_affine  # noqa: E402
 from training.cli import setup_logging  # noqa: E402
 from training.run import prepare_run, train_and_evaluate  # noqa: E402
 from training.stages import GROUPS  # noqa: E402
@@ -63,21 +64,28 @@ class Recorder(TrainerCallback):
         self.buffers_before = running_stats(model)
 
     def on_pre_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
-        self.lrs = {group["group"]: group["lr"] for group in optimizer.param_groups}
+        self.lrs = {group["group"]: group["lr"] for group in optimizer.param_groups if not group.get("batchnorm")}
+        self.batchnorm_lrs = {group["group"]: group["lr"] for group in optimizer.param_groups if group.get("batchnorm")}
 
     def on_step_end(self, args, state, control, model=None, optimizer=None, lr_scheduler=None, **kwargs):
         step = state.global_step - 1
         head = parameters_by_group(model)["head"][0]
         after = parameters_by_group(model)
+        batchnorm = {id(p) for p in batchnorm_affine(model)}
+        changed = {g: [not torch.equal(a, b) for a, b in zip(self.before[g], after[g], strict=True)] for g in GROUPS}
         self.steps.append(
             {
                 "step": step,
                 "stage": lr_scheduler.plan.stage_index(step),
                 "lrs": self.lrs,
                 "adam_step": float(optimizer.state[head]["step"]) if "step" in optimizer.state.get(head, {}) else None,
-                "changed": {
-                    g: any(not torch.equal(a, b) for a, b in zip(self.before[g], after[g], strict=True)) for g in GROUPS
-                },
+                "changed": {g: any(changed[g]) for g in GROUPS},
+                "batchnorm_lrs": self.batchnorm_lrs,
+                # which of the group's parameters changed: its BatchNorm scale and shift, and the others
+                "batchnorm_changed": {g: any(c for c, p in zip(changed[g], after[g], strict=True) if id(p) in batchnorm)
+                                      for g in GROUPS},
+                "others_changed": {g: any(c for c, p in zip(changed[g], after[g], strict=True)
+                                          if id(p) not in batchnorm) for g in GROUPS},
                 "requires_grad": {g: all(p.requires_grad for p in after[g]) for g in GROUPS},
                 "running_stats_changed": {
                     g: not torch.equal(self.buffers_before[g], now) for g, now in running_stats(model).items()

@@ -104,6 +104,11 @@ class StageArguments:
         default="train", metadata={"help": "train (frozen groups' BatchNorm statistics update, as the tutorial) or "
                                    "frozen (their BatchNorm in eval mode)."}
     )
+    train_bn: bool = field(
+        default=False, metadata={"help": "Also train the BatchNorm scale and shift of the frozen groups (fastai's and "
+                                 "Lightning's train_bn), at the lowest rate of the stage; their convolutions stay "
+                                 "frozen. Default: off (a frozen group is entirely fixed)."}
+    )
     scale_lr_with_batch: bool = field(
         default=False, metadata={"help": "Multiply every stage's lr by (global batch / the recipe's batch: "
                                  f"{stages.FAST_BATCH} for fast, {stages.TUTORIAL_BATCH} for the others): the linear "
@@ -568,4 +573,6 @@ def build_schedule(stage_args: StageArguments, training_args: FinetuneTrainingAr
         args = training_args
         batch = args.per_device_train_batch_size * args.world_size * args.gradient_accumulation_steps
         schedule = schedule.scaled(batch / stages.recipe_batch(stage_args.recipe))
+    if stage_args.train_bn:
+        schedule = dataclasses.replace(schedule, train_bn=True)
     return schedule.validate(num_train_epochs)

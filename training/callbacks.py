@@ -20,15 +20,34 @@ def _set_eval_mode(module: nn.Module, _inputs) -> None:
     module.train(False)
 
 
-def freeze_for_stage(model, stage: Stage, distributed: bool) -> list[nn.Parameter]:
-    """Make `stage`'s groups the trained ones; return the parameters whose gradients must be dropped.
+def batchnorm_affine(model: nn.Module) -> list[nn.Parameter]:
+    """The scale and shift of every BatchNorm layer: what `train_bn` keeps training in the frozen groups."""
+    return [parameter for module in model.modules() if isinstance(module, nn.modules.batchnorm._BatchNorm)
+            for parameter in (module.weight, module.bias) if parameter is not None]
 
-    One process: frozen groups get requires_grad=False (no weight gradients are computed for them), nothing to drop.
-    Several processes: every parameter stays trainable, since DDP only all-reduces what required grad when it
-    wrapped the model; the frozen groups' parameters are returned, to be dropped before each optimizer step.
+
+def frozen_parameters(model: nn.Module, stage: Stage, train_bn: bool) -> list[nn.Parameter]:
+    """The parameters `stage` leaves unchanged: those of the groups it does not train, but for their BatchNorm
+    scale and shift with `train_bn`."""
+    kept = {id(p) for p in batchnorm_affine(model)} if train_bn else set()
+    return [p for group, parameters in model.parameter_groups().items() if group not in stage.lrs
+            for p in parameters if id(p) not in kept]
+
+
+def trained_parameter_count(model: nn.Module, stage: Stage, train_bn: bool) -> int:
+    frozen = sum(p.numel() for p in frozen_parameters(model, stage, train_bn))
+    return sum(p.numel() for p in model.parameters()) - frozen
+
+
+def freeze_for_stage(model, stage: Stage, distributed: bool, train_bn: bool = False) -> list[nn.Parameter]:
+    """Make `stage`'s groups the trained ones (with `train_bn`, and the frozen groups' BatchNorm scale and shift);
+    return the parameters whose gradients must be dropped.
+
+    One process: frozen parameters get requires_grad=False (no weight gradients are computed for them), nothing to
+    drop. Several processes: every parameter stays trainable, since DDP only all-reduces what required grad when it
+    wrapped the model; the frozen parameters are returned, to be dropped before each optimizer step.
     """
-    frozen = [p for group, parameters in model.parameter_groups().items() if group not in stage.lrs
-              for p in parameters]
+    frozen = frozen_parameters(model, stage, train_bn)
     if distributed:
         return frozen
     model.requires_grad_(True)
@@ -76,7 +95,7 @@ class StageCallback(TrainerCallback):
     def _apply(self, index: int, schedule, model: nn.Module, distributed: bool) -> None:
         self.applied = index
         stage = schedule.stages[index]
-        self._dropped = freeze_for_stage(model, stage, distributed)
+        self._dropped = freeze_for_stage(model, stage, distributed, schedule.train_bn)
         self._remove_hooks()
         if self.bn_policy == "frozen":
             self._hooks = [
@@ -86,15 +105,18 @@ class StageCallback(TrainerCallback):
                 and model.parameter_group(f"{name}.weight") not in stage.lrs
             ]
         first = schedule.first_epochs()[index] + 1
+        frozen_bn = (f", and the frozen groups' BatchNorm scale and shift at lr {min(stage.lrs.values()):g}"
+                     if schedule.train_bn and len(stage.groups) < len(GROUPS) else "")
         logger.info(
-            "Stage %d/%d (epochs %d-%d%s): training %s; %s of %s parameters trainable%s",
+            "Stage %d/%d (epochs %d-%d%s): training %s%s; %s of %s parameters trainable%s",
             index + 1,
             len(schedule.stages),
             first,
             first + stage.epochs - 1,
             f", {stage.name}" if stage.name else "",
             stage.describe(),
-            f"{stage.parameter_count(model.parameter_groups()):,}",
+            frozen_bn,
+            f"{trained_parameter_count(model, stage, schedule.train_bn):,}",
             f"{sum(p.numel() for p in model.parameters()):,}",
             f"; BatchNorm of {len(self._hooks)} frozen layers in eval mode" if self._hooks else "",
         )

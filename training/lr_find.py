@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from training.callbacks import freeze_for_stage
+from training.callbacks import batchnorm_affine, freeze_for_stage, trained_parameter_count
 from training.hardware import autocast, mixed_precision
 from training.run import Run
 
@@ -59,9 +59,12 @@ def range_test(run: Run, stage_index: int, start_lr: float, end_lr: float, steps
     trainer = run.trainer
     args, model = trainer.args, trainer.model.to(trainer.args.device)
     stage = trainer.schedule.stages[stage_index]
-    freeze_for_stage(model, stage, distributed=False)
-    groups = model.parameter_groups()
-    optimizer = args.optimizer.build({g: groups[g] for g in stage.groups}, args.device)
+    train_bn = trainer.schedule.train_bn
+    freeze_for_stage(model, stage, distributed=False, train_bn=train_bn)
+    trained = {id(p) for p in model.parameters() if p.requires_grad}
+    groups = {g: [p for p in parameters if id(p) in trained] for g, parameters in model.parameter_groups().items()}
+    optimizer = args.optimizer.build({g: parameters for g, parameters in groups.items() if parameters}, args.device,
+                                     batchnorm_affine(model) if train_bn else ())
     peak = max(stage.lrs.values())
     mixed = mixed_precision(args.bf16, args.fp16)
     scaler = torch.amp.GradScaler(args.device.type, enabled=mixed == "fp16")
@@ -71,7 +74,7 @@ def range_test(run: Run, stage_index: int, start_lr: float, end_lr: float, steps
     for step in range(steps):
         lr = start_lr * (end_lr / start_lr) ** (step / max(steps - 1, 1))
         for group in optimizer.param_groups:
-            group["lr"] = lr * stage.lrs[group["group"]] / peak
+            group["lr"] = lr * stage.peak_lr(group["group"], group.get("batchnorm", False)) / peak
         inputs = trainer._model_inputs(next(batches), train=True)
         with autocast(args.device, mixed):
             loss = trainer.compute_loss(model, inputs)  # the run's own loss: label smoothing, mixed soft targets
@@ -87,7 +90,8 @@ def range_test(run: Run, stage_index: int, start_lr: float, end_lr: float, steps
             break
         lrs.append(lr)
         losses.append(smoothed)
-    return RangeTest(stage_index + 1, stage.groups, stage.parameter_count(groups), lrs, losses, ended)
+    return RangeTest(stage_index + 1, stage.groups, trained_parameter_count(model, stage, train_bn), lrs, losses,
+                     ended)
 
 
 def _forever(loader):

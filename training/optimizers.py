@@ -4,6 +4,7 @@ One optimizer over every parameter, in param groups fixed for the whole run (one
 weights that decay and 1-D parameters that do not), so a checkpoint's optimizer state fits in every stage.
 """
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -52,17 +53,24 @@ class OptimizerSpec:
                              f"{args.adam_epsilon}")
         return cls(optim, {"betas": betas, "eps": args.adam_epsilon}, args.weight_decay)
 
-    def build(self, groups: dict[str, list[nn.Parameter]], device: torch.device) -> torch.optim.Optimizer:
+    def build(self, groups: dict[str, list[nn.Parameter]], device: torch.device,
+              batchnorm: Iterable[nn.Parameter] = ()) -> torch.optim.Optimizer:
         """The optimizer over `groups` (name -> parameters). Each param group carries its module group's name in
         "group", for the scheduler; weight decay applies to weights of 2 or more dimensions only, never to
-        BatchNorm weights, biases or other 1-D parameters (timm's `param_groups_weight_decay` convention)."""
+        BatchNorm weights, biases or other 1-D parameters (timm's `param_groups_weight_decay` convention). The
+        `batchnorm` parameters (given with --train_bn) go into param groups of their own, marked "batchnorm": they
+        train while the rest of their group is frozen."""
+        apart = {id(p) for p in batchnorm}
         param_groups = []
         for name, parameters in groups.items():
             decayed = [p for p in parameters if p.ndim > 1]
-            kept = [p for p in parameters if p.ndim <= 1]
-            for members, decay in ((decayed, self.weight_decay), (kept, 0.0)):
+            kept = [p for p in parameters if p.ndim <= 1 and id(p) not in apart]
+            scale_shift = [p for p in parameters if id(p) in apart]
+            for members, decay, extra in ((decayed, self.weight_decay, {}), (kept, 0.0, {}),
+                                          (scale_shift, 0.0, {"batchnorm": True})):
                 if members:
-                    param_groups.append({"params": members, "lr": 1.0, "weight_decay": decay, "group": name})
+                    param_groups.append({"params": members, "lr": 1.0, "weight_decay": decay, "group": name,
+                                         **extra})
         optimizer_class, fused = OPTIMIZERS[self.name]
         fused = (fused and device.type in ("cpu", "cuda")) or None
         return optimizer_class(param_groups, lr=1.0, fused=fused, **self.hyperparameters)

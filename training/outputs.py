@@ -9,6 +9,7 @@ from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from training.callbacks import trained_parameter_count
 from training.checkpoints import RUN_DATA
 from training.data import ImageData
 from training.inference import save_attention_map
@@ -74,6 +75,7 @@ class RunRecord:
             # absent when off, as before they existed: older runs' checkpoints still resume
             **({"best_model": self.best_model} if self.best_model else {}),
             **({"mixing": self.mixing} if self.mixing else {}),
+            **({"train_bn": True} if self.schedule.train_bn else {}),
         }
 
     @property
@@ -139,7 +141,6 @@ def write_model_card(record: RunRecord, model, attention_maps: list[str] = ()) -
                                  dataset_name=record.dataset, dataset_split=split, metric_type="accuracy",
                                  metric_value=accuracy)] if record.dataset_on_hub else None,
     )
-    groups = model.parameter_groups()
     card = ModelCard.from_template(
         card_data,
         template_str=TEMPLATE.read_text(),
@@ -153,7 +154,8 @@ def write_model_card(record: RunRecord, model, attention_maps: list[str] = ()) -
         params=f"{sum(p.numel() for p in model.parameters()):,}",
         mean=tuple(round(v, 4) for v in config.image_mean),
         std=tuple(round(v, 4) for v in config.image_std),
-        stages=[(stage, stage.parameter_count(groups)) for stage in record.schedule.stages],
+        stages=[(stage, trained_parameter_count(model, stage, record.schedule.train_bn))
+                for stage in record.schedule.stages],
         epochs=epoch_entries(record.log_history),
         per_class=[(name, f"{value:.2%}") for name, value in metrics[f"{split}_per_class_accuracy"].items()],
         train_time=_duration(metrics["train_runtime"]),

@@ -39,6 +39,13 @@ class Stage:
     def groups(self) -> tuple[str, ...]:
         return tuple(g for g in GROUPS if g in self.lrs)
 
+    def peak_lr(self, group: str, trained_batchnorm: bool = False) -> float:
+        """The peak rate of `group` in this stage, 0 while frozen; of a frozen group's BatchNorm scale and shift
+        that train (`trained_batchnorm`, with train_bn), the stage's lowest rate."""
+        if group in self.lrs:
+            return self.lrs[group]
+        return min(self.lrs.values()) if trained_batchnorm else 0.0
+
     def parameter_count(self, groups: dict[str, list]) -> int:
         """How many parameters this stage trains, given the model's parameters by group."""
         return sum(p.numel() for g in self.groups for p in groups[g])
@@ -76,6 +83,9 @@ class Stage:
 @dataclass(frozen=True)
 class Schedule:
     stages: tuple[Stage, ...]
+    # The BatchNorm scale and shift of the frozen groups train too (fastai's and Lightning's `train_bn`), at the
+    # lowest rate of the stage; their convolutions stay frozen. Off: a frozen group is entirely fixed.
+    train_bn: bool = False
 
     @property
     def total_epochs(self) -> int:
@@ -95,28 +105,31 @@ class Schedule:
 
     def with_lengths(self, epochs: list[int]) -> "Schedule":
         self._check_count(epochs, "--stage_epochs")
-        return Schedule(tuple(replace(s, epochs=e) for s, e in zip(self.stages, epochs, strict=True)))
+        return replace(self, stages=tuple(replace(s, epochs=e) for s, e in zip(self.stages, epochs, strict=True)))
 
     def with_rates(self, lrs: list[float]) -> "Schedule":
         """One rate per stage: every group a stage trains takes its stage's rate."""
         self._check_count(lrs, "--stage_lrs")
-        return Schedule(tuple(replace(s, lrs=dict.fromkeys(s.lrs, lr)) for s, lr in zip(self.stages, lrs, strict=True)))
+        return replace(self, stages=tuple(replace(s, lrs=dict.fromkeys(s.lrs, lr))
+                                          for s, lr in zip(self.stages, lrs, strict=True)))
 
     def with_pretrained_stem(self) -> "Schedule":
         """The stem out of every stage that keeps layer1 frozen: a stem that was loaded with the backbone (the
         ImageNet stem) is not a new module, and trains with the layer it feeds, as the rest of the backbone does."""
-        return Schedule(tuple(s if "layer1" in s.lrs or "stem" not in s.lrs else
-                              replace(s, lrs={g: lr for g, lr in s.lrs.items() if g != "stem"}) for s in self.stages))
+        return replace(self, stages=tuple(s if "layer1" in s.lrs or "stem" not in s.lrs else
+                                          replace(s, lrs={g: lr for g, lr in s.lrs.items() if g != "stem"})
+                                          for s in self.stages))
 
     def scaled(self, factor: float) -> "Schedule":
         """Every rate times `factor` (the linear scaling rule for a batch `factor` times the recipe's)."""
-        return Schedule(tuple(replace(s, lrs={g: lr * factor for g, lr in s.lrs.items()}) for s in self.stages))
+        return replace(self, stages=tuple(replace(s, lrs={g: lr * factor for g, lr in s.lrs.items()})
+                                          for s in self.stages))
 
     def with_shape(self, shape: str, warmup: float = 0.0, warmup_steps: int = 0, start: float = 0.0,
                    floor: float = 0.0) -> "Schedule":
         """The same shape and warmup in every stage (the command line's --lr_scheduler_type and --warmup_*)."""
-        return Schedule(tuple(replace(s, shape=shape, warmup=warmup, warmup_steps=warmup_steps, start=start,
-                                      floor=floor) for s in self.stages))
+        return replace(self, stages=tuple(replace(s, shape=shape, warmup=warmup, warmup_steps=warmup_steps,
+                                                  start=start, floor=floor) for s in self.stages))
 
     def _check_count(self, values: list, flag: str) -> None:
         if len(values) != len(self.stages):
@@ -189,14 +202,15 @@ class StagePlan:
     def stage(self, step: int) -> Stage:
         return self.schedule.stages[self.stage_index(step)]
 
-    def lr(self, group: str, step: int) -> float:
-        """The learning rate of `group` at optimizer step `step`: its stage's rate times the shape, 0 while frozen."""
+    def lr(self, group: str, step: int, batchnorm: bool = False) -> float:
+        """The learning rate of `group` at optimizer step `step`: its stage's rate times the shape, 0 while frozen;
+        of the group's BatchNorm scale and shift (`batchnorm`) with `train_bn`, the stage's lowest rate while
+        frozen."""
         step = min(step, self.last_step - 1)
         index = self.stage_index(step)
         stage = self.schedule.stages[index]
-        if group not in stage.lrs:
-            return 0.0
-        return stage.lrs[group] * stage.factor(step - self.first_steps[index], stage.epochs * self.steps_per_epoch)
+        peak = stage.peak_lr(group, batchnorm and self.schedule.train_bn)
+        return peak and peak * stage.factor(step - self.first_steps[index], stage.epochs * self.steps_per_epoch)
 
     def is_stage_start(self, step: int) -> bool:
         return step in self.first_steps

@@ -9,6 +9,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from torchvision.transforms import v2
 from transformers import Trainer
 
+from training.callbacks import batchnorm_affine, trained_parameter_count
 from training.checkpoints import writing
 from training.ema import EMACallback, WeightEMA
 from training.inference import class_probabilities
@@ -28,7 +29,8 @@ class StageLR(LambdaLR):
 
     def __init__(self, optimizer: torch.optim.Optimizer, plan: StagePlan):
         self.plan = plan
-        super().__init__(optimizer, [_lr_of(plan, group["group"]) for group in optimizer.param_groups])
+        super().__init__(optimizer, [_lr_of(plan, group["group"], group.get("batchnorm", False))
+                                     for group in optimizer.param_groups])
 
     def state_dict(self) -> dict:
         return {key: value for key, value in super().state_dict().items() if key != "plan"}
@@ -42,11 +44,11 @@ class StageLR(LambdaLR):
             self.step()
 
 
-def _lr_of(plan: StagePlan, group: str):
+def _lr_of(plan: StagePlan, group: str, batchnorm: bool):
     """A closure, so that LambdaLR saves no state for it."""
 
     def lr(step: int) -> float:
-        return plan.lr(group, step)
+        return plan.lr(group, step, batchnorm)
 
     return lr
 
@@ -157,8 +159,9 @@ class StagedTrainer(Trainer):
 
     def create_optimizer(self, model=None):
         if self.optimizer is None:
-            groups = self.accelerator.unwrap_model(model or self.model).parameter_groups()
-            self.optimizer = self.args.optimizer.build(groups, self.args.device)
+            model = self.accelerator.unwrap_model(model or self.model)
+            batchnorm = batchnorm_affine(model) if self.schedule.train_bn else ()
+            self.optimizer = self.args.optimizer.build(model.parameter_groups(), self.args.device, batchnorm)
         return self.optimizer
 
     def create_scheduler(self, num_training_steps: int, optimizer=None):
@@ -268,7 +271,8 @@ class StagedTrainer(Trainer):
         stage = self.plan.stage(step)
         return {
             "stage": self.plan.stage_index(step) + 1,
-            "trainable_params": stage.parameter_count(self.accelerator.unwrap_model(self.model).parameter_groups()),
+            "trainable_params": trained_parameter_count(self.accelerator.unwrap_model(self.model), stage,
+                                                        self.schedule.train_bn),
             **{f"lr_{group}": self.plan.lr(group, step) for group in GROUPS},
             "train_loss": loss_sum / seen,
             "train_accuracy": correct / seen,
