@@ -411,8 +411,11 @@ def run_study(args: StudyArguments, finetune) -> dict:
     if any(row.pretrained for row in rows) and (folder := run("pretrain", pretrain_flags(args))):
         results["pretrain"] = run_result("pretrain", "plain ResNet18, ImageNet stem, source classes", folder,
                                          [args.pretrain_epochs])
-        if not args.report_only:
-            logger.info("study: %s", save_torchvision_weights(folder, out / WEIGHTS_FILE))
+        weights, model = out / WEIGHTS_FILE, folder / "model.safetensors"
+        # written once per pretraining: a study restored from its records (docs/runs) has the file, not the model
+        if not args.report_only and model.is_file() and (not weights.is_file() or
+                                                         weights.stat().st_mtime < model.stat().st_mtime):
+            logger.info("study: %s", save_torchvision_weights(folder, weights))
     for seed in args.seed_list:
         for row in rows:
             if folder := run(f"seed{seed}/{row.name}", row_flags(args, row, seed)):
