@@ -23,6 +23,7 @@ from training.study import (
     STUDY_RUN,
     StudyArguments,
     StudyError,
+    results_table,
     row_flags,
     run_result,
     run_study,
@@ -265,7 +266,8 @@ def test_the_study_runs_every_row_once_per_seed_and_writes_its_results(study):
     assert "Initialisation: random" in (out / "seed42" / "scratch-fast" / "README.md").read_text()
     table = (out / "results.md").read_text()
     assert table.count("\n| ") == len(names) and "Pretraining:" in table and "(of 42, 43)" in table
-    assert all(line.split(" | ")[2] == "2" for line in table.splitlines()[2:2 + len(names)])
+    assert all(line.split(" | ")[1] == "2" for line in table.splitlines()[2:2 + len(names)])
+    assert all(f"- `{name}`: " in table for name in names)
     assert Image.open(out / "accuracy.png").size[0] > 500
 
 
@@ -306,6 +308,23 @@ def test_the_summary_pairs_each_seed_with_the_reference_and_says_when_a_differen
     assert rows["steady"]["difference"]["clear"]
     assert rows["noisy"]["difference"]["mean"] == pytest.approx(0.05 / 3) and not rows["noisy"]["difference"]["clear"]
     assert rows["steady"]["epochs"][0]["spread"] == pytest.approx(statistics.stdev(steady))
+
+
+def test_a_row_without_cbam_says_what_cbam_adds_to_its_twin_seed_by_seed():
+    def run(name, seed, final):
+        return {"name": name, "seed": seed, "description": f"about {name}", "final_accuracy": final,
+                "best_accuracy": final, "wall_seconds": 60.0, "stage_ends": [1], "accuracy_at_stage_ends": [final],
+                "epochs": [{"epoch": 1, "stage": 1, "accuracy": final}]}
+
+    runs = [run("full", seed, final) for seed, final in ((1, 0.80), (2, 0.70), (3, 0.75))]
+    runs += [run("full-no-cbam", seed, final) for seed, final in ((1, 0.79), (2, 0.68), (3, 0.75))]
+    rows = {row["name"]: row for row in summarise(runs, ["full", "full-no-cbam"], "full")}
+    gain = rows["full-no-cbam"]["cbam_gain"]
+    assert gain["mean"] == pytest.approx(0.01) and gain["seeds"] == 3 and not gain["clear"]
+    assert "cbam_gain" not in rows["full"]
+    table = results_table({"rows": list(rows.values()), "reference": "full", "seeds": [1, 2, 3]})
+    assert "What CBAM adds" in table and "`full` +1.0 ± 0.6" in table
+    assert "- `full-no-cbam`: about full-no-cbam" in table
 
 
 @pytest.mark.parametrize("text, seeds", [("3", [42, 43, 44]), ("1", [42]), ("7,1", [7, 1])])

@@ -1,6 +1,6 @@
 """PNG figures: image grids, training curves, confusion matrices (matplotlib, headless)."""
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import matplotlib
@@ -136,15 +136,21 @@ def plot_accuracy_over_time(runs: dict[str, list[dict]], path: str | Path, title
     return _save(figure, path)
 
 
-def plot_study(rows: list[dict], path: str | Path, title: str = "") -> Path:
+def plot_study(rows: list[dict], path: str | Path, title: str = "",
+               style: Callable[[str], tuple[str, str]] = lambda name: (name, "-"), styles_said: str = "") -> Path:
     """The transfer study's figure: validation accuracy against epoch, one line per row (its mean over the seeds,
     with a band of one standard deviation where an epoch has a `spread`), each row's stage ends marked with a
-    diamond on its own line (training/study.py's summaries)."""
+    diamond on its own line (training/study.py's summaries). `style(row name)` gives the row's colour key (rows
+    sharing it share a colour) and line style, which `styles_said` explains under the axis."""
+    keys = list(dict.fromkeys(style(row["name"])[0] for row in rows))
+    palette = plt.get_cmap("tab10" if len(keys) <= 10 else "tab20")
     figure, axis = plt.subplots(figsize=(11, 6.5))
     for row in rows:
         epochs = [entry["epoch"] for entry in row["epochs"]]
         accuracy = [100 * entry["accuracy"] for entry in row["epochs"]]
-        (line,) = axis.plot(epochs, accuracy, "-", linewidth=1.5, label=f"{row['name']}: {accuracy[-1]:.1f}%")
+        key, linestyle = style(row["name"])
+        (line,) = axis.plot(epochs, accuracy, linestyle=linestyle, linewidth=1.5, color=palette(keys.index(key)),
+                            label=f"{row['name']}: {accuracy[-1]:.1f}%")
         spreads = [entry.get("spread") for entry in row["epochs"]]
         if None not in spreads:
             axis.fill_between(epochs, [a - 100 * s for a, s in zip(accuracy, spreads, strict=True)],
@@ -154,7 +160,8 @@ def plot_study(rows: list[dict], path: str | Path, title: str = "") -> Path:
                                              strict=True) if a is not None]
         if ends:
             axis.plot(*zip(*ends, strict=True), "D", color=line.get_color(), markersize=6)
-    axis.set(xlabel="epoch (diamonds: the end of a stage)", ylabel="validation accuracy (%)",
+    axis.set(xlabel="epoch (diamonds: the end of a stage)" + (f"\n{styles_said}" if styles_said else ""),
+             ylabel="validation accuracy (%)",
              title=title or "Validation accuracy per epoch")
     axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     axis.grid(alpha=0.3)
