@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 import torch
 import torchvision
+from datasets import Dataset
+from datasets import Image as ImageFeature
 from helpers import load_script, tiny_dataset
-from PIL import Image
+from PIL import Image, ImageOps
 from safetensors.torch import load_file
 from torchvision.models.resnet import BasicBlock
 
@@ -27,7 +29,8 @@ from training.defaults import (
     resolve_architecture,
     wants_pretrained_stem,
 )
-from training.images import SizeProfile
+from training.images import SizeProfile, decode_image, profile_sizes
+from training.inference import preprocess_image
 from training.stages import recipe
 from training.synthetic import hub_layout_folder
 
@@ -272,3 +275,28 @@ def test_a_checkpoint_from_before_crop_pct_existed_still_resumes(tmp_path):
     assert changed_facts(tmp_path, {"model": {**model, "crop_pct": 0.875}, "seed": 42}) == [
         'model: {"crop_pct": 1.0, "depths": [2, 2, 2, 2], "stem": "cifar", "image_size": 32} in the checkpoint, '
         '{"depths": [2, 2, 2, 2], "stem": "cifar", "image_size": 32, "crop_pct": 0.875} now']
+
+
+def turned_photo(path: Path) -> Image.Image:
+    """A 40x20 JPEG stored sideways, as a phone stores a portrait photo: EXIF orientation 6 tells a viewer to turn it
+    90 degrees clockwise, to 20x40. Returns what a viewer shows."""
+    stored = Image.new("RGB", (40, 20), "red")
+    stored.paste("blue", (20, 0, 40, 20))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    stored.save(path, exif=exif)
+    with Image.open(path) as opened:
+        return ImageOps.exif_transpose(opened).convert("RGB")
+
+
+def test_photos_are_read_upright_as_viewers_datasets_and_pipeline_show_them(tmp_path):
+    upright = turned_photo(tmp_path / "portrait.jpg")
+    assert upright.size == (20, 40)
+    value = {"path": str(tmp_path / "portrait.jpg"), "bytes": None}
+    decoded = decode_image(value, "train", 0)  # training, inspect_data, evaluate_model, the demo's examples
+    assert decoded.size == (20, 40) and np.array_equal(np.asarray(decoded), np.asarray(upright))
+    split = Dataset.from_dict({"image": [value]}).cast_column("image", ImageFeature(decode=False))
+    assert profile_sizes(split, "image").sizes == ((20, 40),)  # the input preset sees a portrait photo
+    seen = preprocess_image(lambda image, return_tensors: {"pixel_values": [np.asarray(image)]},
+                            tmp_path / "portrait.jpg")  # predict, attention maps, the demo
+    assert np.array_equal(seen, np.asarray(upright))

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from datasets import Dataset, DatasetDict
-from PIL import Image
+from PIL import Image, ImageOps
 
 logger = logging.getLogger(__name__)
 
@@ -31,14 +31,31 @@ def _image_source(value: dict):
     return io.BytesIO(value["bytes"]) if value.get("bytes") else value["path"]
 
 
+EXIF_ORIENTATION = 0x0112  # the tag every phone and camera writes: how to turn the stored pixels to show them
+TURNED = {5, 6, 7, 8}  # its values that turn the image by 90 degrees (width and height swap)
+
+
+def upright_rgb(image: Image.Image) -> Image.Image:
+    """An image as a viewer shows it, in RGB: its EXIF orientation applied (as `datasets` and transformers'
+    `pipeline` do, so that training and every use of the saved model see the same photo), any mode converted."""
+    return ImageOps.exif_transpose(image).convert("RGB")
+
+
+def upright_size(image: Image.Image) -> tuple[int, int]:
+    """(width, height) as a viewer shows the image, from its header: swapped where its EXIF orientation turns it."""
+    width, height = image.size
+    return (height, width) if image.getexif().get(EXIF_ORIENTATION) in TURNED else (width, height)
+
+
 def decode_image(value: dict | Image.Image, split: str, row: int) -> Image.Image:
-    """An RGB PIL image from a `datasets` image value; a DataError naming split, row and file when it is bad."""
+    """An upright RGB PIL image from a `datasets` image value; a DataError naming split, row and file when it is
+    bad."""
     if isinstance(value, Image.Image):
-        return value.convert("RGB")
+        return upright_rgb(value)
     try:
         with Image.open(_image_source(value)) as image:
             image.load()
-            return image.convert("RGB")
+            return upright_rgb(image)
     except Exception as error:
         where = f" ({value['path']})" if value.get("path") else ""
         raise DataError(f"cannot decode the image of {split} row {row}{where}: {error}") from error
@@ -105,10 +122,10 @@ def profile_sizes(split: Dataset, image_column: str, sample: int = 1000, seed: i
     for value in split.select(sorted(rows.tolist()))[image_column]:
         try:
             if isinstance(value, Image.Image):
-                sizes.append(value.size)
+                sizes.append(upright_size(value))
                 continue
             with Image.open(_image_source(value)) as image:
-                sizes.append(image.size)
+                sizes.append(upright_size(image))
         except Exception:  # noqa: BLE001 - any unreadable header: decoding reports the file
             continue
     return SizeProfile(tuple(sizes), len(split))

@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, Dataset
 from transformers import AutoImageProcessor, AutoModelForImageClassification
 
 from modeling_resnet_cbam import ResNetCBAMConfig
+from training.images import upright_rgb
 from training.plots import denormalize, plot_attention, save_image_grid
 
 IMAGE_SUFFIXES = {suffix for suffix, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
@@ -72,10 +73,10 @@ def load_model(name_or_path: str, device: str | None = None):
 
 
 def preprocess_image(processor, image: str | Path | Image.Image) -> torch.Tensor:
-    """One image (a file or a PIL image) as the model's (3, H, W) input: any mode converted to RGB (grayscale,
-    palette, RGBA, CMYK, 16-bit), then the processor's steps."""
+    """One image (a file or a PIL image) as the model's (3, H, W) input: upright (its EXIF orientation applied, as
+    in training) and in RGB (grayscale, palette, RGBA, CMYK, 16-bit converted), then the processor's steps."""
     if isinstance(image, Image.Image):
-        return processor(image.convert("RGB"), return_tensors="pt")["pixel_values"][0]
+        return processor(upright_rgb(image), return_tensors="pt")["pixel_values"][0]
     with Image.open(image) as opened:
         return preprocess_image(processor, opened)
 
