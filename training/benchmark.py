@@ -16,6 +16,7 @@ from modeling_resnet_cbam import ResNetCBAMConfig, ResNetCBAMForImageClassificat
 from training.arguments import FinetuneTrainingArguments, ModelArguments, StageArguments
 from training.data import DataArguments
 from training.hardware import autocast, mixed_precision, precision
+from training.images import upright_rgb
 from training.run import build_run
 from training.synthetic import hub_layout_folder, random_dataset
 
@@ -171,7 +172,7 @@ def decode_throughput(files: list[Path], draft: int | None = None) -> float:
         with Image.open(path) as image:
             if draft:
                 image.draft("RGB", (draft, draft))
-            image.convert("RGB")
+            upright_rgb(image)  # as training decodes
     return len(files) / (time.perf_counter() - started)
 
 
