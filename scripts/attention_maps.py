@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from training.inference import model_and_images, output_stems, preprocess_image, save_attention_map
-from training.script_args import check_at_least, script_parser
+from training.script_args import check_at_least, check_output_folder, script_parser
 
 
 @dataclass
@@ -30,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         parser = script_parser(AttentionArguments)
         args, paths = parser.parse_args_into_dataclasses(argv, return_remaining_strings=True)
+        check_output_folder("--out_dir", args.out_dir)
         model, processor, files = model_and_images(args.model, paths, args.device)
         if not model.cbam_names:
             raise ValueError(f"{args.model} has no CBAM (cbam_placement none): it has no attention to show")

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from training.plots import accuracy_over_time, plot_accuracy_over_time
-from training.script_args import script_parser
+from training.script_args import check_output_file, script_parser
 
 
 @dataclass
@@ -25,6 +25,11 @@ class CompareArguments:
 
 def main(argv: list[str] | None = None) -> int:
     args, runs = script_parser(CompareArguments).parse_known_args(argv)
+    try:
+        check_output_file("--plot", args.plot, ".png")
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     histories = {}
     for run in runs:
         folder, _, label = run.partition("=")

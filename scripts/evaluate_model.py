@@ -19,7 +19,7 @@ from training.data import DataArguments
 from training.inference import check_tta, evaluate_split, evaluation_report, load_model
 from training.outputs import read_run_data
 from training.plots import plot_confusion_matrix
-from training.script_args import check_at_least, script_parser
+from training.script_args import check_at_least, check_output_file, script_parser
 
 
 @dataclass
@@ -62,6 +62,9 @@ def data_to_evaluate(args: EvaluateArguments, data_args: DataArguments) -> tuple
 def main(argv: list[str] | None = None) -> int:
     try:
         args, data_args = script_parser((EvaluateArguments, DataArguments)).parse_args_into_dataclasses(argv)
+        check_output_file("--json", args.json, ".json")
+        check_output_file("--plot", args.plot, ".png")
+        check_output_file("--top_losses_plot", args.top_losses_plot if args.top_losses else None, ".png")
         data_args, split, seed = data_to_evaluate(args, data_args)
         model, processor = load_model(args.model, args.device)
         result = evaluate_split(model, processor, data_args, split, seed, args.batch_size, args.tta,

@@ -12,7 +12,7 @@ import torch
 
 from training.data import DataArguments, data_facts, data_report, load_image_data
 from training.plots import save_image_grid
-from training.script_args import check_at_least, script_parser
+from training.script_args import check_at_least, check_output_file, script_parser
 
 
 @dataclass
@@ -33,6 +33,8 @@ class InspectArguments:
 def main(argv: list[str] | None = None) -> int:
     try:
         data_args, args = script_parser((DataArguments, InspectArguments)).parse_args_into_dataclasses(argv)
+        check_output_file("--json", args.json, ".json")
+        check_output_file("--grid", args.grid, ".png")
         torch.manual_seed(args.seed)
         data = load_image_data(data_args, seed=args.seed, pretrained_stem=args.pretrained)
     except ValueError as error:  # DataError included

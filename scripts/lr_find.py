@@ -22,7 +22,7 @@ from training.hardware import configure_threads
 from training.lr_find import range_test
 from training.plots import plot_lr_find
 from training.run import build_run
-from training.script_args import check_at_least, flags_given
+from training.script_args import check_at_least, check_output_file, flags_given
 
 # Fine-tuning flags about what a run keeps, evaluates or publishes: refused here rather than silently ignored
 UNUSED = ("--push_to_hub", "--hub_strategy", "--resume_from_checkpoint", "--export_onnx", "--load_best_model_at_end",
@@ -58,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
             description="The learning-rate range test for one stage (its flags first); every scripts/finetune.py "
                         "flag chooses the data, model, weights, recipe, batch, optimizer and precision, as for "
                         "training (--output_dir is not written to: nothing is saved but --plot).")
+        check_output_file("--plot", args.plot, ".png")
         schedule = build_schedule(stage_args, training_args)
         if args.stage > len(schedule.stages):
             raise ValueError(f"--stage {args.stage}: the recipe has {len(schedule.stages)} stage(s)")

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from tqdm.auto import tqdm
 
 from training.inference import check_tta, model_and_images, predict_files
-from training.script_args import check_at_least, script_parser
+from training.script_args import check_at_least, check_output_file, script_parser
 
 
 @dataclass
@@ -35,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         parser = script_parser(PredictArguments)
         args, paths = parser.parse_args_into_dataclasses(argv, return_remaining_strings=True)
+        check_output_file("--json", args.json, ".json", inputs=paths)
         model, processor, files = model_and_images(args.model, paths, args.device)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)

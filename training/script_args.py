@@ -2,6 +2,8 @@
 comma-separated lists that refuse a bad value by its flag before anything loads."""
 
 import argparse
+from collections.abc import Sequence
+from pathlib import Path
 
 from transformers import HfArgumentParser
 
@@ -22,6 +24,38 @@ def check_at_least(args, **minimums: int) -> None:
     for name, minimum in minimums.items():
         if getattr(args, name) < minimum:
             raise ValueError(f"--{name} must be at least {minimum}, got {getattr(args, name)}")
+
+
+def check_output_file(flag: str, path: str | None, suffix: str, inputs: Sequence[str | Path] = ()) -> None:
+    """Refuse, before any work, an output file (`flag`'s value; None: not asked for) that would replace something
+    of the user's or cannot be written: one of the command's `inputs`, a folder, a path under a file, or an existing
+    file of another type than the `suffix` written (a photo given as --plot)."""
+    if path is None:
+        return
+    target = Path(path)
+    if any(target.resolve() == Path(given).resolve() for given in inputs):
+        raise ValueError(f"{flag} {path} is one of this command's inputs: writing there would replace it; give "
+                         "another file name")
+    _check_parents(flag, target)
+    if target.is_dir():
+        raise ValueError(f"{flag} {path} is a folder; give a file name, e.g. {target / ('output' + suffix)}")
+    if target.exists() and target.suffix.lower() != suffix:
+        raise ValueError(f"{flag} {path} exists and is not a {suffix} file: this command would replace it with its "
+                         f"{suffix} output; give another file name")
+
+
+def check_output_folder(flag: str, path: str) -> None:
+    """Refuse, before any work, an output folder that is a file or lies under one."""
+    target = Path(path)
+    _check_parents(flag, target)
+    if target.exists() and not target.is_dir():
+        raise ValueError(f"{flag} {path} is a file, not a folder; give a folder (it is created if missing)")
+
+
+def _check_parents(flag: str, target: Path) -> None:
+    blocking = next((parent for parent in target.parents if parent.exists() and not parent.is_dir()), None)
+    if blocking is not None:
+        raise ValueError(f"{flag} {target}: {blocking} is a file, not a folder")
 
 
 def comma_list(text: str | None, kind, flag: str) -> list | None:
