@@ -1,7 +1,16 @@
-"""Round four of trying the project as a new user would: no user file is ever replaced by an output flag."""
+"""Round four of trying the project as a new user would: no user file is replaced by an output flag, and every
+mistake is named before any work."""
+
+import json
 
 import pytest
+import torch
 from helpers import load_script, random_image
+from tiny_run import TINY
+
+from training.cli import finetune_main
+from training.inference import inference_device
+from training.study import study_main
 
 
 @pytest.fixture
@@ -36,3 +45,51 @@ def test_an_output_flag_never_replaces_a_users_file(tmp_path, photo, capsys, scr
     assert load_script(script).main([place(flag) for flag in flags]) == 2
     assert place(words) in capsys.readouterr().err
     assert photo.read_bytes() == before
+
+
+def test_report_only_on_a_missing_or_empty_study_folder_is_an_error_that_writes_nothing(tmp_path, capsys):
+    assert study_main(["--output_dir", str(tmp_path / "absent"), "--report_only", "true"]) == 2
+    assert "is not a folder of the study's runs" in capsys.readouterr().err and not (tmp_path / "absent").exists()
+    (tmp_path / "empty").mkdir()
+    assert study_main(["--output_dir", str(tmp_path / "empty"), "--report_only", "true"]) == 2
+    assert "holds no finished run of these flags" in capsys.readouterr().err
+    assert list((tmp_path / "empty").iterdir()) == []
+
+
+@pytest.mark.parametrize("content, words", [
+    (None, "the run file cannot be read"),
+    ("recipe: [staged\n", "not valid YAML"),
+    ("- --recipe\n- fast\n", "holds one mapping of flag names to values"),
+    ("", "not nothing"),
+])
+def test_a_bad_run_file_is_named_without_a_traceback(tmp_path, capsys, content, words):
+    path = tmp_path / "run.yaml"
+    if content is not None:
+        path.write_text(content)
+    assert finetune_main([str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}: " in err and words in err and "Traceback" not in err
+
+
+def test_image_size_zero_is_refused_not_replaced_by_the_default(tmp_path, capsys):
+    assert finetune_main(["--image_size", "0", "--output_dir", str(tmp_path / "out")]) == 2
+    assert "--image_size must be at least 16 px" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("device, words", [("gpu", "is not a device"), ("meta", "only cpu and cuda"),
+                                           pytest.param("cuda", "sees no CUDA GPU", marks=pytest.mark.skipif(
+                                               torch.cuda.is_available(), reason="a GPU is present here"))])
+def test_a_device_this_machine_cannot_use_is_named(device, words):
+    with pytest.raises(ValueError, match=words):
+        inference_device(device)
+
+
+def test_a_stage_that_trains_a_group_the_model_lacks_is_refused_before_training(dataset, tmp_path, capsys):
+    stages = tmp_path / "stages.json"
+    stages.write_text(json.dumps([{"epochs": 1, "train": ["cbam"], "lr": 1e-3}, {"epochs": 1, "lr": 1e-4}]))
+    code = finetune_main([*TINY, "--dataset_name", str(dataset), "--output_dir", str(tmp_path / "out"),
+                          "--stages_file", str(stages), "--cbam_placement", "none", "--stage_epochs", "1,1"])
+    assert code == 2
+    assert "stage 1 trains cbam, which hold no parameter in this model (--cbam_placement none" in \
+        capsys.readouterr().err
+    assert not (tmp_path / "out" / "checkpoint-1").exists()

@@ -526,7 +526,7 @@ def parse_arguments(argv: list[str] | None = None, extra: tuple = (), descriptio
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) == 1 and argv[0].endswith((".json", ".yaml", ".yml")):
         path = Path(argv[0])
-        values = json.loads(path.read_text()) if path.suffix == ".json" else yaml.safe_load(path.read_text())
+        values = read_run_file(path)
         try:
             return parser.parse_dict({**recipe_defaults(values.get("recipe"), values.get("optim")), **values})
         except ValueError as error:  # an unknown key, or a value its dataclass refuses: said with the file
@@ -537,6 +537,24 @@ def parse_arguments(argv: list[str] | None = None, extra: tuple = (), descriptio
     given = probe.parse_known_args(argv)[0]
     parser.set_defaults(**recipe_defaults(given.recipe, given.optim))
     return parser.parse_args_into_dataclasses(argv)
+
+
+def read_run_file(path: Path) -> dict:
+    """The flags a run file (`finetune.py run.yaml`) holds, as one mapping; a ValueError naming the file when it
+    cannot be read, does not parse, or holds anything but a mapping of flag names to values."""
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise ValueError(f"{path}: the run file cannot be read ({error.strerror or error})") from error
+    try:
+        values = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as error:
+        first = str(error).strip().splitlines()[0]
+        raise ValueError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'} ({first})") from error
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: a run file holds one mapping of flag names to values (e.g. 'recipe: staged' on a "
+                         f"line), not {type(values).__name__ if values is not None else 'nothing'}")
+    return values
 
 
 def recipe_defaults(recipe: str | None, optim: str | None = None) -> dict:

@@ -19,6 +19,7 @@ logger = logging.getLogger(__name__)
 IMAGE_COLUMNS = ("img", "image")
 LABEL_COLUMNS = ("label", "labels", "fine_label")
 VALIDATION_SPLITS = ("validation", "valid", "val")
+MIN_IMAGE_SIZE = 16  # --image_size below it: 0 would fall back to the default silently, and layer4 would see 1x1 maps
 
 
 @dataclass
@@ -130,6 +131,9 @@ class DataArguments:
             if getattr(self, flag) is not None and getattr(self, flag) < 1:
                 raise DataError(f"--{flag} must be at least 1 (leave it out to keep every image), got "
                                 f"{getattr(self, flag)}")
+        if self.image_size is not None and self.image_size < MIN_IMAGE_SIZE:
+            raise DataError(f"--image_size must be at least {MIN_IMAGE_SIZE} px (leave it out to choose it from the "
+                            f"images), got {self.image_size}")
         if self.skip_bad_images and not self.verify_images:
             raise DataError("--skip_bad_images needs --verify_images: bad images are found by decoding every one first")
 

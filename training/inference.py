@@ -68,8 +68,25 @@ def load_model(name_or_path: str, device: str | None = None):
         why = shorten(str(error), 300, placeholder=" ...")  # one line: transformers' messages span several
         raise ValueError(f"--model {name_or_path}: no model could be loaded from it ({why}); give a "
                          "folder written by scripts/finetune.py or save_pretrained, or a Hub model id") from error
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return model.to(device).eval(), processor
+    return model.to(inference_device(device)).eval(), processor
+
+
+def inference_device(device: str | None) -> torch.device:
+    """--device of the scripts that use a saved model: cpu, cuda or cuda:N (default: cuda when present); a
+    ValueError that says why for a name torch does not know or a GPU this machine does not have."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        chosen = torch.device(device)
+    except RuntimeError as error:
+        raise ValueError(f"--device {device!r} is not a device: use cpu, cuda or cuda:N") from error
+    if chosen.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device {device}: only cpu and cuda (cuda:N) are supported")
+    if chosen.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: torch sees no CUDA GPU on this machine; use --device cpu or leave it out")
+    if chosen.type == "cuda" and chosen.index is not None and chosen.index >= torch.cuda.device_count():
+        raise ValueError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+    return chosen
 
 
 def preprocess_image(processor, image: str | Path | Image.Image) -> torch.Tensor:

@@ -36,6 +36,7 @@ from training.inference import check_saved_model
 from training.metrics import classification_metrics, compute_accuracy
 from training.outputs import RunRecord
 from training.plots import epoch_entries
+from training.stages import Schedule, ScheduleError
 from training.trainer import StagedTrainer, describe_mixing
 from training.transforms import POLICIES
 
@@ -91,6 +92,18 @@ def build_model(args: ModelArguments, data: ImageData,
     return model, str(report), chosen
 
 
+def check_stages_train_something(schedule: Schedule, model: ResNetCBAMForImageClassification) -> None:
+    """Refuse, before training, a stage whose groups hold no parameter of this model (`"train": ["cbam"]` with
+    `--cbam_placement none`): it would train nothing, and the optimizer could not be built for it."""
+    groups = model.parameter_groups()
+    for index, stage in enumerate(schedule.stages, start=1):
+        if stage.parameter_count(groups) == 0:
+            empty = ", ".join(stage.groups)
+            raise ScheduleError(f"stage {index} trains {empty}, which hold no parameter in this model"
+                                + (" (--cbam_placement none: it has no CBAM)" if "cbam" in stage.groups else "")
+                                + "; give the stage a group the model has")
+
+
 def keeps_pretrained_stem(args: ModelArguments, model: ResNetCBAMForImageClassification) -> bool:
     """Whether backbone weights were loaded into an ImageNet stem (its 7x7 conv1 kept, not dropped)."""
     return args.pretrained_backbone and model.config.stem == "imagenet"
@@ -122,6 +135,7 @@ def build_run(
         chosen.append("the stem is pretrained (its conv1 loaded with the backbone): staged trains it with layer1, "
                       "in the last stage, not as a new module")
         logger.info("default: %s", chosen[-1])
+    check_stages_train_something(schedule, model)
     model.requires_grad_(True)  # DDP only all-reduces what requires grad when it wraps the model
     if training_args.channels_last:
         model = model.to(memory_format=torch.channels_last)

@@ -412,9 +412,12 @@ def run_study(args: StudyArguments, finetune) -> dict:
     that a stopped study leaves what it finished; returns the results. `finetune(argv) -> exit code` runs one
     fine-tuning (training.cli.finetune_main). With --report_only, the finished runs only."""
     out = Path(args.output_dir)
+    if args.report_only and not out.is_dir():
+        raise StudyError(f"--report_only: {out} is not a folder of the study's runs; nothing was written")
     out.mkdir(parents=True, exist_ok=True)
     rows = [row for row in selectable_rows(args) if row.name in args.selected]
-    (out / "fine_tune_stages.json").write_text(json.dumps(fine_tune_stages(args), indent=2))
+    if not args.report_only:
+        (out / "fine_tune_stages.json").write_text(json.dumps(fine_tune_stages(args), indent=2))
     results = {"arguments": asdict(args), "seeds": args.seed_list, "reference": args.reference_row, "runs": []}
 
     def run(name: str, flags: list[str]) -> Path | None:
@@ -434,6 +437,10 @@ def run_study(args: StudyArguments, finetune) -> dict:
                 results["runs"].append({**run_result(row.name, row.description, folder, stage_ends_of(row, args)),
                                         "seed": seed})
                 write_results(results, rows, args)
+    if args.report_only and not results["runs"]:
+        raise StudyError(f"--report_only: {out} holds no finished run of these flags (rows "
+                         f"{', '.join(args.selected)}, seeds {', '.join(map(str, args.seed_list))}); nothing was "
+                         "written")
     logger.info("study: results in %s (results.json, results.md, accuracy.png)", args.results_dir)
     return results
 
