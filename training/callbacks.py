@@ -105,8 +105,10 @@ class StageCallback(TrainerCallback):
                 and model.parameter_group(f"{name}.weight") not in stage.lrs
             ]
         first = schedule.first_epochs()[index] + 1
-        frozen_bn = (f", and the frozen groups' BatchNorm scale and shift at lr {min(stage.lrs.values()):g}"
-                     if schedule.train_bn and len(stage.groups) < len(GROUPS) else "")
+        frozen_groups = [group for group in GROUPS if group not in stage.lrs]
+        frozen_bn = (f", and the frozen groups' BatchNorm scale and shift at lr "
+                     f"{stage.peak_lr(frozen_groups[0], trained_batchnorm=True):g}"
+                     if schedule.train_bn and frozen_groups else "")
         logger.info(
             "Stage %d/%d (epochs %d-%d%s): training %s%s; %s of %s parameters trainable%s",
             index + 1,
