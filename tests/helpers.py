@@ -14,13 +14,14 @@ from datasets import Dataset, DatasetDict
 from PIL import Image
 from safetensors.torch import load_file
 
-from training.stages import GROUPS, recipe
+from training import recipes
+from training.stages import GROUPS
 from training.synthetic import hub_layout_folder, random_dataset, random_image  # noqa: F401 (shared helpers)
 
 NAMES = ["cat", "dog", "ship", "truck"]
 ROOT = Path(__file__).resolve().parents[1]
 STEPS_PER_EPOCH = 4  # the tiny runs: 32 training images of the `dataset` fixture, batch 8
-STAGED_1_1_1 = recipe("staged").with_lengths([1, 1, 1])  # the tiny runs' schedule (tests/tiny_run.py)
+STAGED_1_1_1 = recipes.get("staged").schedule().with_lengths([1, 1, 1])  # the tiny runs' schedule (tests/tiny_run.py)
 RANDOM_AUGMENT = ["--augment", "tutorial"]  # random per-sample augmentation: resume must still be exact
 
 

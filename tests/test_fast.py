@@ -20,7 +20,8 @@ from training.device_data import device_augmentation
 from training.ema import EMA_FILE, WeightEMA
 from training.inference import class_probabilities
 from training.outputs import write_model_card
-from training.stages import FAST_BATCH, FAST_LR, Stage
+from training.recipes import FAST_BATCH, FAST_LR
+from training.stages import Stage
 from training.transforms import build_transforms, crop_padding
 
 FAST_TINY = ["--recipe", "fast", "--per_device_train_batch_size", "8", "--num_train_epochs", "2"]

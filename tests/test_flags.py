@@ -278,9 +278,10 @@ from pathlib import Path
 assert Path(training.__file__).is_relative_to(sys.argv[1]), training.__file__
 from modeling_resnet_cbam import ResNetCBAMConfig, ResNetCBAMForImageClassification
 from training.outputs import RunRecord, write_model_card
-from training.stages import recipe
+from training import recipes
 model = ResNetCBAMForImageClassification(ResNetCBAMConfig(depths=[1, 1, 1, 1], num_labels=2))
-record = RunRecord(Path(sys.argv[2]), "m", "d", "d", False, "staged", recipe("staged"), "train", "tutorial", "random",
+staged = recipes.get("staged").schedule()
+record = RunRecord(Path(sys.argv[2]), "m", "d", "d", False, "staged", staged, "train", "tutorial", "random",
                    None, "apache-2.0", "adamw", 0.0, 0.0, 64, 1, 42, "cpu", "fp32", {"train": 4, "validation": 2},
                    ["a", "b"], architecture={},
                    metrics={"eval_split": "validation", "validation_accuracy": 0.5, "validation_loss": 0.7,

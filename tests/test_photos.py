@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 from torchvision.models.resnet import BasicBlock
 
 from modeling_resnet_cbam import ResNetCBAMConfig
+from training import recipes
 from training.callbacks import ChanceLevelCallback
 from training.cli import finetune_main
 from training.data import DataArguments, load_image_data
@@ -31,7 +32,6 @@ from training.defaults import (
 )
 from training.images import SizeProfile, decode_image, profile_sizes
 from training.inference import preprocess_image
-from training.stages import recipe
 from training.synthetic import hub_layout_folder
 
 PHOTO_SIZES = [(120, 90), (300, 200), (150, 260), (90, 140), (640, 480)]
@@ -91,9 +91,10 @@ def test_cifar_sized_data_on_a_pretrained_backbone_are_upsampled_for_its_stem(tm
     assert "on a pretrained backbone" in data.input_choice
     assert data.splits["train"][0]["pixel_values"].shape == (3, 64, 64)
     # the seed-exact tutorial, a stem given as cifar and random weights keep the seed recipe's input
-    assert wants_pretrained_stem(True, "staged", None) and wants_pretrained_stem(True, "full", "imagenet")
-    assert not wants_pretrained_stem(True, "seed-exact", None)
-    assert not wants_pretrained_stem(True, "staged", "cifar") and not wants_pretrained_stem(False, "staged", None)
+    staged, full, seed_exact = (recipes.get(name) for name in ("staged", "full", "seed-exact"))
+    assert wants_pretrained_stem(True, staged, None) and wants_pretrained_stem(True, full, "imagenet")
+    assert not wants_pretrained_stem(True, seed_exact, None)
+    assert not wants_pretrained_stem(True, staged, "cifar") and not wants_pretrained_stem(False, staged, None)
 
 
 @pytest.mark.parametrize("flags, expected", [
@@ -130,7 +131,7 @@ def test_every_input_flag_given_wins_and_is_named(photos):
 ])
 def test_the_stem_follows_the_images_and_cbam_starts_as_the_identity_on_pretrained_weights(given, recipe_name,
                                                                                            pretrained, expected):
-    resolved, reasons = resolve_architecture(given, PHOTO_INPUT, recipe_name, pretrained)
+    resolved, reasons = resolve_architecture(given, PHOTO_INPUT, recipes.get(recipe_name), pretrained)
     assert {key: resolved.get(key) for key in expected} == expected
     assert len(reasons) == 2 - len({"stem", "cbam_init"} & set(given)) - ("cbam_placement" in given)
 
@@ -148,10 +149,10 @@ def test_the_cifar_stem_on_large_images_is_warned_with_its_cost(caplog):
 
 
 def test_a_run_too_short_to_learn_is_said_with_the_flags_that_lengthen_it():
-    short, warning = recipe("fast").with_lengths([2]).validate().over_steps(8).length_report()
+    short, warning = recipes.get("fast").schedule().with_lengths([2]).validate().over_steps(8).length_report()
     assert short == "8 optimizer steps (4 per epoch)"
     assert "8 optimizer steps in all" in warning and "--num_train_epochs" in warning and "--stage_epochs" in warning
-    text, none = recipe("staged").over_steps(50 * 4).length_report()
+    text, none = recipes.get("staged").schedule().over_steps(50 * 4).length_report()
     assert none is None and text == "200 optimizer steps (4 per epoch): 20, 60, 120 in stages 1-3"
 
 

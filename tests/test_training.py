@@ -23,11 +23,12 @@ from tiny_run import TINY as TINY_FLAGS
 from tiny_run import run
 
 from modeling_resnet_cbam import ResNetCBAMConfig, ResNetCBAMForImageClassification
+from training import recipes
 from training.arguments import parse_arguments
 from training.callbacks import freeze_for_stage
 from training.cli import finetune_main
 from training.hardware import usable_cores
-from training.stages import GROUPS, recipe
+from training.stages import GROUPS
 
 TINY_RUN = ROOT / "tests" / "tiny_run.py"
 EMA = ["--ema_decay", "0.5"]  # the resumed runs must continue the average of the weights too
@@ -237,12 +238,12 @@ def test_accelerate_launch_on_one_process_runs_the_script(dataset, tmp_path):
 def test_trainable_parameters_per_stage_of_the_default_model(recipe_name, expected):
     model = ResNetCBAMForImageClassification(ResNetCBAMConfig())
     counts = []
-    for stage in recipe(recipe_name).stages:
+    for stage in recipes.get(recipe_name).schedule().stages:
         assert freeze_for_stage(model, stage, distributed=False) == []
         counts.append(sum(p.numel() for p in model.parameters() if p.requires_grad))
         assert counts[-1] == stage.parameter_count(model.parameter_groups())
     assert counts == expected
-    dropped = freeze_for_stage(model, recipe(recipe_name).stages[0], distributed=True)
+    dropped = freeze_for_stage(model, recipes.get(recipe_name).schedule().stages[0], distributed=True)
     assert all(p.requires_grad for p in model.parameters()), "under DDP every parameter stays trainable"
     assert sum(p.numel() for p in dropped) == 11_217_874 - expected[0]
 
@@ -271,7 +272,7 @@ def test_defaults_are_the_seed_recipe():
     assert training_args.remove_unused_columns is False
     assert stage_args.recipe == "staged" and stage_args.bn_policy == "train"
     assert data_args.dataset_name == "uoft-cs/cifar10"
-    assert recipe("staged").total_epochs == 50
+    assert recipes.get("staged").schedule().total_epochs == 50
 
 
 def test_the_dataloader_path_follows_the_schedule_and_resumes_exactly(dataset, tmp_path):

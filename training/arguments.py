@@ -19,7 +19,7 @@ import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
 from modeling_resnet_cbam import ResNetCBAMConfig
-from training import stages
+from training import recipes, stages
 from training.data import DataArguments
 from training.hardware import default_num_workers, default_precision, launch
 from training.hub import HUB_STRATEGIES
@@ -94,8 +94,7 @@ class StageArguments:
     _argument_group_name = "stages (resnet-cbam)"
 
     recipe: str = field(
-        default="staged", metadata={"help": "staged (default), seed-exact, full (one stage, Adam), or fast (one "
-                                    "stage from scratch: SGD one-cycle, label smoothing, flip TTA; for 1-2 epochs)."}
+        default=recipes.DEFAULT, metadata={"help": recipes.help_text()}
     )
     stage_epochs: str | None = field(default=None, metadata={"help": "Stage lengths in epochs, e.g. 5,15,30."})
     stage_lrs: str | None = field(default=None, metadata={"help": "One lr per stage, e.g. 1e-3,1e-4,1e-5."})
@@ -111,13 +110,12 @@ class StageArguments:
     )
     scale_lr_with_batch: bool = field(
         default=False, metadata={"help": "Multiply every stage's lr by (global batch / the recipe's batch: "
-                                 f"{stages.FAST_BATCH} for fast, {stages.TUTORIAL_BATCH} for the others): the linear "
-                                 "scaling rule for running the recipe at a larger batch."}
+                                 f"{recipes.batch_text()}): the linear scaling rule for running the recipe at a "
+                                 "larger batch."}
     )
 
     def __post_init__(self):
-        if self.recipe not in stages.RECIPES:
-            raise stages.ScheduleError(f"unknown recipe {self.recipe!r}; the recipes are {', '.join(stages.RECIPES)}")
+        recipes.get(self.recipe)  # an unknown name is refused with the list
         if self.bn_policy not in ("train", "frozen"):
             raise ValueError(f"--bn_policy must be 'train' or 'frozen', got {self.bn_policy!r}")
         self.epochs = comma_list(self.stage_epochs, int, "--stage_epochs")
@@ -192,16 +190,6 @@ REFUSED_FIELDS = {
     "do_eval": "the script always trains, evaluates each epoch and evaluates the final model",
     "do_predict": "the script always trains, evaluates each epoch and evaluates the final model",
 }
-# What a recipe sets besides its schedule: the defaults of other flags, each still overridden by the flag itself.
-# fast: the time-to-accuracy recipe for training from random weights (docs/fast.md). No EMA: over 2 epochs of
-# CIFAR-10 its average scored 0.5 points below the live weights. No augmentation: in 1 and 2 epochs of the 45,000
-# images the model is far from fitting them, and crop-flip cost 2.8 and 2.9 points (69.38% against 66.56%, 78.78%
-# against 75.84%); a longer schedule takes --augment crop-flip.
-RECIPE_DEFAULTS = {
-    "fast": dict(optim="sgd", optim_args="momentum=0.9,nesterov=True", weight_decay=5e-4, label_smoothing_factor=0.2,
-                 per_device_train_batch_size=stages.FAST_BATCH, augment="none", ema_decay=0.0, tta="flip",
-                 backbone_weights="none"),
-}
 BEST_MODEL_METRICS = {"accuracy": True, "loss": False}  # --metric_for_best_model: whether higher is better
 LR_SHAPES = {"constant": "constant", "constant_with_warmup": "constant", "cosine": "cosine", "linear": "linear",
              "cosine_with_min_lr": "cosine"}
@@ -231,8 +219,8 @@ class FinetuneTrainingArguments(TrainingArguments):
         default=None, metadata={"help": "Default: the sum of the stage lengths; if given, it must equal it."}
     )
     learning_rate: float | None = field(
-        default=None, metadata={"help": "The peak lr of the one-stage recipes (full: 1e-3, fast: "
-                                f"{stages.FAST_LR:g}). Staged recipes take --stage_lrs."}
+        default=None, metadata={"help": f"The peak lr of the one-stage recipes ({recipes.one_stage_lrs()}). "
+                                "Staged recipes take --stage_lrs."}
     )
     lr_scheduler_type: str | None = field(
         default=None, metadata={"help": "The lr shape inside each stage, replacing the recipe's: constant, cosine, "
@@ -521,21 +509,21 @@ def _refused_epilog() -> str:
 
 def parse_arguments(argv: list[str] | None = None, extra: tuple = (), description: str = FINETUNE):
     """Flags, or a single .json / .yaml file holding them all: (model, data, stage, training) arguments, after those
-    of the `extra` dataclasses. The recipe's defaults (RECIPE_DEFAULTS) apply to every flag not given."""
+    of the `extra` dataclasses. The recipe's flag defaults (training/recipes.py) apply to every flag not given."""
     parser = build_parser(extra, description)
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) == 1 and argv[0].endswith((".json", ".yaml", ".yml")):
         path = Path(argv[0])
         values = read_run_file(path)
         try:
-            return parser.parse_dict({**recipe_defaults(values.get("recipe"), values.get("optim")), **values})
+            return parser.parse_dict({**recipes.flag_defaults(values.get("recipe"), values.get("optim")), **values})
         except ValueError as error:  # an unknown key, or a value its dataclass refuses: said with the file
             raise ValueError(f"{path}: {error}") from error
     probe = argparse.ArgumentParser(add_help=False)
     probe.add_argument("--recipe")
     probe.add_argument("--optim")
     given = probe.parse_known_args(argv)[0]
-    parser.set_defaults(**recipe_defaults(given.recipe, given.optim))
+    parser.set_defaults(**recipes.flag_defaults(given.recipe, given.optim))
     return parser.parse_args_into_dataclasses(argv)
 
 
@@ -557,26 +545,18 @@ def read_run_file(path: Path) -> dict:
     return values
 
 
-def recipe_defaults(recipe: str | None, optim: str | None = None) -> dict:
-    """The defaults a recipe gives other flags; another --optim than the recipe's drops the recipe's --optim_args."""
-    defaults = dict(RECIPE_DEFAULTS.get(recipe, {}))
-    if optim is not None and optim != defaults.get("optim", optim):
-        defaults.pop("optim_args", None)
-    return defaults
-
-
 def build_schedule(stage_args: StageArguments, training_args: FinetuneTrainingArguments) -> stages.Schedule:
     """The validated schedule of the flags; a ScheduleError says what is wrong before anything loads."""
     num_train_epochs = training_args.num_train_epochs
+    recipe = recipes.get(stage_args.recipe)
     if stage_args.stages_file:
         schedule = stages.from_json(stage_args.stages_file)
     else:
         given = {"epochs": int(num_train_epochs or 0), "lr": training_args.learning_rate}
-        schedule = stages.recipe(stage_args.recipe, **{key: value for key, value in given.items() if value})
-    if training_args.learning_rate is not None and (stage_args.stages_file or
-                                                    stage_args.recipe not in stages.ONE_STAGE_RECIPES):
-        raise stages.ScheduleError("--learning_rate sets the lr of --recipe full or fast; the stages have their own "
-                                   "rates: use --stage_lrs (one per stage) or a --stages_file")
+        schedule = recipe.schedule(**{key: value for key, value in given.items() if value})
+    if training_args.learning_rate is not None and (stage_args.stages_file or not recipe.one_stage):
+        raise stages.ScheduleError(f"--learning_rate sets the lr of --recipe {recipes.one_stage_names()}; the stages "
+                                   "have their own rates: use --stage_lrs (one per stage) or a --stages_file")
     if stage_args.epochs is not None:
         schedule = schedule.with_lengths(stage_args.epochs)
     if stage_args.lrs is not None:
@@ -590,7 +570,7 @@ def build_schedule(stage_args: StageArguments, training_args: FinetuneTrainingAr
     if stage_args.scale_lr_with_batch:
         args = training_args
         batch = args.per_device_train_batch_size * args.world_size * args.gradient_accumulation_steps
-        schedule = schedule.scaled(batch / stages.recipe_batch(stage_args.recipe))
+        schedule = schedule.scaled(batch / recipe.batch)
     if stage_args.train_bn:
         schedule = dataclasses.replace(schedule, train_bn=True)
     return schedule.validate(num_train_epochs)

@@ -20,6 +20,7 @@ import torch
 from modeling_resnet_cbam import ResNetCBAMConfig, ResNetCBAMForImageClassification
 from modeling_resnet_cbam.configuration_resnet_cbam import CIFAR10_MEAN, CIFAR10_STD
 from training.images import SizeProfile
+from training.recipes import Recipe
 
 logger = logging.getLogger(__name__)
 
@@ -49,10 +50,10 @@ PHOTO_INPUT = InputPreset(224, "imagenet", 0.875, "resized-crop-flip",
                           f"photographs (median shorter side above {PHOTO_MIN_SIDE} px): an ImageNet backbone's")
 
 
-def wants_pretrained_stem(pretrained: bool, recipe: str, stem: str | None) -> bool:
+def wants_pretrained_stem(pretrained: bool, recipe: Recipe, stem: str | None) -> bool:
     """Whether CIFAR-sized images are upsampled for the pretrained backbone's ImageNet stem: on pretrained weights,
-    unless the stem is given as cifar or the recipe is `seed-exact` (the tutorial, whose stem is CIFAR's)."""
-    return pretrained and recipe != "seed-exact" and stem in (None, "imagenet")
+    unless the stem is given as cifar or the recipe keeps the seed recipe's stem (`seed-exact`, the tutorial)."""
+    return pretrained and recipe.keeps_pretrained_stem and stem in (None, "imagenet")
 
 
 def input_preset(profile: SizeProfile, pretrained_stem: bool = False) -> InputPreset:
@@ -104,7 +105,7 @@ def describe_input(settings: InputSettings) -> str:
     return text + (f" (given: {', '.join(settings.given)})" if settings.given else "")
 
 
-def resolve_architecture(architecture: dict, preset: InputPreset, recipe: str,
+def resolve_architecture(architecture: dict, preset: InputPreset, recipe: Recipe,
                          pretrained: bool) -> tuple[dict, list[str]]:
     """The model's architecture with the defaults filled in (a None value: not given), and a sentence for each
     default chosen: the stem from the kind of image, CBAM's init from whether pretrained weights are loaded."""
@@ -113,8 +114,8 @@ def resolve_architecture(architecture: dict, preset: InputPreset, recipe: str,
         resolved["stem"] = preset.stem
         reasons.append(f"stem {preset.stem} ({preset.why})")
     if resolved.get("cbam_init") is None and resolved.get("cbam_placement") != "none":
-        if recipe == "seed-exact":
-            resolved["cbam_init"], why = "default", "seed-exact reproduces the tutorial, whose CBAM is the paper's"
+        if recipe.paper_cbam:
+            resolved["cbam_init"], why = "default", f"{recipe.name}: {recipe.summary}"
         elif pretrained:
             resolved["cbam_init"], why = "identity", ("pretrained weights are loaded: CBAM starts as the identity, "
                                                       "so the network starts as the backbone computed")

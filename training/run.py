@@ -14,6 +14,7 @@ import torch
 from transformers import TrainerCallback, default_data_collator
 
 from modeling_resnet_cbam import ResNetCBAMConfig, ResNetCBAMForImageClassification
+from training import recipes
 from training.arguments import FinetuneTrainingArguments, ModelArguments, StageArguments, build_schedule
 from training.callbacks import ChanceLevelCallback, EarlyStopping, RankConsistencyCallback, StageCallback
 from training.checkpoints import (
@@ -36,6 +37,7 @@ from training.inference import check_saved_model
 from training.metrics import classification_metrics, compute_accuracy
 from training.outputs import RunRecord
 from training.plots import epoch_entries
+from training.recipes import Recipe
 from training.stages import Schedule, ScheduleError
 from training.trainer import StagedTrainer, describe_mixing
 from training.transforms import POLICIES
@@ -55,7 +57,7 @@ class Run:
 
 
 def build_model(args: ModelArguments, data: ImageData,
-                recipe: str = "staged") -> tuple[ResNetCBAMForImageClassification, str, list[str]]:
+                recipe: Recipe) -> tuple[ResNetCBAMForImageClassification, str, list[str]]:
     """A model sized for the data (labels, image size, normalisation) with the requested weights, a sentence
     saying where its weights came from (the backbone import's own report), and the architecture defaults chosen
     (training/defaults.py), each with its reason."""
@@ -120,20 +122,22 @@ def build_run(
     """Validate the schedule, then load data and model and assemble the Trainer (nothing trained yet); `checkpoint`:
     the one training will resume from (the EMA of the weights continues from it)."""
     schedule = build_schedule(stage_args, training_args)
+    recipe = recipes.get(stage_args.recipe)
     training_args.num_train_epochs = schedule.total_epochs
     if training_args.data_on_device and data_args.augment in POLICIES:
         raise DataError(f"--augment {data_args.augment} is torchvision's policy on PIL images, in the DataLoader: it "
                         "has no device-resident version; leave out --data_on_device true")
     with training_args.main_process_first(desc="loading the dataset"):
         data = load_image_data(data_args, seed=training_args.seed, pretrained_stem=wants_pretrained_stem(
-            model_args.pretrained_backbone, stage_args.recipe, model_args.stem))
+            model_args.pretrained_backbone, recipe, model_args.stem))
     torch.manual_seed(training_args.seed)  # the new modules' initialisation is reproducible
     logger.info("input: %s", data.input_summary)
-    model, weights, chosen = build_model(model_args, data, stage_args.recipe)
-    if keeps_pretrained_stem(model_args, model) and stage_args.recipe == "staged" and not stage_args.stages_file:
-        schedule = schedule.with_pretrained_stem()
-        chosen.append("the stem is pretrained (its conv1 loaded with the backbone): staged trains it with layer1, "
-                      "in the last stage, not as a new module")
+    model, weights, chosen = build_model(model_args, data, recipe)
+    if keeps_pretrained_stem(model_args, model) and not stage_args.stages_file and \
+            (kept := schedule.with_pretrained_stem()) != schedule:
+        schedule = kept
+        chosen.append(f"the stem is pretrained (its conv1 loaded with the backbone): {recipe.name} trains it with "
+                      "layer1, not as a new module")
         logger.info("default: %s", chosen[-1])
     check_stages_train_something(schedule, model)
     model.requires_grad_(True)  # DDP only all-reduces what requires grad when it wraps the model

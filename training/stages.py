@@ -12,9 +12,7 @@ from pathlib import Path
 
 from modeling_resnet_cbam import PARAMETER_GROUPS as GROUPS
 
-NEW_MODULES = ("stem", "cbam", "head")  # randomly initialised, whatever the backbone weights (but an ImageNet stem)
 SHAPES = ("constant", "cosine", "linear")
-TUTORIAL_BATCH = 64  # the batch size the named recipes' rates were set for
 MIN_RUN_STEPS, MIN_STAGE_STEPS = 50, 10  # fewer optimizer steps than these learn little, whatever the lr
 STAGE_FILE_KEYS = {"epochs", "lr", "train", "name", "shape", "warmup", "warmup_steps", "start", "floor"}
 STAGE_OPTIONS = ("name", "shape", "warmup", "warmup_steps", "start", "floor")
@@ -238,53 +236,6 @@ class StagePlan:
         return text, (f"this run is too short to learn much: {why} (the recipes' lengths are meant for tens of "
                       "thousands of images); lengthen it with --num_train_epochs (one-stage recipes) or "
                       "--stage_epochs, or take a smaller --per_device_train_batch_size")
-
-
-def _all(lr: float, groups=GROUPS) -> dict[str, float]:
-    return dict.fromkeys(groups, lr)
-
-
-RECIPES = ("staged", "seed-exact", "full", "fast")
-ONE_STAGE_RECIPES = ("full", "fast")  # their length and lr come from --num_train_epochs and --learning_rate
-# fast: a triangle (from 0.2x the peak to the peak at 20% of the steps, then linear to 0), as Keller Jordan's
-# ResNet-18 CIFAR-10 baseline (cifar10-airbench), at a batch of 64: on a CPU a larger batch is no faster per image,
-# and in one or two epochs more steps learn more (2 epochs of CIFAR-10 with lr 0.1: 76.18% at batch 64, 74.50% at
-# 128; README, "Learning fast from scratch"). The lr 0.1, first set for batch 128, was kept at 64 (not re-tuned):
-# about 4x that baseline's 0.2 at 500 scaled linearly to 64.
-FAST_BATCH, FAST_LR, FAST_EPOCHS = 64, 0.1, 2
-
-
-def recipe_batch(name: str) -> int:
-    """The batch size a named recipe's rates were set for (--scale_lr_with_batch scales from it)."""
-    return FAST_BATCH if name == "fast" else TUTORIAL_BATCH
-
-
-def recipe(name: str, epochs: int | None = None, lr: float | None = None) -> Schedule:
-    """The named recipes: `staged` (default), `seed-exact` (the tutorial's frozen stem), and the one-stage `full`
-    (Adam's constant 1e-3 for 50 epochs) and `fast` (a triangle for SGD, 2 epochs), whose `epochs` and `lr` can be
-    given."""
-    if name == "staged":
-        return Schedule(
-            (
-                Stage(5, _all(1e-3, NEW_MODULES), "new modules"),
-                Stage(15, _all(1e-4, NEW_MODULES + ("layer3", "layer4")), "+ layer3, layer4"),
-                Stage(30, _all(1e-5), "everything"),
-            )
-        )
-    if name == "seed-exact":
-        return Schedule(
-            (
-                Stage(5, _all(1e-3, ("cbam", "head")), "CBAM + head"),
-                Stage(15, _all(1e-4, ("cbam", "head", "layer3", "layer4")), "+ layer3, layer4"),
-                Stage(30, _all(1e-5), "everything"),
-            )
-        )
-    if name == "full":
-        return Schedule((Stage(epochs or 50, _all(lr or 1e-3), "everything"),))
-    if name == "fast":
-        return Schedule((Stage(epochs or FAST_EPOCHS, _all(lr or FAST_LR), "everything", shape="linear", warmup=0.2,
-                               start=0.2),))
-    raise ScheduleError(f"unknown recipe {name!r}; the recipes are {', '.join(RECIPES)}")
 
 
 def from_json(path: str | Path) -> Schedule:
