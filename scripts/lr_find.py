@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
                         "flag chooses the data, model, weights, recipe, batch, optimizer and precision, as for "
                         "training (--output_dir is not written to: nothing is saved but --plot).")
         check_output_file("--plot", args.plot, ".png")
-        schedule = build_schedule(stage_args, training_args)
+        schedule = build_schedule(model_args, stage_args, training_args)
         if args.stage > len(schedule.stages):
             raise ValueError(f"--stage {args.stage}: the recipe has {len(schedule.stages)} stage(s)")
     except ValueError as error:

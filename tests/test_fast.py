@@ -37,7 +37,7 @@ def test_fast_sets_its_optimizer_shape_and_defaults_and_every_flag_still_wins():
     assert model_args.backbone_weights == "none"
     from training.arguments import build_schedule
 
-    (stage,) = build_schedule(stage_args, training_args).stages
+    (stage,) = build_schedule(model_args, stage_args, training_args).stages
     assert stage == Stage(2, dict.fromkeys(stage.lrs, FAST_LR), "everything", shape="linear", warmup=0.2, start=0.2)
     assert len(stage.lrs) == 7
     # the triangle: from 0.2x the peak, the peak at 20% of the steps, then linear towards 0
@@ -46,12 +46,12 @@ def test_fast_sets_its_optimizer_shape_and_defaults_and_every_flag_still_wins():
     assert all(a < b for a, b in zip(factors[:19], factors[1:20], strict=True))  # rising to the peak
     assert factors[20] == 1.0 and all(a > b for a, b in zip(factors[20:], factors[21:], strict=False))  # then falling
 
-    _, data_args, stage_args, training_args = parse_arguments(
+    model_args, data_args, stage_args, training_args = parse_arguments(
         ["--recipe", "fast", "--optim", "adamw_torch", "--ema_decay", "0.9", "--tta", "none", "--augment",
          "crop-flip", "--learning_rate", "0.05", "--num_train_epochs", "3"])
     assert training_args.optimizer.name == "adamw_torch" and training_args.ema_decay == 0.9
     assert (training_args.tta, data_args.augment) == ("none", "crop-flip")
-    (stage,) = build_schedule(stage_args, training_args).stages
+    (stage,) = build_schedule(model_args, stage_args, training_args).stages
     assert stage.epochs == 3 and set(stage.lrs.values()) == {0.05}
     # the other recipes keep the tutorial's defaults (the augmentation is chosen from the images: tutorial for CIFAR)
     _, data_args, _, training_args = parse_arguments([])
@@ -62,13 +62,13 @@ def test_fast_sets_its_optimizer_shape_and_defaults_and_every_flag_still_wins():
 def test_fast_scales_from_its_own_batch_and_any_recipe_takes_the_triangle_from_flags():
     from training.arguments import build_schedule
 
-    _, _, stage_args, training_args = parse_arguments(["--recipe", "fast", "--per_device_train_batch_size", "512",
-                                                       "--scale_lr_with_batch", "true"])
-    (stage,) = build_schedule(stage_args, training_args).stages
+    model_args, _, stage_args, training_args = parse_arguments(
+        ["--recipe", "fast", "--per_device_train_batch_size", "512", "--scale_lr_with_batch", "true"])
+    (stage,) = build_schedule(model_args, stage_args, training_args).stages
     assert set(stage.lrs.values()) == {FAST_LR * 512 / FAST_BATCH}
-    _, _, stage_args, training_args = parse_arguments(["--lr_scheduler_type", "linear", "--warmup_steps", "0.25",
-                                                       "--lr_scheduler_kwargs", '{"start_factor": 0.2}'])
-    stages = build_schedule(stage_args, training_args).stages
+    model_args, _, stage_args, training_args = parse_arguments(
+        ["--lr_scheduler_type", "linear", "--warmup_steps", "0.25", "--lr_scheduler_kwargs", '{"start_factor": 0.2}'])
+    stages = build_schedule(model_args, stage_args, training_args).stages
     assert len(stages) == 3 and all((s.shape, s.warmup, s.start) == ("linear", 0.25, 0.2) for s in stages)
     assert stages[0].factor(0, 8) == pytest.approx(0.2 + 0.8 / 2)
     with pytest.raises(ValueError, match="start_factor"):
@@ -78,11 +78,11 @@ def test_fast_scales_from_its_own_batch_and_any_recipe_takes_the_triangle_from_f
 def test_a_given_lr_shape_replaces_the_recipes_even_constant():
     from training.arguments import build_schedule
 
-    _, _, stage_args, training_args = parse_arguments(["--recipe", "fast", "--lr_scheduler_type", "constant"])
-    (stage,) = build_schedule(stage_args, training_args).stages
+    model_args, _, stage_args, training_args = parse_arguments(["--recipe", "fast", "--lr_scheduler_type", "constant"])
+    (stage,) = build_schedule(model_args, stage_args, training_args).stages
     assert (stage.shape, stage.warmup, stage.start) == ("constant", 0.0, 0.0)
-    _, _, stage_args, training_args = parse_arguments(["--recipe", "fast"])
-    assert build_schedule(stage_args, training_args).stages[0].shape == "linear"
+    model_args, _, stage_args, training_args = parse_arguments(["--recipe", "fast"])
+    assert build_schedule(model_args, stage_args, training_args).stages[0].shape == "linear"
 
 
 def test_fast_from_a_json_file_takes_the_same_defaults(tmp_path):

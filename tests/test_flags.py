@@ -123,10 +123,10 @@ def test_refused_and_bad_flags_stop_before_any_loading(tmp_path, capsys, bad_fla
 
 
 def test_defaults_are_the_tutorials_adam_at_constant_rates():
-    _, _, stage_args, training_args = parse_arguments([])
+    model_args, _, stage_args, training_args = parse_arguments([])
     assert training_args.optimizer.name == "adamw_torch_fused" and training_args.optimizer.weight_decay == 0
     assert training_args.optimizer.hyperparameters == {"betas": (0.9, 0.999), "eps": 1e-8}
-    schedule = build_schedule(stage_args, training_args)
+    schedule = build_schedule(model_args, stage_args, training_args)
     assert all(stage.shape == "constant" and not stage.warmup and not stage.warmup_steps for stage in schedule.stages)
     assert [stage.lrs["head"] for stage in schedule.stages] == [1e-3, 1e-4, 1e-5]
     optimizer = training_args.optimizer.build(tiny_model().parameter_groups(), torch.device("cpu"))

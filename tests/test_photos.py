@@ -203,15 +203,18 @@ def test_seed_exact_keeps_the_papers_cbam_on_pretrained_weights(photos, tmp_path
 @pytest.fixture(scope="module")
 def photo_run(photos, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("runs") / "photos"
+    one_epoch = [*TINY_PHOTO_RUN[:2], *TINY_PHOTO_RUN[4:], "--num_train_epochs", "1"]  # no --stage_epochs
     assert finetune_main(["--train_dir", str(photos / "train"), "--validation_dir", str(photos / "val"),
-                          "--backbone_weights", "none", "--output_dir", str(out), *TINY_PHOTO_RUN]) == 0
+                          "--backbone_weights", "none", "--output_dir", str(out), *one_epoch]) == 0
     return out
 
 
-def test_a_photo_run_from_random_weights_uses_the_papers_cbam(photo_run):
+def test_a_photo_run_from_random_weights_uses_the_papers_cbam_and_the_from_scratch_recipe(photo_run):
     config = json.loads((photo_run / "config.json").read_text())
     assert (config["stem"], config["cbam_init"]) == ("imagenet", "default")
-    assert "CBAM init default (random weights: the paper's CBAM)" in (photo_run / "README.md").read_text()
+    card = (photo_run / "README.md").read_text()
+    assert "CBAM init default (random weights: the paper's CBAM)" in card
+    assert "recipe fast (random weights: the from-scratch recipe" in card and "recipe `fast`" in card
 
 
 def test_evaluate_model_follows_its_run_and_validation_dir_alone_works(photos, photo_run, capsys):

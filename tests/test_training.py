@@ -24,7 +24,7 @@ from tiny_run import run
 
 from modeling_resnet_cbam import ResNetCBAMConfig, ResNetCBAMForImageClassification
 from training import recipes
-from training.arguments import parse_arguments
+from training.arguments import chosen_recipe, parse_arguments
 from training.callbacks import freeze_for_stage
 from training.cli import finetune_main
 from training.hardware import usable_cores
@@ -267,10 +267,10 @@ def test_stages_file_with_differential_rates(dataset, tmp_path):
 
 
 def test_defaults_are_the_seed_recipe():
-    _, data_args, stage_args, training_args = parse_arguments([])
+    model_args, data_args, stage_args, training_args = parse_arguments([])
     assert training_args.max_grad_norm == 0 and training_args.per_device_train_batch_size == 64
     assert training_args.remove_unused_columns is False
-    assert stage_args.recipe == "staged" and stage_args.bn_policy == "train"
+    assert chosen_recipe(model_args, stage_args)[0].name == "staged" and stage_args.bn_policy == "train"
     assert data_args.dataset_name == "uoft-cs/cifar10"
     assert recipes.get("staged").schedule().total_epochs == 50
 

@@ -45,6 +45,8 @@ TINY = [
     "none",
     "--augment",
     "none",
+    "--recipe",  # on random weights the default is fast (one stage): the tiny runs test the stages
+    "staged",
 ]
 
 

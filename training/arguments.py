@@ -88,13 +88,23 @@ class ModelArguments(ArchitectureArguments):
         """Whether a new model starts from pretrained backbone weights."""
         return not self.model_name_or_path and self.backbone_weights.lower() != "none"
 
+    @property
+    def random_weights(self) -> bool:
+        """Whether the model starts from random weights: neither a saved model nor a backbone."""
+        return is_random_start(self.backbone_weights, self.model_name_or_path)
+
+
+def is_random_start(backbone_weights: str | None, model_name_or_path: str | None) -> bool:
+    """--backbone_weights none without --model_name_or_path (absent flags: their defaults)."""
+    return not model_name_or_path and str(backbone_weights or ModelArguments.backbone_weights).lower() == "none"
+
 
 @dataclass
 class StageArguments:
     _argument_group_name = "stages (resnet-cbam)"
 
     recipe: str = field(
-        default=recipes.DEFAULT, metadata={"help": recipes.help_text()}
+        default=None, metadata={"help": recipes.help_text()}
     )
     stage_epochs: str | None = field(default=None, metadata={"help": "Stage lengths in epochs, e.g. 5,15,30."})
     stage_lrs: str | None = field(default=None, metadata={"help": "One lr per stage, e.g. 1e-3,1e-4,1e-5."})
@@ -115,7 +125,8 @@ class StageArguments:
     )
 
     def __post_init__(self):
-        recipes.get(self.recipe)  # an unknown name is refused with the list
+        if self.recipe is not None:
+            recipes.get(self.recipe)  # an unknown name is refused with the list
         if self.bn_policy not in ("train", "frozen"):
             raise ValueError(f"--bn_policy must be 'train' or 'frozen', got {self.bn_policy!r}")
         self.epochs = comma_list(self.stage_epochs, int, "--stage_epochs")
@@ -516,15 +527,33 @@ def parse_arguments(argv: list[str] | None = None, extra: tuple = (), descriptio
         path = Path(argv[0])
         values = read_run_file(path)
         try:
-            return parser.parse_dict({**recipes.flag_defaults(values.get("recipe"), values.get("optim")), **values})
+            return parser.parse_dict({**recipe_flag_defaults(values), **values})
         except ValueError as error:  # an unknown key, or a value its dataclass refuses: said with the file
             raise ValueError(f"{path}: {error}") from error
     probe = argparse.ArgumentParser(add_help=False)
-    probe.add_argument("--recipe")
-    probe.add_argument("--optim")
-    given = probe.parse_known_args(argv)[0]
-    parser.set_defaults(**recipes.flag_defaults(given.recipe, given.optim))
+    for flag in RECIPE_CHOICE_FLAGS:
+        probe.add_argument(f"--{flag}")
+    parser.set_defaults(**recipe_flag_defaults(vars(probe.parse_known_args(argv)[0])))
     return parser.parse_args_into_dataclasses(argv)
+
+
+# what the recipe's flag defaults follow
+RECIPE_CHOICE_FLAGS = ("recipe", "optim", "backbone_weights", "model_name_or_path", "stages_file")
+
+
+def recipe_flag_defaults(given: dict) -> dict:
+    """The defaults the run's recipe gives other flags, from the flags given (a name for --recipe, else the weights
+    choose it: recipes.choose). An unknown recipe gives none: StageArguments refuses it with the list."""
+    name = given.get("recipe")
+    if name is None and not given.get("stages_file"):
+        name = recipes.choose(None, is_random_start(given.get("backbone_weights"),
+                                                    given.get("model_name_or_path")))[0].name
+    return recipes.flag_defaults(name, given.get("optim"))
+
+
+def chosen_recipe(model_args: ModelArguments, stage_args: StageArguments) -> tuple[recipes.Recipe, str | None]:
+    """The run's recipe (recipes.choose) and the reason it was chosen (None: given with --recipe)."""
+    return recipes.choose(stage_args.recipe, model_args.random_weights, bool(stage_args.stages_file))
 
 
 def read_run_file(path: Path) -> dict:
@@ -545,10 +574,12 @@ def read_run_file(path: Path) -> dict:
     return values
 
 
-def build_schedule(stage_args: StageArguments, training_args: FinetuneTrainingArguments) -> stages.Schedule:
-    """The validated schedule of the flags; a ScheduleError says what is wrong before anything loads."""
+def build_schedule(model_args: ModelArguments, stage_args: StageArguments,
+                   training_args: FinetuneTrainingArguments) -> stages.Schedule:
+    """The validated schedule of the flags and the run's recipe (chosen_recipe); a ScheduleError says what is wrong
+    before anything loads."""
     num_train_epochs = training_args.num_train_epochs
-    recipe = recipes.get(stage_args.recipe)
+    recipe, _ = chosen_recipe(model_args, stage_args)
     if stage_args.stages_file:
         schedule = stages.from_json(stage_args.stages_file)
     else:

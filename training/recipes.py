@@ -71,9 +71,23 @@ def get(name: str) -> Recipe:
 
 
 def help_text() -> str:
-    """--recipe's help: every recipe with its line, the default first."""
-    return "; ".join(f"{recipe.name}{' (default)' if recipe.name == DEFAULT else ''}: {recipe.summary}"
+    """--recipe's help: every recipe with its line, and which weights each default is for."""
+    return "; ".join(f"{recipe.name}{DEFAULT_FOR.get(recipe.name, '')}: {recipe.summary}"
                      for recipe in _REGISTRY.values()) + "."
+
+
+def choose(name: str | None, random_weights: bool, stages_file: bool = False) -> tuple[Recipe, str | None]:
+    """The recipe of a run, as the input follows the weights: the one named, else the from-scratch recipe on random
+    weights and DEFAULT on any trained ones (a backbone, a saved model); with the reason when not named. A stages
+    file replaces the stages: unless a recipe is named, its rules are DEFAULT's, and nothing is said."""
+    if name is not None or stages_file:
+        return get(name or DEFAULT), None
+    if random_weights:
+        return get(FROM_SCRATCH), (f"recipe {FROM_SCRATCH} (random weights: the from-scratch recipe trains every "
+                                   "layer from the first step, where a staged one would keep a random backbone "
+                                   "frozen)")
+    return get(DEFAULT), (f"recipe {DEFAULT} (trained weights: the new modules first, then the backbone from its top "
+                          "down)")
 
 
 NEW_MODULES = ("stem", "cbam", "head")  # randomly initialised, whatever the backbone weights (but an ImageNet stem)
@@ -107,7 +121,9 @@ register(Recipe(
     flag_defaults=dict(optim="sgd", optim_args="momentum=0.9,nesterov=True", weight_decay=5e-4,
                        label_smoothing_factor=0.2, per_device_train_batch_size=FAST_BATCH, augment="none",
                        ema_decay=0.0, tta="flip", backbone_weights="none")))
-DEFAULT = "staged"
+DEFAULT = "staged"  # on trained weights (a pretrained backbone or a saved model)
+FROM_SCRATCH = "fast"  # on random weights: a staged recipe would freeze a random backbone
+DEFAULT_FOR = {DEFAULT: " (default on trained weights)", FROM_SCRATCH: " (default from random weights)"}
 
 
 def one_stage_names() -> str:
@@ -128,6 +144,17 @@ def batch_text() -> str:
         return f"{usual} for every recipe"
     return ", ".join([f"{batch} for {name}" for name, batch in batches.items() if batch != usual]
                      + [f"{usual} for the others"])
+
+
+def random_start_warning(name: str, first: Stage) -> str | None:
+    """What recipe `name` does on random weights when its `first` stage keeps groups frozen (None: it trains all)."""
+    frozen = [group for group in GROUPS if group not in first.lrs]
+    if not frozen:
+        return None
+    return (f"--recipe {name} on random weights: its first stage keeps {', '.join(frozen)} frozen at their random "
+            f"values for {first.epochs} epoch{'s' * (first.epochs != 1)} while the rest learns on top of them (on the "
+            "ants/bees photos from random weights, staged ended at chance, 55.56%: docs/photos.md); "
+            f"--recipe {FROM_SCRATCH}, the default from random weights, trains every layer from the first step")
 
 
 def flag_defaults(name: str | None, optim: str | None = None) -> dict:

@@ -14,8 +14,13 @@ import torch
 from transformers import TrainerCallback, default_data_collator
 
 from modeling_resnet_cbam import ResNetCBAMConfig, ResNetCBAMForImageClassification
-from training import recipes
-from training.arguments import FinetuneTrainingArguments, ModelArguments, StageArguments, build_schedule
+from training.arguments import (
+    FinetuneTrainingArguments,
+    ModelArguments,
+    StageArguments,
+    build_schedule,
+    chosen_recipe,
+)
 from training.callbacks import ChanceLevelCallback, EarlyStopping, RankConsistencyCallback, StageCallback
 from training.checkpoints import (
     RunFactsCallback,
@@ -37,7 +42,7 @@ from training.inference import check_saved_model
 from training.metrics import classification_metrics, compute_accuracy
 from training.outputs import RunRecord
 from training.plots import epoch_entries
-from training.recipes import Recipe
+from training.recipes import Recipe, random_start_warning
 from training.stages import Schedule, ScheduleError
 from training.trainer import StagedTrainer, describe_mixing
 from training.transforms import POLICIES
@@ -121,8 +126,8 @@ def build_run(
 ) -> Run:
     """Validate the schedule, then load data and model and assemble the Trainer (nothing trained yet); `checkpoint`:
     the one training will resume from (the EMA of the weights continues from it)."""
-    schedule = build_schedule(stage_args, training_args)
-    recipe = recipes.get(stage_args.recipe)
+    recipe, why = chosen_recipe(model_args, stage_args)
+    schedule = build_schedule(model_args, stage_args, training_args)
     training_args.num_train_epochs = schedule.total_epochs
     if training_args.data_on_device and data_args.augment in POLICIES:
         raise DataError(f"--augment {data_args.augment} is torchvision's policy on PIL images, in the DataLoader: it "
@@ -133,6 +138,13 @@ def build_run(
     torch.manual_seed(training_args.seed)  # the new modules' initialisation is reproducible
     logger.info("input: %s", data.input_summary)
     model, weights, chosen = build_model(model_args, data, recipe)
+    if why:
+        chosen.insert(0, why)
+        logger.info("default: %s", why)
+    elif model_args.random_weights and not stage_args.stages_file:
+        warning = random_start_warning(recipe.name, schedule.stages[0])
+        if warning:
+            logger.warning("%s", warning)
     if keeps_pretrained_stem(model_args, model) and not stage_args.stages_file and \
             (kept := schedule.with_pretrained_stem()) != schedule:
         schedule = kept
@@ -162,7 +174,7 @@ def build_run(
         dataset=data_args.source,
         dataset_name=data_args.display_name,
         dataset_on_hub=data_args.from_hub,
-        recipe=stage_args.stages_file or stage_args.recipe,
+        recipe=stage_args.stages_file or recipe.name,
         schedule=schedule,
         bn_policy=stage_args.bn_policy,
         augment=data.augmentation,

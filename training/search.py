@@ -238,8 +238,9 @@ def check_space(args: SearchArguments, base: list[str], output_dir: str) -> None
 
     for corner in space_corners(args.declared):
         try:
-            _, _, stage_args, training_args = parse_arguments([*base, *as_flags(corner), "--output_dir", output_dir])
-            build_schedule(stage_args, training_args)
+            model_args, _, stage_args, training_args = parse_arguments([*base, *as_flags(corner), "--output_dir",
+                                                                        output_dir])
+            build_schedule(model_args, stage_args, training_args)
         except (ValueError, SystemExit) as error:
             raise SearchError(f"the space's {shlex.join(as_flags(corner)) or corner}: {error}") from error
 
