@@ -93,3 +93,13 @@ def test_a_stage_that_trains_a_group_the_model_lacks_is_refused_before_training(
     assert "stage 1 trains cbam, which hold no parameter in this model (--cbam_placement none" in \
         capsys.readouterr().err
     assert not (tmp_path / "out" / "checkpoint-1").exists()
+
+
+def test_a_model_without_cbam_is_not_said_to_train_cbam(dataset, tmp_path):
+    out = tmp_path / "out"
+    assert finetune_main([*TINY, "--dataset_name", str(dataset), "--validation_split", "8", "--output_dir", str(out),
+                          "--cbam_placement", "none", "--save_strategy", "no"]) == 0
+    stage_rows = [line for line in (out / "README.md").read_text().splitlines() if " at lr " in line]
+    assert stage_rows == ["| 1 | 1 | stem, head at lr 0.001 | 3,908 |",
+                          "| 2 | 1 | stem, layer3, layer4, head at lr 0.0001 | 4,596,036 |",
+                          "| 3 | 1 | stem, layer1, layer2, layer3, layer4, head at lr 1e-05 | 4,900,164 |"]

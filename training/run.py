@@ -152,6 +152,7 @@ def build_run(
                       "layer1, not as a new module")
         logger.info("default: %s", chosen[-1])
     check_stages_train_something(schedule, model)
+    schedule = schedule.of_groups({group for group, parameters in model.parameter_groups().items() if parameters})
     model.requires_grad_(True)  # DDP only all-reduces what requires grad when it wraps the model
     if training_args.channels_last:
         model = model.to(memory_format=torch.channels_last)

@@ -111,6 +111,12 @@ class Schedule:
         return replace(self, stages=tuple(replace(s, lrs=dict.fromkeys(s.lrs, lr))
                                           for s, lr in zip(self.stages, lrs, strict=True)))
 
+    def of_groups(self, present) -> "Schedule":
+        """Each stage trains only the groups in `present` (those that hold parameters in the model): a recipe's
+        `cbam` on a model without CBAM is not listed as trained, in the log or the card."""
+        return replace(self, stages=tuple(replace(s, lrs={g: lr for g, lr in s.lrs.items() if g in present})
+                                          for s in self.stages))
+
     def with_pretrained_stem(self) -> "Schedule":
         """The stem out of every stage that keeps layer1 frozen: a stem that was loaded with the backbone (the
         ImageNet stem) is not a new module, and trains with the layer it feeds, as the rest of the backbone does."""
