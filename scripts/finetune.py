@@ -2,7 +2,7 @@
 
     accelerate launch scripts/finetune.py --output_dir outputs/cifar10                  # the seed recipe, CIFAR-10
     accelerate launch scripts/finetune.py --dataset_name ../shared/datasets/cifar10 --backbone_weights none \\
-        --max_train_samples 2000 --stage_epochs 1,1,1
+        --recipe staged --max_train_samples 2000 --stage_epochs 1,1,1      # a quick look at the stages
     python scripts/finetune.py config.yaml                                              # every argument in one file
 
 Runs the same under `python`, `accelerate launch` and `accelerate launch --multi_gpu --num_processes N`.
