@@ -55,12 +55,13 @@ class ArchitectureArguments:
             depths = []
         if len(depths) != 4:
             raise ValueError(f"--depths must be four integers such as 2,2,2,2, got {self.depths!r}")
-        given = dict(depths=depths, stem=self.stem, cbam_placement=self.cbam_placement, cbam_init=self.cbam_init,
-                     zero_init_residual=self.zero_init_residual, cbam_reduction=self.cbam_reduction,
-                     cbam_kernel_size=self.cbam_kernel_size)
+        given = {name: getattr(self, name) for name in ARCHITECTURE_FLAGS} | {"depths": depths}
         # stem and cbam_init, when not given, are chosen from the data and the weights (training/defaults.py)
         self.architecture = {name: value for name, value in given.items() if value is not None}
         ResNetCBAMConfig(**self.architecture)  # a ValueError naming the field that cannot build a model
+
+
+ARCHITECTURE_FLAGS = tuple(spec.name for spec in dataclasses.fields(ArchitectureArguments))  # the config's own names
 
 
 @dataclass

@@ -15,6 +15,7 @@ from transformers import TrainerCallback, default_data_collator
 
 from modeling_resnet_cbam import ResNetCBAMConfig, ResNetCBAMForImageClassification
 from training.arguments import (
+    ARCHITECTURE_FLAGS,
     FinetuneTrainingArguments,
     ModelArguments,
     StageArguments,
@@ -48,8 +49,8 @@ from training.trainer import StagedTrainer, describe_mixing
 from training.transforms import POLICIES
 
 logger = logging.getLogger(__name__)
-ARCHITECTURE_FIELDS = ("depths", "stem", "cbam_placement", "cbam_init", "zero_init_residual", "cbam_reduction",
-                       "cbam_kernel_size", "num_channels", "image_size", "crop_pct", "image_mean", "image_std")
+# the config's fields that shape the network: the architecture flags, and those the data sets
+ARCHITECTURE_FIELDS = (*ARCHITECTURE_FLAGS, "num_channels", "image_size", "crop_pct", "image_mean", "image_std")
 
 
 @dataclass

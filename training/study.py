@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from training.checkpoints import last_complete_checkpoint
+from training.inference import check_tta
 from training.plots import epoch_entries, plot_study
 from training.script_args import check_at_least, comma_list, script_parser
 
@@ -141,8 +142,7 @@ class StudyArguments:
         self.lrs = comma_list(self.full_lrs, float, "--full_lrs")
         if not self.lrs or min(self.lrs) <= 0:
             raise StudyError(f"--full_lrs must be positive learning rates, got {self.full_lrs}")
-        if self.tta not in ("none", "flip"):
-            raise StudyError(f"--tta must be none or flip, got {self.tta!r}")
+        check_tta(self.tta)
         self.seed_list = seed_list(self.seeds)
         check_at_least(self, eval_every=1)
         ends = [sum(self.epochs[:i + 1]) for i in range(3)]
