@@ -546,9 +546,9 @@ def recipe_flag_defaults(given: dict) -> dict:
     """The defaults the run's recipe gives other flags, from the flags given (a name for --recipe, else the weights
     choose it: recipes.choose). An unknown recipe gives none: StageArguments refuses it with the list."""
     name = given.get("recipe")
-    if name is None and not given.get("stages_file"):
-        name = recipes.choose(None, is_random_start(given.get("backbone_weights"),
-                                                    given.get("model_name_or_path")))[0].name
+    if name is None:  # recipes.choose owns the rule, a stages file's included
+        random_weights = is_random_start(given.get("backbone_weights"), given.get("model_name_or_path"))
+        name = recipes.choose(None, random_weights, bool(given.get("stages_file")))[0].name
     return recipes.flag_defaults(name, given.get("optim"))
 
 
