@@ -55,10 +55,15 @@ class ArchitectureArguments:
             depths = []
         if len(depths) != 4:
             raise ValueError(f"--depths must be four integers such as 2,2,2,2, got {self.depths!r}")
-        given = {name: getattr(self, name) for name in ARCHITECTURE_FLAGS} | {"depths": depths}
-        # stem and cbam_init, when not given, are chosen from the data and the weights (training/defaults.py)
-        self.architecture = {name: value for name, value in given.items() if value is not None}
         ResNetCBAMConfig(**self.architecture)  # a ValueError naming the field that cannot build a model
+
+    @property
+    def architecture(self) -> dict:
+        """The architecture flags given, as the config's fields; stem and cbam_init, when not given, are chosen
+        from the data and the weights (training/defaults.py)."""
+        given = {name: getattr(self, name) for name in ARCHITECTURE_FLAGS}
+        given["depths"] = comma_list(self.depths, int, "--depths")
+        return {name: value for name, value in given.items() if value is not None}
 
 
 ARCHITECTURE_FLAGS = tuple(spec.name for spec in dataclasses.fields(ArchitectureArguments))  # the config's own names
@@ -130,8 +135,17 @@ class StageArguments:
             recipes.get(self.recipe)  # an unknown name is refused with the list
         if self.bn_policy not in ("train", "frozen"):
             raise ValueError(f"--bn_policy must be 'train' or 'frozen', got {self.bn_policy!r}")
-        self.epochs = comma_list(self.stage_epochs, int, "--stage_epochs")
-        self.lrs = comma_list(self.stage_lrs, float, "--stage_lrs")
+        _ = self.epochs, self.lrs  # parsed now: a malformed list stops the script before anything loads
+
+    @property
+    def epochs(self) -> list[int] | None:
+        """--stage_epochs as numbers (None: not given)."""
+        return comma_list(self.stage_epochs, int, "--stage_epochs")
+
+    @property
+    def lrs(self) -> list[float] | None:
+        """--stage_lrs as numbers (None: not given)."""
+        return comma_list(self.stage_lrs, float, "--stage_lrs")
 
 
 # The recipe reads these: the optimizer, the lr of each group at each step, the loss, the batch, the precision.
@@ -324,11 +338,15 @@ class FinetuneTrainingArguments(TrainingArguments):
                                  "push sends them."}
     )
 
+    # --lr_scheduler_type as given (None: not given, the recipe's shapes stay), kept before the Trainer's own
+    # __post_init__ turns the field into an enum (it needs a name it knows: "constant" when none is given)
+    lr_shape_given: str | None = field(default=None, init=False, repr=False)
+
     def __post_init__(self):
         self._refuse_unsupported()
         if self.export_onnx:
             require_onnx()  # now, not after the training
-        self.optimizer = OptimizerSpec.from_args(self)
+        _ = self.optimizer  # checked now, as given (the Trainer turns --optim into an enum below)
         if launch().distributed and not torch.cuda.is_available():
             self.use_cpu = True  # launched as DDP on a machine without GPUs: CPU processes over gloo (MULTI_CPU)
         if self.dataloader_num_workers == 0:
@@ -341,6 +359,11 @@ class FinetuneTrainingArguments(TrainingArguments):
         if self.channels_last is None:
             self.channels_last = self.bf16 or gpu
         super().__post_init__()
+
+    @property
+    def optimizer(self) -> OptimizerSpec:
+        """The optimizer these flags ask for (--optim, --optim_args, --weight_decay, --adam_*)."""
+        return OptimizerSpec.from_args(self)
 
     def _choose_precision(self) -> None:
         """--bf16 / --fp16 as given, else the hardware's default (training/hardware.py); never both."""
@@ -361,7 +384,6 @@ class FinetuneTrainingArguments(TrainingArguments):
         if not 0 <= self.label_smoothing_factor < 1:
             raise ValueError(f"--label_smoothing_factor must be in [0, 1) (0: none; e.g. 0.1), got "
                              f"{self.label_smoothing_factor}")
-        # the shape asked for, if any (None: the recipe's); the Trainer's own field needs a value it knows
         self.lr_shape_given = None if self.lr_scheduler_type is None else self._scheduler_name()
         self.lr_scheduler_type = self.lr_scheduler_type or "constant"
         shape = self._scheduler_name()
@@ -575,12 +597,12 @@ def read_run_file(path: Path) -> dict:
     return values
 
 
-def build_schedule(model_args: ModelArguments, stage_args: StageArguments,
-                   training_args: FinetuneTrainingArguments) -> stages.Schedule:
-    """The validated schedule of the flags and the run's recipe (chosen_recipe); a ScheduleError says what is wrong
-    before anything loads."""
+def build_schedule(model_args: ModelArguments, stage_args: StageArguments, training_args: FinetuneTrainingArguments,
+                   recipe: recipes.Recipe | None = None) -> stages.Schedule:
+    """The validated schedule of the flags and the run's recipe (chosen_recipe, unless the caller has it); a
+    ScheduleError says what is wrong before anything loads."""
     num_train_epochs = training_args.num_train_epochs
-    recipe, _ = chosen_recipe(model_args, stage_args)
+    recipe = recipe or chosen_recipe(model_args, stage_args)[0]
     if stage_args.stages_file:
         schedule = stages.from_json(stage_args.stages_file)
     else:

@@ -94,9 +94,8 @@ def saved_so_far(output_dir: str) -> str:
 
 
 def _finetune(model_args, data_args, stage_args, training_args, callbacks=()) -> int:
-    push = training_args.push_to_hub
-    training_args.push_to_hub = False  # the Trainer's own pushes: the finished folder is pushed below, checkpoints
-    pusher = None  # by CheckpointPusher (--hub_strategy)
+    push = training_args.push_to_hub  # the Trainer itself never pushes (RunConfig.trainer_arguments): the finished
+    pusher = None  # folder is pushed below, checkpoints by CheckpointPusher (--hub_strategy)
     try:
         if push and training_args.should_save:
             hub = (training_args.hub_model_id, training_args.hub_token, training_args.hub_private_repo)

@@ -114,8 +114,12 @@ class DataArguments:
         """Whether the data is a Hub dataset (its id names it for others), not a local folder."""
         return not self.train_dir and not self.validation_dir and not Path(self.dataset_name).exists()
 
+    @property
+    def label_subset(self) -> list[str] | None:
+        """--labels as class names (None: every class)."""
+        return None if self.labels is None else [name.strip() for name in self.labels.split(",")]
+
     def __post_init__(self):
-        self.label_subset = None if self.labels is None else [name.strip() for name in self.labels.split(",")]
         if self.label_subset is not None and (not all(self.label_subset) or
                                               len(set(self.label_subset)) != len(self.label_subset)):
             raise DataError(f"--labels must be distinct class names separated by commas, got {self.labels!r}")

@@ -1,5 +1,6 @@
 """Using a trained model: load it with its image processor, predict on image files in batches, read its attention."""
 
+import dataclasses
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -263,10 +264,10 @@ def evaluate_split(model, processor, data_args, split: str, seed: int = 42, batc
     from training.metrics import classification_metrics
     from training.transforms import set_transforms
 
-    data_args.image_size = model.config.image_size
-    data_args.image_mean, data_args.image_std = list(processor.image_mean), list(processor.image_std)
-    data_args.augment = "none"  # evaluation images are never augmented (only the train split is)
-    data = load_image_data(data_args, seed=seed, split=split)
+    as_the_model = dataclasses.replace(  # evaluation images are never augmented (only the train split is)
+        data_args, image_size=model.config.image_size, image_mean=list(processor.image_mean),
+        image_std=list(processor.image_std), augment="none")
+    data = load_image_data(as_the_model, seed=seed, split=split)
     data.crop_pct = processor.crop_size["height"] / processor.size["shortest_edge"]  # evaluated as the model says
     set_transforms(data)
     to_model = match_labels(data.label_names, model.config.id2label)

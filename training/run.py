@@ -15,7 +15,6 @@ from transformers import TrainerCallback, default_data_collator
 
 from modeling_resnet_cbam import ResNetCBAMConfig, ResNetCBAMForImageClassification
 from training.arguments import (
-    ARCHITECTURE_FLAGS,
     FinetuneTrainingArguments,
     ModelArguments,
     StageArguments,
@@ -34,9 +33,9 @@ from training.checkpoints import (
 )
 from training.data import DataArguments, ImageData, labels_of, load_image_data
 from training.defaults import resolve_architecture, wants_pretrained_stem, warn_costly_stem
-from training.device_data import DeviceData, supports_device_data
+from training.device_data import DeviceData
 from training.ema import EMACallback
-from training.hardware import describe, device_name, precision
+from training.hardware import describe
 from training.hub import HUB_CHECKPOINT, base_model, fetch_checkpoint
 from training.images import DataError
 from training.inference import check_saved_model
@@ -44,22 +43,21 @@ from training.metrics import classification_metrics, compute_accuracy
 from training.outputs import RunRecord
 from training.plots import epoch_entries
 from training.recipes import Recipe, random_start_warning
-from training.stages import Schedule, ScheduleError
+from training.run_config import RunConfig, resolve_run
 from training.trainer import StagedTrainer, describe_mixing
 from training.transforms import POLICIES
 
 logger = logging.getLogger(__name__)
-# the config's fields that shape the network: the architecture flags, and those the data sets
-ARCHITECTURE_FIELDS = (*ARCHITECTURE_FLAGS, "num_channels", "image_size", "crop_pct", "image_mean", "image_std")
 
 
 @dataclass
 class Run:
-    """A Trainer ready to train, its data, and the record of the run that training completes."""
+    """A Trainer ready to train, its data, the run's configuration, and the record that training completes."""
 
     trainer: StagedTrainer
     data: ImageData
     record: RunRecord
+    config: RunConfig
 
 
 def build_model(args: ModelArguments, data: ImageData,
@@ -86,8 +84,6 @@ def build_model(args: ModelArguments, data: ImageData,
         return model, f"the saved model {args.model_name_or_path}", []
     pretrained = args.pretrained_backbone
     architecture, chosen = resolve_architecture(args.architecture, data.preset, recipe, pretrained)
-    for choice in chosen:
-        logger.info("default: %s", choice)
     config = ResNetCBAMConfig(**architecture, **data_fields)
     warn_costly_stem(config)
     model = ResNetCBAMForImageClassification(config)
@@ -100,23 +96,6 @@ def build_model(args: ModelArguments, data: ImageData,
     return model, str(report), chosen
 
 
-def check_stages_train_something(schedule: Schedule, model: ResNetCBAMForImageClassification) -> None:
-    """Refuse, before training, a stage whose groups hold no parameter of this model (`"train": ["cbam"]` with
-    `--cbam_placement none`): it would train nothing, and the optimizer could not be built for it."""
-    groups = model.parameter_groups()
-    for index, stage in enumerate(schedule.stages, start=1):
-        if stage.parameter_count(groups) == 0:
-            empty = ", ".join(stage.groups)
-            raise ScheduleError(f"stage {index} trains {empty}, which hold no parameter in this model"
-                                + (" (--cbam_placement none: it has no CBAM)" if "cbam" in stage.groups else "")
-                                + "; give the stage a group the model has")
-
-
-def keeps_pretrained_stem(args: ModelArguments, model: ResNetCBAMForImageClassification) -> bool:
-    """Whether backbone weights were loaded into an ImageNet stem (its 7x7 conv1 kept, not dropped)."""
-    return args.pretrained_backbone and model.config.stem == "imagenet"
-
-
 def build_run(
     model_args: ModelArguments,
     data_args: DataArguments,
@@ -125,63 +104,96 @@ def build_run(
     extra_callbacks: list[TrainerCallback] = (),
     checkpoint: Path | None = None,
 ) -> Run:
-    """Validate the schedule, then load data and model and assemble the Trainer (nothing trained yet); `checkpoint`:
+    """A run assembled, nothing trained yet, in four steps: the flags' recipe and schedule (checked before anything
+    loads), the data, the model, then the configuration they decide and the Trainer built from it. `checkpoint`:
     the one training will resume from (the EMA of the weights continues from it)."""
     recipe, why = chosen_recipe(model_args, stage_args)
-    schedule = build_schedule(model_args, stage_args, training_args)
-    training_args.num_train_epochs = schedule.total_epochs
+    schedule = build_schedule(model_args, stage_args, training_args, recipe)
+    data = load_run_data(model_args, data_args, training_args, recipe)
+    torch.manual_seed(training_args.seed)  # the new modules' initialisation is reproducible
+    model, weights, chosen = build_model(model_args, data, recipe)
+    config = resolve_run(model_args, stage_args, training_args, recipe=recipe, why=why, schedule=schedule,
+                         data=data, model=model, weights=weights, chosen=chosen)
+    log_config(config, model_args, stage_args, data, training_args)
+    record = run_record(config, model, data, model_args, data_args, stage_args, training_args)
+    model.requires_grad_(True)  # DDP only all-reduces what requires grad when it wraps the model
+    if training_args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    trainer_args = config.trainer_arguments(training_args)
+    device_data = DeviceData(data) if config.data_on_device else None
+    splits = trainer_splits(data, device_data)
+    ema = [EMACallback(training_args.ema_decay, checkpoint)] if training_args.ema_decay else []
+    patience = training_args.early_stopping_patience
+    stopping = [EarlyStopping(patience, training_args.metric_for_best_model, training_args.greater_is_better)] \
+        if patience else []
+    trainer = StagedTrainer(
+        model=model,
+        args=trainer_args,
+        train_dataset=splits["train"],
+        eval_dataset=splits["validation"],
+        data_collator=default_data_collator,
+        compute_metrics=compute_accuracy,
+        callbacks=[*extra_callbacks, StageCallback(stage_args.bn_policy), RankConsistencyCallback(),
+                   ChanceLevelCallback(_label_counts(data, "validation"), data.label_names), *ema, *stopping,
+                   RunFactsCallback(record.identity())],  # facts last: complete
+        schedule=config.schedule,
+        device_data=device_data,
+    )
+    return Run(trainer, data, record, config)
+
+
+def load_run_data(model_args: ModelArguments, data_args: DataArguments, training_args: FinetuneTrainingArguments,
+                  recipe: Recipe) -> ImageData:
+    """The dataset, its splits and transforms, sized for the weights (CIFAR-sized images upsampled for a
+    pretrained ImageNet stem: defaults.wants_pretrained_stem)."""
     if training_args.data_on_device and data_args.augment in POLICIES:
         raise DataError(f"--augment {data_args.augment} is torchvision's policy on PIL images, in the DataLoader: it "
                         "has no device-resident version; leave out --data_on_device true")
     with training_args.main_process_first(desc="loading the dataset"):
-        data = load_image_data(data_args, seed=training_args.seed, pretrained_stem=wants_pretrained_stem(
+        return load_image_data(data_args, seed=training_args.seed, pretrained_stem=wants_pretrained_stem(
             model_args.pretrained_backbone, recipe, model_args.stem))
-    torch.manual_seed(training_args.seed)  # the new modules' initialisation is reproducible
-    logger.info("input: %s", data.input_summary)
-    model, weights, chosen = build_model(model_args, data, recipe)
-    if why:
-        chosen.insert(0, why)
-        logger.info("default: %s", why)
-    elif model_args.random_weights and not stage_args.stages_file:
-        warning = random_start_warning(recipe.name, schedule.stages[0])
+
+
+def log_config(config: RunConfig, model_args: ModelArguments, stage_args: StageArguments, data: ImageData,
+               training_args: FinetuneTrainingArguments) -> None:
+    """The run as decided, in the log: its input, each default and why, the speed settings, the optimizer."""
+    logger.info("input: %s", config.defaults[0])
+    for choice in config.defaults[1:]:
+        logger.info("default: %s", choice)
+    if model_args.random_weights and stage_args.recipe is not None and not stage_args.stages_file:
+        warning = random_start_warning(config.recipe.name, config.schedule.stages[0])
         if warning:
             logger.warning("%s", warning)
-    if keeps_pretrained_stem(model_args, model) and not stage_args.stages_file and \
-            (kept := schedule.with_pretrained_stem()) != schedule:
-        schedule = kept
-        chosen.append(f"the stem is pretrained (its conv1 loaded with the backbone): {recipe.name} trains it with "
-                      "layer1, not as a new module")
-        logger.info("default: %s", chosen[-1])
-    check_stages_train_something(schedule, model)
-    schedule = schedule.of_groups({group for group, parameters in model.parameter_groups().items() if parameters})
-    model.requires_grad_(True)  # DDP only all-reduces what requires grad when it wraps the model
-    if training_args.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    if training_args.data_on_device is None:  # auto: small images are decoded once, wherever training runs
-        training_args.data_on_device = supports_device_data(data)
-        if data.augment in POLICIES:
-            logger.info("augment %s: torchvision's policy on PIL images in the DataLoader workers (the "
-                        "device-resident path has no such policy)", data.augment)
-    device_data = DeviceData(data) if training_args.data_on_device else None
-    if device_data:  # the loader only carries indices: workers would add latency, not throughput
-        training_args.dataloader_num_workers, training_args.dataloader_persistent_workers = 0, False
-    splits = trainer_splits(data, device_data)
+    if not config.data_on_device and training_args.data_on_device is None and data.augment in POLICIES:
+        logger.info("augment %s: torchvision's policy on PIL images in the DataLoader workers (the device-resident "
+                    "path has no such policy)", data.augment)
     logger.info("speed settings: %s%s", describe(training_args.bf16, training_args.fp16, training_args.channels_last,
                                                    training_args.device),
-                ", data on the device" if device_data else f", {training_args.dataloader_num_workers} loader workers")
+                ", data on the device" if config.data_on_device else f", {config.loader_workers} loader workers")
     logger.info("optimizer: %s", training_args.optimizer.describe())
-    record = RunRecord(
+    mixing = describe_mixing(training_args.mixup_alpha, training_args.cutmix_alpha)
+    if mixing:
+        logger.info("batch mixing: %s of the training batches, against soft targets; train_accuracy counts each "
+                    "mixed image's dominant class", mixing)
+
+
+def run_record(config: RunConfig, model: ResNetCBAMForImageClassification, data: ImageData,
+               model_args: ModelArguments, data_args: DataArguments, stage_args: StageArguments,
+               training_args: FinetuneTrainingArguments) -> RunRecord:
+    """The record of the run (its identity, the card's facts), from its configuration and flags; training
+    completes it with the metrics."""
+    return RunRecord(
         output_dir=Path(training_args.output_dir),
         model_id=training_args.hub_model_id or Path(training_args.output_dir).name,
         dataset=data_args.source,
         dataset_name=data_args.display_name,
         dataset_on_hub=data_args.from_hub,
-        recipe=stage_args.stages_file or recipe.name,
-        schedule=schedule,
+        recipe=stage_args.stages_file or config.recipe.name,
+        schedule=config.schedule,
         bn_policy=stage_args.bn_policy,
         augment=data.augmentation,
-        defaults=[data.input_summary, *chosen],
-        backbone=weights,
+        defaults=list(config.defaults),
+        backbone=config.weights,
         base_model=base_model(model_args.backbone_weights, model.config.depths, model_args.model_name_or_path),
         license=training_args.license,
         optimizer=training_args.optimizer.describe(),
@@ -192,37 +204,16 @@ def build_run(
         batch_size=training_args.per_device_train_batch_size,
         world_size=training_args.world_size,
         seed=training_args.seed,
-        hardware=device_name(training_args.device, training_args.world_size),
-        precision=precision(training_args.bf16, training_args.fp16),
+        hardware=config.hardware,
+        precision=config.precision,
         split_sizes={name: len(split) for name, split in data.splits.items()},
         source_split_sizes=data.source_sizes,
         label_names=data.label_names,
-        architecture={name: getattr(model.config, name) for name in ARCHITECTURE_FIELDS},
+        architecture=dict(config.architecture),
         gradient_accumulation_steps=training_args.gradient_accumulation_steps,
         best_model=_best_model_setting(training_args),
         mixing=describe_mixing(training_args.mixup_alpha, training_args.cutmix_alpha),
     )
-    if record.mixing:
-        logger.info("batch mixing: %s of the training batches, against soft targets; train_accuracy counts each "
-                    "mixed image's dominant class", record.mixing)
-    ema = [EMACallback(training_args.ema_decay, checkpoint)] if training_args.ema_decay else []
-    patience = training_args.early_stopping_patience
-    stopping = [EarlyStopping(patience, training_args.metric_for_best_model, training_args.greater_is_better)] \
-        if patience else []
-    trainer = StagedTrainer(
-        model=model,
-        args=training_args,
-        train_dataset=splits["train"],
-        eval_dataset=splits["validation"],
-        data_collator=default_data_collator,
-        compute_metrics=compute_accuracy,
-        callbacks=[*extra_callbacks, StageCallback(stage_args.bn_policy), RankConsistencyCallback(),
-                   ChanceLevelCallback(_label_counts(data, "validation"), data.label_names), *ema, *stopping,
-                   RunFactsCallback(record.identity())],  # facts last: complete
-        schedule=schedule,
-        device_data=device_data,
-    )
-    return Run(trainer, data, record)
 
 
 def prepare_run(

@@ -136,14 +136,12 @@ class StudyArguments:
     def __post_init__(self):
         check_at_least(self, pretrain_epochs=1, pretrain_image_size=16, pretrain_eval_samples=1, train_per_class=0,
                        validation_split=1)
-        self.epochs = comma_list(self.stage_epochs, int, "--stage_epochs")
-        if len(self.epochs) != 3 or min(self.epochs) < 1:
+        if len(self.epochs or ()) != 3 or min(self.epochs) < 1:
             raise StudyError(f"--stage_epochs must be three positive integers such as 2,6,12, got {self.stage_epochs}")
-        self.lrs = comma_list(self.full_lrs, float, "--full_lrs")
         if not self.lrs or min(self.lrs) <= 0:
             raise StudyError(f"--full_lrs must be positive learning rates, got {self.full_lrs}")
         check_tta(self.tta)
-        self.seed_list = seed_list(self.seeds)
+        _ = self.seed_list  # parsed now: a malformed list stops the study before anything loads
         check_at_least(self, eval_every=1)
         ends = [sum(self.epochs[:i + 1]) for i in range(3)]
         if any(end % self.eval_every for end in ends):
@@ -155,10 +153,29 @@ class StudyArguments:
         if self.reference not in row_names:
             raise StudyError(f"--reference: unknown row {self.reference}")
         names = [row.name for row in selectable_rows(self)]
-        self.selected = comma_list(self.runs, str, "--runs") or names
         unknown = [name for name in self.selected if name not in names]
         if unknown:
             raise StudyError(f"--runs: unknown rows {', '.join(unknown)}; the rows are {', '.join(names)}")
+
+    @property
+    def epochs(self) -> list[int]:
+        """--stage_epochs: the three stages' lengths."""
+        return comma_list(self.stage_epochs, int, "--stage_epochs")
+
+    @property
+    def lrs(self) -> list[float]:
+        """--full_lrs: the one-stage rows' rates."""
+        return comma_list(self.full_lrs, float, "--full_lrs")
+
+    @property
+    def seed_list(self) -> list[int]:
+        """--seeds as numbers."""
+        return seed_list(self.seeds)
+
+    @property
+    def selected(self) -> list[str]:
+        """The rows to run: --runs, or every selectable row."""
+        return comma_list(self.runs, str, "--runs") or [row.name for row in selectable_rows(self)]
 
     @property
     def reference_row(self) -> str:
