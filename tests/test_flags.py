@@ -18,17 +18,10 @@ from torch.nn import functional as F
 from transformers import TrainingArguments
 
 from modeling_resnet_cbam import ResNetCBAMConfig, ResNetCBAMForImageClassification
-from training.arguments import (
-    ARGUMENTS,
-    RECIPE_FIELDS,
-    REFUSED_FIELDS,
-    TRAINER_FIELDS,
-    TRAINER_GROUP,
-    build_schedule,
-    parse_arguments,
-)
+from training.arguments import ARGUMENTS, build_schedule, parse_arguments
 from training.cli import finetune_main
 from training.stages import GROUPS, Schedule, ScheduleError, Stage
+from training.trainer_fields import RECIPE_FIELDS, REFUSED_FIELDS, TRAINER_FIELDS, TRAINER_GROUP
 
 SGD = ["--optim", "sgd", "--optim_args", "momentum=0.9,nesterov=True", "--weight_decay", "5e-4"]
 

@@ -23,15 +23,14 @@ from training.study import (
     STUDY_RUN,
     StudyArguments,
     StudyError,
-    results_table,
     row_flags,
     run_result,
     run_study,
     seed_list,
     study_main,
     study_rows,
-    summarise,
 )
+from training.study_report import results_table, summarise
 
 torch.backends.mkldnn.deterministic = True
 

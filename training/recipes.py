@@ -146,9 +146,10 @@ def batch_text() -> str:
                      + [f"{usual} for the others"])
 
 
-def random_start_warning(name: str, first: Stage) -> str | None:
-    """What recipe `name` does on random weights when its `first` stage keeps groups frozen (None: it trains all)."""
-    frozen = [group for group in GROUPS if group not in first.lrs]
+def random_start_warning(name: str, first: Stage, present=GROUPS) -> str | None:
+    """What recipe `name` does on random weights when its `first` stage keeps some of the model's groups (`present`)
+    frozen (None: it trains all)."""
+    frozen = [group for group in present if group not in first.lrs]
     if not frozen:
         return None
     return (f"--recipe {name} on random weights: its first stage keeps {', '.join(frozen)} frozen at their random "

@@ -42,7 +42,7 @@ from training.inference import check_saved_model
 from training.metrics import classification_metrics, compute_accuracy
 from training.outputs import RunRecord
 from training.plots import epoch_entries
-from training.recipes import Recipe, random_start_warning
+from training.recipes import Recipe
 from training.run_config import RunConfig, resolve_run
 from training.trainer import StagedTrainer, describe_mixing
 from training.transforms import POLICIES
@@ -114,8 +114,17 @@ def build_run(
     model, weights, chosen = build_model(model_args, data, recipe)
     config = resolve_run(model_args, stage_args, training_args, recipe=recipe, why=why, schedule=schedule,
                          data=data, model=model, weights=weights, chosen=chosen)
-    log_config(config, model_args, stage_args, data, training_args)
+    log_config(config, data, training_args)
     record = run_record(config, model, data, model_args, data_args, stage_args, training_args)
+    trainer = build_trainer(config, model, data, stage_args, training_args, record, extra_callbacks, checkpoint)
+    return Run(trainer, data, record, config)
+
+
+def build_trainer(config: RunConfig, model: ResNetCBAMForImageClassification, data: ImageData,
+                  stage_args: StageArguments, training_args: FinetuneTrainingArguments, record: RunRecord,
+                  extra_callbacks: list[TrainerCallback], checkpoint: Path | None) -> StagedTrainer:
+    """The Trainer of the configuration: its arguments derived from it, the data where it decided, the stage and
+    safety callbacks (`extra_callbacks` first), the EMA continuing from `checkpoint`."""
     model.requires_grad_(True)  # DDP only all-reduces what requires grad when it wraps the model
     if training_args.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -126,7 +135,7 @@ def build_run(
     patience = training_args.early_stopping_patience
     stopping = [EarlyStopping(patience, training_args.metric_for_best_model, training_args.greater_is_better)] \
         if patience else []
-    trainer = StagedTrainer(
+    return StagedTrainer(
         model=model,
         args=trainer_args,
         train_dataset=splits["train"],
@@ -139,7 +148,6 @@ def build_run(
         schedule=config.schedule,
         device_data=device_data,
     )
-    return Run(trainer, data, record, config)
 
 
 def load_run_data(model_args: ModelArguments, data_args: DataArguments, training_args: FinetuneTrainingArguments,
@@ -154,16 +162,13 @@ def load_run_data(model_args: ModelArguments, data_args: DataArguments, training
             model_args.pretrained_backbone, recipe, model_args.stem))
 
 
-def log_config(config: RunConfig, model_args: ModelArguments, stage_args: StageArguments, data: ImageData,
-               training_args: FinetuneTrainingArguments) -> None:
+def log_config(config: RunConfig, data: ImageData, training_args: FinetuneTrainingArguments) -> None:
     """The run as decided, in the log: its input, each default and why, the speed settings, the optimizer."""
     logger.info("input: %s", config.defaults[0])
     for choice in config.defaults[1:]:
         logger.info("default: %s", choice)
-    if model_args.random_weights and stage_args.recipe is not None and not stage_args.stages_file:
-        warning = random_start_warning(config.recipe.name, config.schedule.stages[0])
-        if warning:
-            logger.warning("%s", warning)
+    for warning in config.warnings:
+        logger.warning("%s", warning)
     if not config.data_on_device and training_args.data_on_device is None and data.augment in POLICIES:
         logger.info("augment %s: torchvision's policy on PIL images in the DataLoader workers (the device-resident "
                     "path has no such policy)", data.augment)

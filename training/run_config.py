@@ -16,7 +16,7 @@ from training.arguments import ARCHITECTURE_FLAGS, FinetuneTrainingArguments, Mo
 from training.data import ImageData
 from training.device_data import supports_device_data
 from training.hardware import device_name, precision
-from training.recipes import Recipe
+from training.recipes import Recipe, random_start_warning
 from training.stages import Schedule, ScheduleError
 
 # the config's fields that shape the network: the architecture flags, and those the data sets
@@ -36,6 +36,7 @@ class RunConfig:
     hardware: str  # what trains it, in words
     weights: str  # where the model's weights came from, in a sentence (the backbone import's own report)
     defaults: tuple[str, ...]  # every default chosen, each with its reason; the input's first
+    warnings: tuple[str, ...] = ()  # what the configuration asked for does that a user may not expect
 
     def trainer_arguments(self, args: FinetuneTrainingArguments) -> FinetuneTrainingArguments:
         """The Trainer's arguments: the parsed ones with what this configuration decided (the run's length, the
@@ -63,7 +64,11 @@ def resolve_run(model_args: ModelArguments, stage_args: StageArguments, training
         defaults.append(f"the stem is pretrained (its conv1 loaded with the backbone): {recipe.name} trains it with "
                         "layer1, not as a new module")
     check_stages_train_something(schedule, model)
-    schedule = schedule.of_groups({group for group, parameters in model.parameter_groups().items() if parameters})
+    present = [group for group, parameters in model.parameter_groups().items() if parameters]
+    schedule = schedule.of_groups(present)
+    given = stage_args.recipe is not None and not stage_args.stages_file
+    warning = random_start_warning(recipe.name, schedule.stages[0], present) \
+        if given and model_args.random_weights else None
     data_on_device = training_args.data_on_device
     if data_on_device is None:  # auto: small images are decoded once, wherever training runs
         data_on_device = supports_device_data(data)
@@ -73,7 +78,7 @@ def resolve_run(model_args: ModelArguments, stage_args: StageArguments, training
                      loader_workers=0 if data_on_device else training_args.dataloader_num_workers,
                      precision=precision(training_args.bf16, training_args.fp16),
                      hardware=device_name(training_args.device, training_args.world_size),
-                     weights=weights, defaults=tuple(defaults))
+                     weights=weights, defaults=tuple(defaults), warnings=(warning,) if warning else ())
 
 
 def keeps_pretrained_stem(args: ModelArguments, model: ResNetCBAMForImageClassification) -> bool:
