@@ -34,17 +34,15 @@ class ArchitectureArguments:
     _argument_group_name = "model (resnet-cbam)"
 
     depths: str = field(default="2,2,2,2", metadata={"help": "Blocks per stage: 2,2,2,2 (ResNet18), 3,4,6,3 (34)."})
-    stem: str | None = field(default=None, metadata={"help": "cifar (3x3 stride 1, no max-pool) or imagenet (7x7 "
-                                                    "stride 2 and max-pool). Default: imagenet (on a pretrained "
-                                                    "backbone, its own kept); cifar for CIFAR-sized images from "
-                                                    "random weights or in seed-exact."})
+    stem: str | None = field(default=None, metadata={"help": "cifar (3x3, stride 1) or imagenet (7x7, stride 2, "
+                                                    "max-pool). Default: imagenet; cifar for CIFAR-sized images from "
+                                                    "random weights."})
     cbam_placement: str = field(default="stage", metadata={"help": "stage (after layer1..4), block, or none "
                                                            "(the plain ResNet: no CBAM)."})
-    cbam_init: str | None = field(default=None, metadata={"help": "default (the paper's) or identity (each CBAM "
-                                  "behind a learnable gate at 0: the network starts as without it). Default: identity "
-                                  "on pretrained backbone weights, the paper's from random weights and in seed-exact."})
+    cbam_init: str | None = field(default=None, metadata={"help": "default (the paper's) or identity (behind a "
+                                  "gate at 0). Default: identity on a pretrained backbone."})
     zero_init_residual: bool = field(default=False, metadata={"help": "Each basic block's last BatchNorm scale starts "
-                                     "at 0, so the block starts as its shortcut (default off, fast's too)."})
+                                     "at 0: the block starts as its shortcut."})
     cbam_reduction: int = field(default=16, metadata={"help": "Channel-attention MLP reduction ratio."})
     cbam_kernel_size: int = field(default=7, metadata={"help": "Spatial-attention kernel size."})
 
@@ -72,12 +70,12 @@ ARCHITECTURE_FLAGS = tuple(spec.name for spec in dataclasses.fields(Architecture
 @dataclass
 class ModelArguments(ArchitectureArguments):
     model_name_or_path: str | None = field(
-        default=None, metadata={"help": "Start from a saved ResNetCBAM (folder or Hub id) instead of a new model."}
+        default=None, metadata={"help": "A saved ResNetCBAM (folder or Hub id) to start from."}
     )
     backbone_weights: str = field(
         default="torchvision",
-        metadata={"help": "torchvision (ImageNet), a timm Hub id, a .safetensors/.pth file, a model folder saved by "
-                          "this project (its backbone), or none."},
+        metadata={"help": "torchvision (ImageNet), a timm Hub id, a .safetensors/.pth file, a "
+                          "folder saved here, or none."},
     )
 
     def __post_init__(self):
@@ -116,18 +114,16 @@ class StageArguments:
     stage_lrs: str | None = field(default=None, metadata={"help": "One lr per stage, e.g. 1e-3,1e-4,1e-5."})
     stages_file: str | None = field(default=None, metadata={"help": "A JSON list of stages (overrides recipe)."})
     bn_policy: str = field(
-        default="train", metadata={"help": "train (frozen groups' BatchNorm statistics update, as the tutorial) or "
-                                   "frozen (their BatchNorm in eval mode)."}
+        default="train", metadata={"help": "train (frozen groups' BatchNorm statistics update) or frozen (in "
+                                   "eval mode)."}
     )
     train_bn: bool = field(
-        default=False, metadata={"help": "Also train the BatchNorm scale and shift of the frozen groups (fastai's and "
-                                 "Lightning's train_bn), at the lowest rate of the stage; their convolutions stay "
-                                 "frozen. Default: off (a frozen group is entirely fixed)."}
+        default=False, metadata={"help": "Also train the frozen groups' BatchNorm scale and shift (fastai's "
+                                 "train_bn), at the stage's lowest rate; their convolutions stay frozen."}
     )
     scale_lr_with_batch: bool = field(
-        default=False, metadata={"help": "Multiply every stage's lr by (global batch / the recipe's batch: "
-                                 f"{recipes.batch_text()}): the linear scaling rule for running the recipe at a "
-                                 "larger batch."}
+        default=False, metadata={"help": "Multiply every stage's lr by global batch / the recipe's "
+                                 f"({recipes.batch_text()}): the linear scaling rule."}
     )
 
     def __post_init__(self):
@@ -162,23 +158,22 @@ class FinetuneTrainingArguments(TrainingArguments):
 
     output_dir: str = field(default="outputs/resnet-cbam", metadata={"help": "Where checkpoints and the model go."})
     num_train_epochs: float | None = field(
-        default=None, metadata={"help": "Default: the sum of the stage lengths; if given, it must equal it."}
+        default=None, metadata={"help": "Default: the stages' sum; if given, it must equal it."}
     )
     learning_rate: float | None = field(
         default=None, metadata={"help": f"The peak lr of the one-stage recipes ({recipes.one_stage_lrs()}). "
                                 "Staged recipes take --stage_lrs."}
     )
     lr_scheduler_type: str | None = field(
-        default=None, metadata={"help": "The lr shape inside each stage, replacing the recipe's: constant, cosine, "
-                                "linear. Default: the recipe's (constant; fast: its triangle)."}
+        default=None, metadata={"help": "The lr shape in each stage: constant, cosine, linear. Default: "
+                                "the recipe's (constant; fast: its triangle)."}
     )
     warmup_steps: float = field(
-        default=0, metadata={"help": "Linear warmup at the start of each stage: a number of steps, or a fraction "
-                             "of the stage's steps below 1."}
+        default=0, metadata={"help": "Linear warmup at each stage's start: steps, or a fraction below 1."}
     )
     per_device_train_batch_size: int = field(default=64, metadata={"help": "Images per step on each process."})
     per_device_eval_batch_size: int = field(default=256, metadata={"help": "Images per evaluation step."})
-    max_grad_norm: float = field(default=0.0, metadata={"help": "Gradient clipping norm; 0 (the tutorial): none."})
+    max_grad_norm: float = field(default=0.0, metadata={"help": "Gradient clipping norm; 0: none."})
     eval_strategy: str = field(default="epoch", metadata={"help": "When to evaluate: epoch (default), steps, no."})
     save_strategy: str = field(default="epoch", metadata={"help": "When to save a checkpoint: epoch, steps, no."})
     save_total_limit: int | None = 2
@@ -189,73 +184,63 @@ class FinetuneTrainingArguments(TrainingArguments):
     dataloader_num_workers: int = field(default_factory=default_num_workers)
     dataloader_persistent_workers: bool = True
     bf16: bool | None = field(
-        default=None, metadata={"help": "bf16 autocast with fp32 master weights. Default: on where the hardware "
-                                "computes bf16 natively (Ampere+ GPUs, CPUs with AVX512-BF16 or AMX)."}
+        default=None, metadata={"help": "bf16 autocast. Default: on where bf16 is native (Ampere+, "
+                                "AVX512-BF16, AMX)."}
     )
     fp16: bool | None = field(
-        default=None, metadata={"help": "fp16 autocast with fp32 master weights and loss scaling (a GradScaler, "
-                                "saved in checkpoints). Default: on a CUDA GPU without native bf16 (T4, V100, P100); "
-                                "on a CPU it runs, for checking, far slower than bf16 or fp32."}
+        default=None, metadata={"help": "fp16 autocast, loss scaling. Default: on GPUs without bf16 (T4, "
+                                "V100); slow on a CPU."}
     )
     channels_last: bool | None = field(
-        default=None, metadata={"help": "channels_last memory format. Default: on with bf16 or on a GPU."}
+        default=None, metadata={"help": "Default: on with bf16 or on a GPU."}
     )
     data_on_device: bool | None = field(
-        default=None, metadata={"help": "Decode small images (<= 64x64) once into a tensor on the training device "
-                                "and augment there (no PIL work per step). Default: on for such images."}
+        default=None, metadata={"help": "Decode images <= 64x64 once onto the training device, augment there. "
+                                "Default: on for them."}
     )
     overwrite_output_dir: bool = field(
-        default=False, metadata={"help": "Replace a previous run in --output_dir (deleted once the new run has "
-                                 "loaded). Without it, a folder holding a model or checkpoints is refused."}
+        default=False, metadata={"help": "Replace a previous run in --output_dir (deleted once the new run "
+                                 "has loaded)."}
     )
     allow_changed_run: bool = field(
-        default=False, metadata={"help": "Resume a checkpoint although the run's defining arguments changed (the "
-                                 "differences are logged and written into the model card)."}
+        default=False, metadata={"help": "Resume although the run's defining flags changed (the differences "
+                                 "are logged and in the card)."}
     )
     ema_decay: float = field(
-        default=0.0, metadata={"help": "Keep an exponential moving average of the weights with this decay (e.g. "
-                               "0.99), used for every evaluation and the saved model; 0 (default): none."}
+        default=0.0, metadata={"help": "Evaluate and save an exponential moving average of the weights "
+                               "with this decay (e.g. 0.99); 0 (default): none."}
     )
     tta: str = field(
-        default="none", metadata={"help": "Test-time augmentation of every evaluation: none (default) or flip (the "
-                                  "mean of the softmax of each image and its mirror)."}
+        default="none", metadata={"help": "Test-time augmentation: none (default) or flip (each image with "
+                                  "its mirror)."}
     )
     mixup_alpha: float = field(
-        default=0.0, metadata={"help": "MixUp: each training batch blended with a shuffled copy of itself, with a "
-                               "weight drawn from Beta(alpha, alpha), and the labels alike (e.g. 0.2); 0 (default): "
-                               "off. With --cutmix_alpha too, each batch gets one of the two."}
+        default=0.0, metadata={"help": "MixUp: batch and labels blended with a shuffled copy, weight ~ "
+                               "Beta(alpha, alpha) (e.g. 0.2); 0 (default): off."}
     )
     cutmix_alpha: float = field(
-        default=0.0, metadata={"help": "CutMix: a box of each training image replaced by the same box of another, the "
-                               "labels weighted by area, the area drawn from Beta(alpha, alpha) (e.g. 1.0); 0 "
-                               "(default): off. Evaluation is never mixed."}
+        default=0.0, metadata={"help": "CutMix: a box from another image, labels by area ~ Beta(alpha, "
+                               "alpha) (e.g. 1.0); 0 (default): off. Both: one a batch."}
     )
     metric_for_best_model: str | None = field(
-        default=None, metadata={"help": "What chooses the epoch kept by --load_best_model_at_end and what "
-                                "--early_stopping_patience watches, on the validation split: accuracy (default) or "
-                                "loss."}
+        default=None, metadata={"help": "accuracy (default) or loss on validation: what "
+                                "--load_best_model_at_end and --early_stopping_patience watch."}
     )
     early_stopping_patience: int | None = field(
-        default=None, metadata={"help": "Stop once this many evaluations in a row have not improved on the best so "
-                                "far; only evaluations after the last stage has started count (the earlier stages "
-                                "train a part of the network and plateau by design). Default: never stop early."}
+        default=None, metadata={"help": "Stop after this many evaluations without a new best, counted in the "
+                                "last stage only (earlier ones plateau by design). Default: never."}
     )
     hub_strategy: str = field(
-        default="end", metadata={"help": "With --push_to_hub, what is pushed while training, in the background, "
-                                 "after each complete checkpoint: end (default): nothing, the finished folder at the "
-                                 "end; every_save: the model at each save; checkpoint: also the checkpoint, in "
-                                 "last-checkpoint/ (resume with --resume_from_checkpoint hf://USER/NAME); "
-                                 "all_checkpoints: also every checkpoint, in checkpoint-N/."}
+        default="end", metadata={"help": "What --push_to_hub sends after each checkpoint, in the background: "
+                                 "end (default): nothing before the end; every_save: the model; checkpoint: also the "
+                                 "checkpoint (resume from hf://USER/NAME); all_checkpoints: every checkpoint-N/."}
     )
     license: str = field(
-        default="apache-2.0", metadata={"help": "The license in the model card's metadata, as a Hub license id "
-                                        "(e.g. apache-2.0, mit, bsd-3-clause, cc-by-nc-4.0). Default: this "
-                                        "project's; the base weights' own terms still apply."}
+        default="apache-2.0", metadata={"help": "The card's license (a Hub id); the base weights' terms apply too."}
     )
     export_onnx: bool = field(
-        default=False, metadata={"help": "At the end, also write model.onnx and model.onnx.json into --output_dir "
-                                 "(as scripts/export_onnx.py, checked against PyTorch; needs the onnx extra); the "
-                                 "push sends them."}
+        default=False, metadata={"help": "Also write model.onnx (checked against PyTorch; the onnx extra) into "
+                                 "--output_dir at the end."}
     )
 
     # --lr_scheduler_type as given (None: not given, the recipe's shapes stay), kept before the Trainer's own

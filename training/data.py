@@ -40,14 +40,14 @@ class DataArguments:
         default=None, metadata={"help": "Default: the first of label, labels, fine_label."}
     )
     labels: str | None = field(
-        default=None, metadata={"help": "Keep only these classes, comma-separated names (e.g. dog,frog,horse), in "
-                                "every split, relabelled 0..k-1 in this order. Default: every class."}
+        default=None, metadata={"help": "Keep only these classes (e.g. dog,frog,horse), relabelled 0..k-1 in "
+                                "this order."}
     )
     validation_split: str = field(
         default="0.1",
         metadata={
-            "help": "When the dataset has no validation split: a fraction of train, or a count of images, "
-            "carved out stratified by label."
+            "help": "Without a validation split: a fraction or count of train, "
+            "stratified."
         },
     )
     max_train_samples: int | None = field(
@@ -55,29 +55,21 @@ class DataArguments:
     )
     max_eval_samples: int | None = field(default=None, metadata={"help": "Same for validation and test."})
     image_size: int | None = field(
-        default=None, metadata={"help": "Side of the model's input. Default for CIFAR-sized images (a median "
-                                "shorter side of at most 64 px in a sample of the train split): 64 on a pretrained "
-                                "backbone (for its stem), 32 from random weights or in seed-exact; 224 for larger "
-                                "ones."}
+        default=None, metadata={"help": "Default: 224 for photos; for CIFAR-sized images (median side <= 64 "
+                                "px) 64 on a pretrained backbone, else 32."}
     )
     image_mean: list[float] | None = field(
-        default=None, metadata={"help": "Per-channel mean. Default: CIFAR-10's for CIFAR-sized images at 32 px with "
-                                "the CIFAR stem, else ImageNet's."}
+        default=None, metadata={"help": "Default: CIFAR-10's at 32 px with the CIFAR stem, else ImageNet's."}
     )
     image_std: list[float] | None = field(default=None, metadata={"help": "Per-channel std, as image_mean."})
     augment: str | None = field(
-        default=None, metadata={"help": "tutorial (random crop with padding, flip, colour jitter, rotation), "
-                                "crop-flip (random crop of the reflect-padded image, and a flip), resized-crop-flip "
-                                "(random-resized-crop and a flip, as for ImageNet), or none (normalisation only). "
-                                "randaugment, trivialaugment or autoaugment (torchvision's policy after crop-flip, or "
-                                "resized-crop-flip for larger images; in the DataLoader, never on the device). "
-                                "Default: tutorial for CIFAR-sized images, resized-crop-flip for larger ones, none "
-                                "with fast. 'seed' is the old name of 'tutorial'."}
+        default=None, metadata={"help": "tutorial (padded crop, flip, jitter, rotation), crop-flip, "
+                                "resized-crop-flip, none; randaugment, trivialaugment, autoaugment (torchvision's). "
+                                "Default: tutorial (CIFAR-sized), resized-crop-flip (photos), none (fast)."}
     )
     random_erasing: float = field(
-        default=0.0, metadata={"help": "Probability of erasing a random box of each training image (torchvision's "
-                               "RandomErasing, after the other augmentations; kornia's on the device), e.g. 0.25; "
-                               "0 (default): never."}
+        default=0.0, metadata={"help": "Probability of erasing a random box of each training image (e.g. "
+                               "0.25); 0 (default): never."}
     )
     verify_images: bool = field(
         default=False, metadata={"help": "Decode every image before training and list every bad one."}

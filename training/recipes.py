@@ -98,7 +98,7 @@ register(Recipe(
      Stage(15, every_group(1e-4, NEW_MODULES + ("layer3", "layer4")), "+ layer3, layer4"),
      Stage(30, every_group(1e-5), "everything"))))
 register(Recipe(
-    "seed-exact", "the tutorial exactly (its stem frozen until stage 3, the CIFAR stem at 32 px, the paper's CBAM)",
+    "seed-exact", "the tutorial exactly (the CIFAR stem at 32 px, the paper's CBAM)",
     (Stage(5, every_group(1e-3, ("cbam", "head")), "CBAM + head"),
      Stage(15, every_group(1e-4, ("cbam", "head", "layer3", "layer4")), "+ layer3, layer4"),
      Stage(30, every_group(1e-5), "everything")),

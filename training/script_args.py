@@ -68,8 +68,8 @@ def comma_list(text: str | None, kind, flag: str) -> list | None:
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """One name per flag (`--flag VALUE`, not also `--flag-name FLAG_NAME`), no "(default: None)", and the epilog
-    as written: a help a user reads from the top."""
+    """One name per flag (`--flag VALUE`, not also `--flag-name FLAG_NAME`), no "(default: None)" nor "(default:
+    False)" nor a default its text already says, and the epilog as written: a help a user reads from the top."""
 
     def _format_action_invocation(self, action: argparse.Action) -> str:
         if not action.option_strings or action.nargs == 0:  # a positional, or --help
@@ -81,7 +81,9 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
         super().add_usage(usage or "%(prog)s [--flag VALUE ...]", actions, groups, prefix)
 
     def _get_help_string(self, action: argparse.Action) -> str:
-        if action.default is None or action.default == argparse.SUPPRESS:
+        said = "default" in (action.help or "").lower()  # the text says it, in words
+        off = action.default is None or action.default is False  # a [BOOL] flag is off unless given
+        if off or action.default == argparse.SUPPRESS or said:
             return action.help or ""
         return super()._get_help_string(action)
 

@@ -96,27 +96,24 @@ RECIPE_HELP = {
     "lr_scheduler_kwargs": 'JSON: {"min_lr_rate": x} (cosine\'s floor) or {"start_factor": x} (where warmup starts).',
     "optim": "adamw_torch_fused, adamw_torch (AdamW) or sgd; others are refused.",
     "optim_args": "For sgd: momentum, nesterov, dampening, e.g. momentum=0.9,nesterov=True.",
-    "weight_decay": "On weights of 2+ dimensions only (never BatchNorm, biases); decoupled for AdamW, L2 for SGD.",
+    "weight_decay": "On 2+-D weights only; decoupled for AdamW, L2 for SGD.",
     "adam_beta1": "AdamW's beta1; refused with sgd.",
     "adam_beta2": "AdamW's beta2; refused with sgd.",
     "adam_epsilon": "AdamW's epsilon; refused with sgd.",
     "gradient_accumulation_steps": "Steps per update; the schedule counts updates.",
-    "label_smoothing_factor": "Label smoothing of the cross-entropy (training and evaluation loss).",
-    "push_to_hub": "Push the finished folder at the end (access checked before training); checkpoints too with "
-                   "--hub_strategy.",
-    "load_best_model_at_end": "Save and evaluate on the test split the epoch with the best validation "
-                              "--metric_for_best_model (kept from checkpoint rotation), not the last one; with "
-                              "--ema_decay, the averaged weights of that epoch. The card says which epoch.",
-    "hub_always_push": "With --hub_strategy other than end: push every checkpoint, even while the previous push is "
-                       "still running (default: that checkpoint is not pushed; the next one is).",
+    "label_smoothing_factor": "Label smoothing of the loss.",
+    "push_to_hub": "Push the finished folder (access checked first); see --hub_strategy.",
+    "load_best_model_at_end": "Keep the best validation epoch (--metric_for_best_model), not the last; "
+                              "the card names it.",
+    "hub_always_push": "Push every checkpoint even while the previous push runs (default: skip it; the next "
+                       "one goes).",
     "hub_model_id": "The Hub repository to push to (user/name).",
     "hub_token": "The Hub token; default: the logged-in one.",
-    "hub_private_repo": "Create the Hub repository as private, if it does not exist yet.",
-    "seed": "Seeds the model's init, the data order and the augmentation.",
+    "hub_private_repo": "Create the Hub repository private.",
+    "seed": "Seeds init, data order, augmentation.",
     "use_cpu": "Train on the CPU even where a GPU is present.",
     "resume_from_checkpoint": "A checkpoint folder; last: the newest complete one in --output_dir; or "
-                              "hf://USER/NAME[/checkpoint-N]: a checkpoint a run pushed to the Hub (last-checkpoint/ "
-                              "by default), downloaded first.",
+                              "hf://USER/NAME[/checkpoint-N]: one a run pushed to the Hub.",
 }
 OWN_TRAINING_GROUP = ("training (this recipe's: optimizer, rates, loss and batch; precision and data placement; EMA; "
                       "TTA; the run folder, resume and push; ONNX export)")
