@@ -36,7 +36,7 @@ class ArchitectureArguments:
     depths: str = field(default="2,2,2,2", metadata={"help": "Blocks per stage: 2,2,2,2 (ResNet18), 3,4,6,3 (34)."})
     stem: str | None = field(default=None, metadata={"help": "cifar (3x3, stride 1) or imagenet (7x7, stride 2, "
                                                     "max-pool). Default: imagenet; cifar for CIFAR-sized images from "
-                                                    "random weights."})
+                                                    "random weights or in seed-exact."})
     cbam_placement: str = field(default="stage", metadata={"help": "stage (after layer1..4), block, or none "
                                                            "(the plain ResNet: no CBAM)."})
     cbam_init: str | None = field(default=None, metadata={"help": "default (the paper's) or identity (behind a "

@@ -56,7 +56,7 @@ class DataArguments:
     max_eval_samples: int | None = field(default=None, metadata={"help": "Same for validation and test."})
     image_size: int | None = field(
         default=None, metadata={"help": "Default: 224 for photos; for CIFAR-sized images (median side <= 64 "
-                                "px) 64 on a pretrained backbone, else 32."}
+                                "px) 64 on a pretrained backbone (but in seed-exact), else 32."}
     )
     image_mean: list[float] | None = field(
         default=None, metadata={"help": "Default: CIFAR-10's at 32 px with the CIFAR stem, else ImageNet's."}
