@@ -135,8 +135,9 @@ class ResNetStage(nn.Sequential):
         return x, attentions
 
 
-class ResNetBackbone(nn.Module):
-    """torchvision's ResNet without its classifier: stem (conv1, bn1, relu, maxpool) and layer1..layer4."""
+class ResNetCBAMTrunk(nn.Module):
+    """torchvision's ResNet without its classifier, CBAM inserted: stem (conv1, bn1, relu, maxpool) and layer1..layer4
+    (named to stay apart from transformers' public `ResNetBackbone`, a different class)."""
 
     def __init__(self, config: ResNetCBAMConfig):
         super().__init__()
@@ -476,7 +477,7 @@ class ResNetCBAMModel(ResNetCBAMPreTrainedModel):
 
     def __init__(self, config: ResNetCBAMConfig):
         super().__init__(config)
-        self.backbone = ResNetBackbone(config)
+        self.backbone = ResNetCBAMTrunk(config)
         if config.cbam_placement == "stage":
             stages = zip(STAGE_NAMES, STAGE_WIDTHS, strict=True)
             self.cbam = nn.ModuleDict({name: _make_cbam(config, width) for name, width in stages})
