@@ -87,3 +87,32 @@ def test_best_model_flags_that_cannot_work_are_refused_by_name(tmp_path, more, m
 def test_the_watched_metric_defaults_to_validation_accuracy(tmp_path):
     args = parse_arguments(["--output_dir", str(tmp_path / "out"), "--load_best_model_at_end"])[3]
     assert (args.metric_for_best_model, args.greater_is_better) == ("accuracy", True)
+
+
+def test_an_early_stopped_run_is_finished_and_resuming_it_trains_nothing(dataset, tmp_path, capsys):
+    from tiny_run import TINY
+
+    from training.cli import finetune_main
+
+    out = tmp_path / "out"
+    stopping = [*TINY, *flags(dataset, out, "--early_stopping_patience", "1", "--stage_epochs", "1,1,2",
+                              *RUINED_LAST_STAGE)]
+    assert finetune_main(stopping) == 0
+    assert len(eval_entries(out)) == 3, "stopped after epoch 3 of 4"
+    before = {path: path.read_bytes() for path in out.rglob("*") if path.is_file()}
+    assert finetune_main([*stopping, "--resume_from_checkpoint", "last"]) == 2
+    assert "checkpoint-12 is where its run stopped early (step 12 of 16, --early_stopping_patience): nothing is " \
+           "left to train" in " ".join(capsys.readouterr().err.split())
+    assert {path: path.read_bytes() for path in out.rglob("*") if path.is_file()} == before
+
+
+def test_a_resumed_runs_training_time_is_every_sessions(dataset, tmp_path):
+    first, _ = run(flags(dataset, tmp_path / "first"))
+    resumed, _ = run(flags(dataset, tmp_path / "resumed", "--resume_from_checkpoint",
+                           str(tmp_path / "first" / "checkpoint-4")))
+    epochs = eval_entries(tmp_path / "resumed")
+    assert [entry["epoch"] for entry in epochs] == [1, 2, 3], "the first epoch's entry came with the checkpoint"
+    seconds = sum(entry["epoch_time"] for entry in epochs)
+    metrics = resumed.record.metrics
+    assert metrics["train_wall_seconds"] == pytest.approx(seconds) == metrics["train_runtime"]
+    assert metrics["train_samples_per_second"] == pytest.approx(32 * 3 / seconds)

@@ -104,6 +104,14 @@ def is_at_end(checkpoint: Path) -> bool:
     return step >= last
 
 
+def stopped_early(checkpoint: Path) -> bool:
+    """Whether its run stopped at this checkpoint before its last step (--early_stopping_patience): the Trainer's
+    control, saved with the checkpoint, says that training stops."""
+    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    control = state.get("stateful_callbacks", {}).get("TrainerControl", {}).get("args", {})
+    return bool(control.get("should_training_stop")) and state["global_step"] < state["max_steps"]
+
+
 def mark_complete(output_dir: str | Path, facts: dict) -> None:
     """The last write of a finished run: its folder holds every output (model, results, card, plots, Space)."""
     partial = Path(output_dir) / f".{RUN_COMPLETE}.partial"
@@ -290,7 +298,12 @@ def check_resume(checkpoint: Path, facts: dict, allow_changed_run: bool, output_
         raise RunFolderError(f"{checkpoint} is a checkpoint of another run; resuming it with these arguments would "
                              "not continue it:\n  " + "\n  ".join(changes) +
                              "\nResume with the run's own arguments, or accept the changes with --allow_changed_run")
-    if is_at_end(checkpoint) and not changes and (Path(output_dir) / RUN_COMPLETE).is_file():
-        raise RunFolderError(f"{checkpoint} is the end of its run (step %d of %d): nothing is left to train"
-                             % progress(checkpoint))
+    if not changes and (Path(output_dir) / RUN_COMPLETE).is_file():  # a finished run stays finished
+        step, last = progress(checkpoint)
+        if step >= last:
+            raise RunFolderError(f"{checkpoint} is the end of its run (step {step} of {last}): nothing is left to "
+                                 "train")
+        if stopped_early(checkpoint):
+            raise RunFolderError(f"{checkpoint} is where its run stopped early (step {step} of {last}, "
+                                 "--early_stopping_patience): nothing is left to train")
     return changes

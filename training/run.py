@@ -41,7 +41,7 @@ from training.images import DataError
 from training.inference import check_saved_model
 from training.metrics import classification_metrics, compute_accuracy
 from training.outputs import RunRecord
-from training.plots import epoch_entries
+from training.plots import accuracy_over_time
 from training.recipes import Recipe
 from training.run_config import RunConfig, resolve_run
 from training.trainer import StagedTrainer, describe_mixing
@@ -299,9 +299,10 @@ def train_and_evaluate(run: Run, checkpoint: Path | None = None) -> RunRecord:
     started = time.perf_counter()
     train_output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     train_seconds = time.perf_counter() - started
-    if record.finished_from:  # no step was trained now: the run's own time is that of its logged epochs
-        train_seconds = sum(entry["epoch_time"] for entry in epoch_entries(trainer.state.log_history))
-        images = len(trainer.train_dataset) * record.schedule.total_epochs
+    if checkpoint is not None and (logged := accuracy_over_time(trainer.state.log_history)):
+        # resumed, or only finished: the run's time is that of its logged epochs, every session's, not this one's
+        train_seconds = logged[-1][1]
+        images = len(trainer.train_dataset) * trainer.state.epoch
         train_output.metrics.update(train_runtime=train_seconds, train_samples_per_second=images / train_seconds)
     kept = kept_epoch(trainer)  # the Trainer has loaded that checkpoint's weights
     if kept:
