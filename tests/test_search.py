@@ -101,3 +101,34 @@ def test_the_default_space_suits_the_staged_recipes(tmp_path):
 def test_the_search_flags_and_the_output_folder_are_taken_out_of_the_trials_flags():
     argv = ["--n_trials", "3", "--output_dir", "o", "--seed=4", "--space=s.json", "--recipe", "staged"]
     assert base_flags(argv, {"n_trials", "space"}) == (["--seed=4", "--recipe", "staged"], "o")
+
+
+def test_a_folder_another_search_holds_is_refused_and_left_as_it_was(dataset, tmp_path, capsys):
+    import socket
+    import subprocess
+    import sys
+
+    root = tmp_path / "out"
+    root.mkdir()
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        (root / ".run.lock").write_text(json.dumps({"pid": other.pid, "host": socket.gethostname(),
+                                                     "started": "2026-12-07 01:00:00"}))
+        assert search(dataset, root, "--n_trials", "1") == 2
+    finally:
+        other.kill()
+    assert f"is in use by another run (pid {other.pid}" in capsys.readouterr().err
+    assert sorted(path.name for path in root.iterdir()) == [".run.lock"], "nothing of a second search written"
+
+
+def test_a_stopped_search_exits_as_a_stopped_run_and_its_table_has_the_trial(dataset, tmp_path, capsys, monkeypatch):
+    import signal
+
+    import training.cli
+
+    monkeypatch.setattr(training.cli, "finetune_main", lambda argv, callbacks=(): 128 + signal.SIGTERM)
+    root = tmp_path / "out"
+    assert search(dataset, root, "--n_trials", "2") == 128 + signal.SIGTERM
+    assert "the search was stopped by SIGTERM" in capsys.readouterr().err
+    assert "| 0 | fail |" in (root / "trials.md").read_text()
+    assert not (root / ".run.lock").exists(), "the lock is released"

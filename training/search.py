@@ -20,6 +20,7 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
+from training.cli import Stopped
 from training.script_args import check_at_least, flags_given
 
 logger = logging.getLogger(__name__)
@@ -189,7 +190,11 @@ def run_search(args: SearchArguments, base: list[str], output_dir: str, finetune
         reporter = TrialReporter(trial)
         logger.info("search: trial %d: %s", trial.number, shlex.join(as_flags(values)))
         code = finetune([*base, *as_flags(values), "--output_dir", str(folder)], [reporter])
-        if code == 2 or code >= 128:  # bad flags or data, or a stop signal: the search stops as well
+        if code >= 128:  # a stop signal (SIGTERM, Ctrl-C): the search stops as the run did
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            write_trials(study, base, root)
+            raise Stopped(code - 128)
+        if code == 2:  # bad flags or data: the search stops as well
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
             raise SearchError(f"trial {trial.number} ({folder}) could not run (exit {code}); the search stops "
                               "(the same command continues it)")
@@ -252,7 +257,8 @@ def search_main(argv: list[str] | None = None) -> int:
     import sys
 
     from training.arguments import parse_arguments
-    from training.cli import finetune_main, setup_logging
+    from training.cli import finetune_main, setup_logging, stop_signals_raise
+    from training.lock import run_lock
 
     argv = sys.argv[1:] if argv is None else argv
     try:
@@ -275,11 +281,16 @@ def search_main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     setup_logging(None)
-    try:
-        study = run_search(args, base, output_dir, finetune_main)
-    except SearchError as error:
+    try:  # one search per folder, as one run per folder: a second one is refused while the first holds the lock
+        with stop_signals_raise(), run_lock(output_dir):
+            study = run_search(args, base, output_dir, finetune_main)
+    except ValueError as error:  # a SearchError, or the folder in use
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except Stopped as stop:
+        print(f"error: the search was stopped by {stop}; trials.md lists its trials so far, and the same command "
+              "continues it", file=sys.stderr)
+        return 128 + stop.signum
     print((Path(output_dir) / TRIALS).read_text(), end="")
     best = Path(output_dir) / BEST
     if best.is_file():
