@@ -5,7 +5,7 @@ import json
 
 import pytest
 import torch
-from helpers import load_script, random_image
+from helpers import image_folder, load_script, random_image
 from tiny_run import TINY
 
 from training.cli import finetune_main
@@ -103,3 +103,32 @@ def test_a_model_without_cbam_is_not_said_to_train_cbam(dataset, tmp_path):
     assert stage_rows == ["| 1 | 1 | stem, head at lr 0.001 | 3,908 |",
                           "| 2 | 1 | stem, layer3, layer4, head at lr 0.0001 | 4,596,036 |",
                           "| 3 | 1 | stem, layer1, layer2, layer3, layer4, head at lr 1e-05 | 4,900,164 |"]
+
+
+def _flat(root):
+    root.mkdir()
+    for i in range(3):
+        random_image((40, 30), seed=i).save(root / f"{i}.jpg")
+
+
+def _one_class(root):
+    image_folder(root, n_per_class=3, names=["cat"])
+
+
+def _loop(root):
+    image_folder(root, n_per_class=3, names=["cat", "dog"])
+    (root / "cat" / "again").symlink_to(root / "cat", target_is_directory=True)
+
+
+@pytest.mark.parametrize("make, words", [
+    (_flat, "photos: no class folder (3 files directly in it): an image folder holds one sub-folder per class"),
+    (_one_class, "photos: one class folder (cat); a classifier needs two classes or more: an image folder holds"),
+    (_loop, "photos: cat/again is a link back to"),
+], ids=["flat", "one-class", "symlink-loop"])
+def test_an_image_folder_of_the_wrong_layout_is_told_the_layout_not_a_flag(tmp_path, capsys, make, words):
+    make(tmp_path / "photos")
+    code = finetune_main(["--train_dir", str(tmp_path / "photos"), "--output_dir", str(tmp_path / "out"),
+                          "--backbone_weights", "none"])
+    err = capsys.readouterr().err
+    assert code == 2 and words in err and "--label_column_name" not in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()

@@ -2,6 +2,7 @@
 training/transforms.py, the reading of image files in training/images.py."""
 
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -297,6 +298,21 @@ def _check_class_folders(root: Path) -> None:
     with one class left, reports no label column at all)."""
     if not root.is_dir():
         raise DataError(f"{root}: no such folder (an image folder has one sub-folder of images per class)")
+    layout = f"an image folder holds one sub-folder per class, each with that class's images ({root / 'cat'}/1.jpg, " \
+             f"{root / 'dog'}/2.jpg, ...)"
+    classes = [path.name for path in sorted(root.iterdir()) if path.is_dir() and not path.name.startswith(".")]
+    if not classes:
+        loose = sum(1 for path in root.iterdir() if path.is_file() and not path.name.startswith("."))
+        raise DataError(f"{root}: no class folder{f' ({loose} files directly in it)' if loose else ''}: {layout}")
+    if len(classes) == 1:
+        raise DataError(f"{root}: one class folder ({classes[0]}); a classifier needs two classes or more: {layout}")
+    for folder, subfolders, _ in os.walk(root):  # os.walk does not follow links: a loop is found, not walked
+        here = Path(folder).resolve()
+        for name in subfolders:
+            link = Path(folder) / name
+            if link.is_symlink() and link.resolve() in (here, *here.parents):
+                raise DataError(f"{root}: {link.relative_to(root)} is a link back to {link.resolve()} (a loop: its "
+                                "images would be found again, under another name); remove the link")
     empty = [path.name for path in sorted(root.iterdir()) if path.is_dir() and not any(p.is_file()
                                                                                         for p in path.rglob("*"))]
     if empty:
