@@ -141,3 +141,22 @@ def test_an_output_is_shown_as_a_terminal_shows_it(tmp_path):
     script.write_text("import sys\nprint('first, to stdout')\nprint('second, to stderr', file=sys.stderr)\n"
                       "print('third, to stdout')\nsys.stderr.write('\\x1b[1mbold\\x1b[0m 10%\\r 50%\\r100%\\n')\n")
     assert render.run(f"python {script}") == "first, to stdout\nsecond, to stderr\nthird, to stdout\n100%"
+
+
+def test_the_readmes_main_command_ends_a_refused_run_on_the_projects_own_words(tmp_path):
+    """The README's exact main command, with a mistyped value: the script's error is the last line, with no
+    launcher traceback and no block of launcher warnings before it."""
+    import os
+    import shlex
+
+    block = (ROOT / "README.md").read_text().split("```bash\n", 1)[1].split("```", 1)[0]
+    main = next(line for line in block.splitlines() if line.startswith("accelerate launch"))
+    argv = shlex.split(main)
+    argv[argv.index("--output_dir") + 1] = str(tmp_path / "out")
+    bin_dir = str(Path(sys.executable).parent)
+    done = subprocess.run([*argv, "--seed", "-1"], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "HF_HUB_OFFLINE": "1"})
+    said = (done.stdout + done.stderr).strip().splitlines()
+    assert done.returncode != 0 and said[-1] == "error: --seed must be at least 0, got -1", said[-5:]
+    assert "Traceback" not in done.stderr and "were not passed to `accelerate launch`" not in done.stderr
+    assert not (tmp_path / "out").exists()
