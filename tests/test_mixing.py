@@ -27,25 +27,25 @@ def batch(run) -> dict:
 def test_training_batches_are_mixed_with_soft_targets_and_dominant_labels(mixing_run):
     trainer = mixing_run.trainer
     plain = trainer.device_data.inputs(trainer._prepare_inputs(batch(mixing_run)), True, trainer._augment_seed())
-    mixed = trainer._model_inputs(batch(mixing_run), train=True)
+    mixed = trainer.model_inputs(batch(mixing_run), train=True)
     targets = mixed["targets"]
     assert targets.shape == (8, 4) and torch.allclose(targets.sum(dim=1), torch.ones(8))
     assert (targets.max(dim=1).values < 1).any(), "some images are mixtures"
     assert torch.equal(mixed["labels"], targets.argmax(dim=1))
     assert not torch.equal(mixed["pixel_values"], plain["pixel_values"])
-    again = trainer._model_inputs(batch(mixing_run), train=True)
+    again = trainer.model_inputs(batch(mixing_run), train=True)
     assert torch.equal(again["pixel_values"], mixed["pixel_values"]), "drawn from the step's seed: reproducible"
 
 
 def test_evaluation_is_never_mixed(mixing_run):
     trainer = mixing_run.trainer
-    inputs = trainer._model_inputs(batch(mixing_run), train=False)
+    inputs = trainer.model_inputs(batch(mixing_run), train=False)
     assert "targets" not in inputs
 
 
 def test_the_loss_reads_the_soft_targets_with_label_smoothing(mixing_run):
     trainer, model = mixing_run.trainer, mixing_run.trainer.model.train()
-    inputs = trainer._model_inputs(batch(mixing_run), train=True)
+    inputs = trainer.model_inputs(batch(mixing_run), train=True)
     loss = trainer.compute_loss(model, inputs)
     logits = model(pixel_values=inputs["pixel_values"]).logits.float()
     smoothed = inputs["targets"] * 0.9 + 0.1 / 4

@@ -82,7 +82,7 @@ def range_test(run: Run, stage_index: int, start_lr: float, end_lr: float, steps
         lr = start_lr * (end_lr / start_lr) ** (step / max(steps - 1, 1))
         for group in optimizer.param_groups:
             group["lr"] = lr * stage.peak_lr(group["group"], group.get("batchnorm", False)) / peak
-        inputs = trainer._model_inputs(next(batches), train=True)
+        inputs = trainer.model_inputs(next(batches), train=True)
         with autocast(args.device, mixed):
             loss = trainer.compute_loss(model, inputs)  # the run's own loss: label smoothing, mixed soft targets
         scaler.scale(loss).backward()

@@ -21,6 +21,7 @@ from training.arguments import (
     build_schedule,
     chosen_recipe,
 )
+from training.batches import describe_mixing
 from training.callbacks import ChanceLevelCallback, EarlyStopping, RankConsistencyCallback, StageCallback
 from training.checkpoints import (
     RunFactsCallback,
@@ -44,7 +45,7 @@ from training.outputs import RunRecord
 from training.plots import accuracy_over_time
 from training.recipes import Recipe
 from training.run_config import RunConfig, resolve_run
-from training.trainer import StagedTrainer, describe_mixing
+from training.trainer import StagedTrainer
 from training.transforms import POLICIES
 
 logger = logging.getLogger(__name__)

@@ -6,9 +6,9 @@ import time
 import torch
 from torch.nn import functional as F
 from torch.optim.lr_scheduler import LambdaLR
-from torchvision.transforms import v2
 from transformers import Trainer
 
+from training.batches import BatchPipeline, batch_mixing
 from training.callbacks import batchnorm_affine, trained_parameter_count
 from training.checkpoints import writing
 from training.ema import EMACallback, WeightEMA
@@ -51,24 +51,6 @@ def _lr_of(plan: StagePlan, group: str, batchnorm: bool):
         return plan.lr(group, step, batchnorm)
 
     return lr
-
-
-MIXING_SEED_OFFSET = 1 << 62  # the mixing's seed beside the step's augmentation seed (those stay far below it)
-
-
-def batch_mixing(mixup_alpha: float, cutmix_alpha: float, num_classes: int):
-    """torchvision v2's MixUp and CutMix batch transforms ((images, int labels) -> (mixed images, soft labels)):
-    the one asked for, one of the two per batch when both are, or None."""
-    chosen = [mix(alpha=alpha, num_classes=num_classes) for mix, alpha in ((v2.MixUp, mixup_alpha),
-                                                                         (v2.CutMix, cutmix_alpha)) if alpha]
-    return None if not chosen else chosen[0] if len(chosen) == 1 else v2.RandomChoice(chosen)
-
-
-def describe_mixing(mixup_alpha: float, cutmix_alpha: float) -> str:
-    """E.g. 'MixUp (alpha 0.2) or CutMix (alpha 1), one per batch'; '' when neither is on."""
-    alphas = (("MixUp", mixup_alpha), ("CutMix", cutmix_alpha))
-    chosen = [f"{name} (alpha {alpha:g})" for name, alpha in alphas if alpha]
-    return " or ".join(chosen) + (", one per batch" if len(chosen) == 2 else "")
 
 
 class DivergenceError(RuntimeError):
@@ -115,6 +97,8 @@ class StagedTrainer(Trainer):
     - Divergence: a non-finite loss is recorded on the device at every step and read, once, before each logging
       step, evaluation and checkpoint, and at the end of training: the run stops there with a DivergenceError,
       within --logging_steps steps of it, and nothing is written after it. No host synchronisation per step.
+    - Each batch goes through the BatchPipeline (training/batches.py): device augmentation, MixUp/CutMix, the
+      memory format; its draws are seeded by the step, so a resumed run sees the same batches.
     - Training loss and accuracy are accumulated on the device and added, with the stage, its lrs, the trainable
       parameter count and the epoch time, to the log entry of each epoch's evaluation.
     """
@@ -123,7 +107,8 @@ class StagedTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.schedule = schedule
         self.device_data = device_data
-        self.mixing = batch_mixing(self.args.mixup_alpha, self.args.cutmix_alpha, self.model.config.num_labels)
+        mixing = batch_mixing(self.args.mixup_alpha, self.args.cutmix_alpha, self.model.config.num_labels)
+        self.batches = BatchPipeline(device_data, mixing, self.args.channels_last)
         self._epoch_totals = None
         self._epoch_started = time.perf_counter()
         self._micro_step, self._micro_batch = None, 0  # which micro-batch of the optimizer step this is
@@ -175,6 +160,8 @@ class StagedTrainer(Trainer):
         return self.lr_scheduler
 
     def _save_checkpoint(self, model, trial):
+        # private: no public hook wraps the save itself (on_save runs after it), and a failed write (a full disk)
+        # must be said naming the checkpoint, before the Trainer's own traceback
         with writing(f"checkpoint-{self.state.global_step}", self.args.output_dir):
             super()._save_checkpoint(model, trial)
 
@@ -182,7 +169,7 @@ class StagedTrainer(Trainer):
         step = self.state.global_step
         self._micro_batch = self._micro_batch + 1 if step == self._micro_step else 0
         self._micro_step = step
-        loss = super().training_step(model, self._model_inputs(inputs, train=True), num_items_in_batch)
+        loss = super().training_step(model, self.model_inputs(inputs, train=True), num_items_in_batch)
         self.divergence.record(loss, step)
         return loss
 
@@ -192,6 +179,8 @@ class StagedTrainer(Trainer):
         return result
 
     def _maybe_log_save_evaluate(self, *args, **kwargs):
+        # private: the one place both step ends and epoch ends pass before logging, evaluating or saving; a callback
+        # (on_step_end, on_epoch_end) would see the same flags but not the accelerator the check gathers over
         if self.control.should_log or self.control.should_evaluate or self.control.should_save:
             self._stop_if_diverged()
         super()._maybe_log_save_evaluate(*args, **kwargs)
@@ -216,28 +205,12 @@ class StagedTrainer(Trainer):
         return (self.args.seed * 1_000_003 + position) * 4096 + self.args.process_index
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
-        return super().prediction_step(model, self._model_inputs(inputs, train=False), prediction_loss_only,
+        return super().prediction_step(model, self.model_inputs(inputs, train=False), prediction_loss_only,
                                        ignore_keys)
 
-    def _model_inputs(self, inputs: dict, train: bool) -> dict:
-        """Device-resident images gathered and augmented; pixel_values in the memory format of the weights."""
-        inputs = self._prepare_inputs(inputs)
-        if self.device_data is not None:
-            inputs = self.device_data.inputs(inputs, train, self._augment_seed() if train else None)
-        if train and self.mixing is not None:
-            inputs = self._mixed(inputs)
-        if self.args.channels_last:
-            inputs["pixel_values"] = inputs["pixel_values"].contiguous(memory_format=torch.channels_last)
-        return inputs
-
-    def _mixed(self, inputs: dict) -> dict:
-        """MixUp or CutMix of a training batch, drawn from a seed of (run seed, step, micro-batch, rank) so that a
-        resume mixes exactly as the uninterrupted run: soft targets for the loss, and as labels each image's
-        dominant class (what train_accuracy counts)."""
-        with torch.random.fork_rng(devices=[inputs["pixel_values"].device] if inputs["pixel_values"].is_cuda else []):
-            torch.manual_seed(self._augment_seed() + MIXING_SEED_OFFSET)  # not the augmentation's draws again
-            pixel_values, targets = self.mixing(inputs["pixel_values"], inputs["labels"])
-        return {**inputs, "pixel_values": pixel_values, "targets": targets, "labels": targets.argmax(dim=-1)}
+    def model_inputs(self, inputs: dict, train: bool) -> dict:
+        """What the model gets for a DataLoader batch (training/batches.py), a training batch seeded by its step."""
+        return self.batches(self._prepare_inputs(inputs), self._augment_seed() if train else None)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """A per-batch mean (the Trainer scales it for gradient accumulation), smoothed as the flag says; against
