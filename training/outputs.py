@@ -1,5 +1,7 @@
 """What a finished run writes beside its saved model: the plots, attention maps of a few evaluation images, the
-model card (README.md) and the demo's Space folder, all from one record of the run's facts held in memory."""
+model card (README.md) and the demo's Space folder, all from one record of the run's facts held in memory: made by
+`run_record` from the run's configuration (training/run_config.py) and flags, completed by training with its
+results."""
 
 import json
 import logging
@@ -9,11 +11,16 @@ from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from modeling_resnet_cbam import ResNetCBAMForImageClassification
+from training.arguments import FinetuneTrainingArguments, ModelArguments, StageArguments
+from training.batches import describe_mixing
 from training.callbacks import trained_parameter_count
 from training.checkpoints import RUN_DATA
-from training.data import ImageData
+from training.data import DataArguments, ImageData
+from training.hub import base_model
 from training.inference import save_attention_map
 from training.plots import epoch_entries, plot_confusion_matrix, plot_training
+from training.run_config import RunConfig
 from training.space import write_space
 from training.stages import Schedule
 
@@ -179,3 +186,50 @@ def _duration(seconds: float) -> str:
     minutes, seconds = divmod(round(seconds), 60)
     hours, minutes = divmod(minutes, 60)
     return f"{hours} h {minutes:02d} min" if hours else f"{minutes} min {seconds:02d} s"
+
+
+def run_record(config: RunConfig, model: ResNetCBAMForImageClassification, data: ImageData,
+               model_args: ModelArguments, data_args: DataArguments, stage_args: StageArguments,
+               training_args: FinetuneTrainingArguments) -> RunRecord:
+    """The record of the run (its identity, the card's facts), from its configuration and flags; training
+    completes it with the metrics."""
+    return RunRecord(
+        output_dir=Path(training_args.output_dir),
+        model_id=training_args.hub_model_id or Path(training_args.output_dir).name,
+        dataset=data_args.source,
+        dataset_name=data_args.display_name,
+        dataset_on_hub=data_args.from_hub,
+        recipe=stage_args.stages_file or config.recipe.name,
+        schedule=config.schedule,
+        bn_policy=stage_args.bn_policy,
+        augment=data.augmentation,
+        defaults=list(config.defaults),
+        backbone=config.weights,
+        base_model=base_model(model_args.backbone_weights, model.config.depths, model_args.model_name_or_path),
+        license=training_args.license,
+        optimizer=training_args.optimizer.describe(),
+        label_smoothing=training_args.label_smoothing_factor,
+        ema_decay=training_args.ema_decay,
+        tta=training_args.tta,
+        max_grad_norm=training_args.max_grad_norm,
+        batch_size=training_args.per_device_train_batch_size,
+        world_size=training_args.world_size,
+        seed=training_args.seed,
+        hardware=config.hardware,
+        precision=config.precision,
+        split_sizes={name: len(split) for name, split in data.splits.items()},
+        source_split_sizes=data.source_sizes,
+        label_names=data.label_names,
+        architecture=dict(config.architecture),
+        gradient_accumulation_steps=training_args.gradient_accumulation_steps,
+        best_model=best_model_setting(training_args),
+        mixing=describe_mixing(training_args.mixup_alpha, training_args.cutmix_alpha),
+    )
+
+
+def best_model_setting(args: FinetuneTrainingArguments) -> dict:
+    """--load_best_model_at_end and --early_stopping_patience, for the run's identity and card ({}: neither)."""
+    if not (args.load_best_model_at_end or args.early_stopping_patience):
+        return {}
+    return {"metric": f"validation {args.metric_for_best_model}", "keep_best": args.load_best_model_at_end,
+            "patience": args.early_stopping_patience}

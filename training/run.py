@@ -37,11 +37,11 @@ from training.defaults import resolve_architecture, wants_pretrained_stem, warn_
 from training.device_data import DeviceData
 from training.ema import EMACallback
 from training.hardware import describe
-from training.hub import HUB_CHECKPOINT, base_model, fetch_checkpoint
+from training.hub import HUB_CHECKPOINT, fetch_checkpoint
 from training.images import DataError
 from training.inference import check_saved_model
 from training.metrics import classification_metrics, compute_accuracy
-from training.outputs import RunRecord
+from training.outputs import RunRecord, run_record
 from training.plots import accuracy_over_time
 from training.recipes import Recipe
 from training.run_config import RunConfig, resolve_run
@@ -183,45 +183,6 @@ def log_config(config: RunConfig, data: ImageData, training_args: FinetuneTraini
                     "mixed image's dominant class", mixing)
 
 
-def run_record(config: RunConfig, model: ResNetCBAMForImageClassification, data: ImageData,
-               model_args: ModelArguments, data_args: DataArguments, stage_args: StageArguments,
-               training_args: FinetuneTrainingArguments) -> RunRecord:
-    """The record of the run (its identity, the card's facts), from its configuration and flags; training
-    completes it with the metrics."""
-    return RunRecord(
-        output_dir=Path(training_args.output_dir),
-        model_id=training_args.hub_model_id or Path(training_args.output_dir).name,
-        dataset=data_args.source,
-        dataset_name=data_args.display_name,
-        dataset_on_hub=data_args.from_hub,
-        recipe=stage_args.stages_file or config.recipe.name,
-        schedule=config.schedule,
-        bn_policy=stage_args.bn_policy,
-        augment=data.augmentation,
-        defaults=list(config.defaults),
-        backbone=config.weights,
-        base_model=base_model(model_args.backbone_weights, model.config.depths, model_args.model_name_or_path),
-        license=training_args.license,
-        optimizer=training_args.optimizer.describe(),
-        label_smoothing=training_args.label_smoothing_factor,
-        ema_decay=training_args.ema_decay,
-        tta=training_args.tta,
-        max_grad_norm=training_args.max_grad_norm,
-        batch_size=training_args.per_device_train_batch_size,
-        world_size=training_args.world_size,
-        seed=training_args.seed,
-        hardware=config.hardware,
-        precision=config.precision,
-        split_sizes={name: len(split) for name, split in data.splits.items()},
-        source_split_sizes=data.source_sizes,
-        label_names=data.label_names,
-        architecture=dict(config.architecture),
-        gradient_accumulation_steps=training_args.gradient_accumulation_steps,
-        best_model=_best_model_setting(training_args),
-        mixing=describe_mixing(training_args.mixup_alpha, training_args.cutmix_alpha),
-    )
-
-
 def prepare_run(
     model_args: ModelArguments,
     data_args: DataArguments,
@@ -257,14 +218,6 @@ def prepare_run(
     if to_delete and run.trainer.is_world_process_zero():
         clear_output_dir(training_args.output_dir, to_delete)
     return run, checkpoint
-
-
-def _best_model_setting(args: FinetuneTrainingArguments) -> dict:
-    """--load_best_model_at_end and --early_stopping_patience, for the run's identity and card ({}: neither)."""
-    if not (args.load_best_model_at_end or args.early_stopping_patience):
-        return {}
-    return {"metric": f"validation {args.metric_for_best_model}", "keep_best": args.load_best_model_at_end,
-            "patience": args.early_stopping_patience}
 
 
 def kept_epoch(trainer: StagedTrainer) -> dict | None:
