@@ -249,6 +249,10 @@ class FinetuneTrainingArguments(TrainingArguments):
 
     def __post_init__(self):
         self._refuse_unsupported()
+        self._check_values()
+        self._check_lr_shape()
+        self._check_hub_strategy()
+        self._check_best_model()
         if self.export_onnx:
             require_onnx()  # now, not after the training
         _ = self.optimizer  # checked now, as given (the Trainer turns --optim into an enum below)
@@ -281,14 +285,34 @@ class FinetuneTrainingArguments(TrainingArguments):
             self.fp16 = chosen == "fp16" and not self.bf16
 
     def _refuse_unsupported(self) -> None:
+        """A field the recipe cannot honour (trainer_fields.REFUSED_FIELDS), set: refused with the reason."""
         for spec in dataclasses.fields(self):
             if spec.name in REFUSED_FIELDS and was_set(self, spec):
                 raise ValueError(f"--{spec.name}: {REFUSED_FIELDS[spec.name]}")
+
+    def _check_values(self) -> None:
+        """Each number in its range, --tta a known choice."""
         check_at_least(self, per_device_train_batch_size=1, per_device_eval_batch_size=1,
                        gradient_accumulation_steps=1, dataloader_num_workers=0, seed=0)
         if not 0 <= self.label_smoothing_factor < 1:
             raise ValueError(f"--label_smoothing_factor must be in [0, 1) (0: none; e.g. 0.1), got "
                              f"{self.label_smoothing_factor}")
+        if self.num_train_epochs is not None and (self.num_train_epochs < 1 or self.num_train_epochs % 1):
+            raise ValueError(f"--num_train_epochs must be a whole number of epochs, at least 1 (the length of --recipe "
+                             f"full or fast, or the sum of the stages), got {self.num_train_epochs:g}")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"--ema_decay must be in [0, 1) (0: no average; e.g. 0.99), got {self.ema_decay}")
+        check_tta(self.tta)
+        for flag in ("mixup_alpha", "cutmix_alpha"):
+            if not 0 <= getattr(self, flag) < math.inf:
+                raise ValueError(f"--{flag} must be 0 (off) or positive (e.g. 0.2 for MixUp, 1.0 for CutMix), got "
+                                 f"{getattr(self, flag)}")
+        if self.learning_rate is not None and not 0 < self.learning_rate < math.inf:
+            raise ValueError(f"--learning_rate must be a positive finite number, got {self.learning_rate}")
+
+    def _check_lr_shape(self) -> None:
+        """--lr_scheduler_type one of LR_SHAPES (kept as given in lr_shape_given), --lr_scheduler_kwargs the JSON of
+        a floor or a warmup start."""
         self.lr_shape_given = None if self.lr_scheduler_type is None else self._scheduler_name()
         self.lr_scheduler_type = self.lr_scheduler_type or "constant"
         shape = self._scheduler_name()
@@ -308,20 +332,6 @@ class FinetuneTrainingArguments(TrainingArguments):
             raise ValueError(f"--lr_scheduler_kwargs {kwargs}: only {{\"min_lr_rate\": x}} (the floor of a cosine "
                              "shape, as a fraction of the peak) and {\"start_factor\": x} (where warmup starts, "
                              "as a fraction of the peak; with --warmup_steps) are supported")
-        if self.num_train_epochs is not None and (self.num_train_epochs < 1 or self.num_train_epochs % 1):
-            raise ValueError(f"--num_train_epochs must be a whole number of epochs, at least 1 (the length of --recipe "
-                             f"full or fast, or the sum of the stages), got {self.num_train_epochs:g}")
-        if not 0 <= self.ema_decay < 1:
-            raise ValueError(f"--ema_decay must be in [0, 1) (0: no average; e.g. 0.99), got {self.ema_decay}")
-        check_tta(self.tta)
-        self._check_hub_strategy()
-        self._check_best_model()
-        for flag in ("mixup_alpha", "cutmix_alpha"):
-            if not 0 <= getattr(self, flag) < math.inf:
-                raise ValueError(f"--{flag} must be 0 (off) or positive (e.g. 0.2 for MixUp, 1.0 for CutMix), got "
-                                 f"{getattr(self, flag)}")
-        if self.learning_rate is not None and not 0 < self.learning_rate < math.inf:
-            raise ValueError(f"--learning_rate must be a positive finite number, got {self.learning_rate}")
 
     def _check_best_model(self) -> None:
         """--load_best_model_at_end and --early_stopping_patience watch accuracy (default) or loss on validation."""
