@@ -8,12 +8,15 @@ CIFAR10_STD = (0.2023, 0.1994, 0.2010)
 STEMS = ("cifar", "imagenet")
 CBAM_PLACEMENTS = ("stage", "block", "none")
 CBAM_INITS = ("default", "identity")
+LAYER_TYPES = ("basic", "bottleneck")
+EXPANSION = {"basic": 1, "bottleneck": 4}  # a block's output channels over its width (torchvision's `expansion`)
+STAGE_WIDTHS = (64, 128, 256, 512)
 
 
 class ResNetCBAMConfig(BackboneConfigMixin, PreTrainedConfig):
     r"""
     Configuration of [`ResNetCBAMModel`] and [`ResNetCBAMForImageClassification`]: a torchvision-style ResNet
-    built from basic blocks, with CBAM attention. The defaults give a CIFAR-10 ResNet18-CBAM
+    built from basic or bottleneck blocks, with CBAM attention. The defaults give a CIFAR-10 ResNet18-CBAM
     (11,217,874 parameters).
 
     Args:
@@ -23,7 +26,13 @@ class ResNetCBAMConfig(BackboneConfigMixin, PreTrainedConfig):
             Class index to class name; `label2id` is its inverse. Both are written by the training script from the
             dataset's `ClassLabel` feature.
         depths (`list[int]`, *optional*, defaults to `[2, 2, 2, 2]`):
-            Number of basic blocks in layer1..layer4: `[2, 2, 2, 2]` is ResNet18, `[3, 4, 6, 3]` is ResNet34.
+            Number of blocks in layer1..layer4: with basic blocks `[2, 2, 2, 2]` is ResNet18 and `[3, 4, 6, 3]`
+            ResNet34; with bottleneck blocks `[3, 4, 6, 3]` is ResNet50, `[3, 4, 23, 3]` ResNet101 and
+            `[3, 8, 36, 3]` ResNet152.
+        layer_type (`str`, *optional*, defaults to `"basic"`):
+            `"basic"`: two 3x3 convolutions per block (ResNet18, 34). `"bottleneck"`: 1x1, 3x3 (with the stride, as
+            torchvision's v1.5) and 1x1 convolutions, four times as many output channels as the block's width
+            (ResNet50, 101, 152); torchvision's names (`conv1..conv3`, `bn1..bn3`, `downsample`).
         cbam_reduction (`int`, *optional*, defaults to 16):
             Reduction ratio r of the channel-attention MLP (C -> C/r -> C).
         cbam_kernel_size (`int`, *optional*, defaults to 7):
@@ -76,6 +85,7 @@ class ResNetCBAMConfig(BackboneConfigMixin, PreTrainedConfig):
     model_type = "resnet_cbam"
 
     depths: list[int] | tuple[int, ...] = (2, 2, 2, 2)
+    layer_type: str = "basic"
     cbam_reduction: int = 16
     cbam_kernel_size: int = 7
     cbam_placement: str = "stage"
@@ -105,6 +115,8 @@ class ResNetCBAMConfig(BackboneConfigMixin, PreTrainedConfig):
         """Raise a ValueError naming the first field whose value cannot build a model."""
         if len(self.depths) != 4 or any(not isinstance(d, int) or d < 1 for d in self.depths):
             raise ValueError(f"depths must be four positive integers (layer1..layer4), got {self.depths}")
+        if self.layer_type not in LAYER_TYPES:
+            raise ValueError(f"layer_type must be one of {LAYER_TYPES}, got {self.layer_type!r}")
         if self.cbam_placement not in CBAM_PLACEMENTS:
             raise ValueError(f"cbam_placement must be one of {CBAM_PLACEMENTS}, got {self.cbam_placement!r}")
         if self.cbam_init not in CBAM_INITS:
@@ -112,13 +124,20 @@ class ResNetCBAMConfig(BackboneConfigMixin, PreTrainedConfig):
         if self.stem not in STEMS:
             raise ValueError(f"stem must be one of {STEMS}, got {self.stem!r}")
         if not 1 <= self.cbam_reduction <= 64:
-            raise ValueError(f"cbam_reduction must be in 1..64 (layer1 has 64 channels), got {self.cbam_reduction}")
+            raise ValueError(f"cbam_reduction must be in 1..64 (layer1 has at least 64 channels), got "
+                             f"{self.cbam_reduction}")
         if self.cbam_kernel_size < 1 or self.cbam_kernel_size % 2 == 0:
             raise ValueError(f"cbam_kernel_size must be a positive odd number, got {self.cbam_kernel_size}")
         if not 0 < self.crop_pct <= 1:
             raise ValueError(f"crop_pct must be in (0, 1], got {self.crop_pct}")
         if len(self.image_mean) != self.num_channels or len(self.image_std) != self.num_channels:
             raise ValueError(f"image_mean and image_std need {self.num_channels} values (one per channel)")
+
+    @property
+    def hidden_sizes(self) -> list[int]:
+        """The output channels of layer1..layer4 (transformers' ResNetConfig name): 64..512, times 4 for
+        bottleneck blocks."""
+        return [width * EXPANSION[self.layer_type] for width in STAGE_WIDTHS]
 
 
 __all__ = ["ResNetCBAMConfig"]

@@ -22,17 +22,18 @@ from transformers.backbone_utils import BackboneMixin
 from transformers.modeling_outputs import BackboneOutput
 from transformers.utils import ModelOutput
 
-from .configuration_resnet_cbam import ResNetCBAMConfig
+from .configuration_resnet_cbam import STAGE_WIDTHS, ResNetCBAMConfig
 
 logger = logging.getLogger(__name__)
 
 STAGE_NAMES = ("layer1", "layer2", "layer3", "layer4")
 # The parts a training schedule can freeze or give their own learning rate, in forward order.
 PARAMETER_GROUPS = ("stem", *STAGE_NAMES, "cbam", "head")
-STAGE_WIDTHS = (64, 128, 256, 512)
 BACKBONE_PREFIX = "resnet_cbam.backbone"  # where a saved classifier of this project keeps torchvision's names
 WEIGHT_FILE_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
-TORCHVISION_ARCHITECTURES = {(2, 2, 2, 2): "resnet18", (3, 4, 6, 3): "resnet34"}
+TORCHVISION_ARCHITECTURES = {("basic", (2, 2, 2, 2)): "resnet18", ("basic", (3, 4, 6, 3)): "resnet34",
+                             ("bottleneck", (3, 4, 6, 3)): "resnet50", ("bottleneck", (3, 4, 23, 3)): "resnet101",
+                             ("bottleneck", (3, 8, 36, 3)): "resnet152"}
 # Every entry so that AutoModel and pipeline("image-classification") load either class from one folder.
 AUTO_MAP = {
     "AutoConfig": "configuration_resnet_cbam.ResNetCBAMConfig",
@@ -93,7 +94,24 @@ class CBAM(nn.Module):
 
 
 class ResidualBatchNorm(nn.BatchNorm2d):
-    """The last BatchNorm of a basic block's residual branch: `zero_init_residual` starts its scale at 0."""
+    """The last BatchNorm of a block's residual branch: `zero_init_residual` starts its scale at 0."""
+
+
+def _downsample(in_channels: int, out_channels: int, stride: int) -> nn.Sequential | None:
+    """torchvision's shortcut projection (1x1 convolution and BatchNorm) where the shape changes, else None."""
+    if stride == 1 and in_channels == out_channels:
+        return None
+    return nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
+                         nn.BatchNorm2d(out_channels))
+
+
+def _close_block(block: nn.Module, out: torch.Tensor, identity: torch.Tensor):
+    """The residual branch's CBAM (if any) before the addition, the addition and the ReLU; with the attention."""
+    attention = None
+    if block.cbam is not None:
+        out, channel_weights, spatial_map = block.cbam(out)
+        attention = (channel_weights, spatial_map)
+    return block.relu(out + identity), attention
 
 
 class BasicBlock(nn.Module):
@@ -106,25 +124,46 @@ class BasicBlock(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False)
         self.bn2 = ResidualBatchNorm(out_channels)
-        self.downsample = None
-        if stride != 1 or in_channels != out_channels:
-            self.downsample = nn.Sequential(
-                nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False), nn.BatchNorm2d(out_channels)
-            )
+        self.downsample = _downsample(in_channels, out_channels, stride)
         self.cbam = cbam
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
         identity = x if self.downsample is None else self.downsample(x)
         out = self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
-        attention = None
-        if self.cbam is not None:
-            out, channel_weights, spatial_map = self.cbam(out)
-            attention = (channel_weights, spatial_map)
-        return self.relu(out + identity), attention
+        return _close_block(self, out, identity)
+
+
+class Bottleneck(nn.Module):
+    """torchvision's Bottleneck (v1.5: the stride on the 3x3 convolution), `width` channels inside and four times
+    as many out, with an optional CBAM on the residual branch before the addition."""
+
+    expansion = 4
+
+    def __init__(self, in_channels: int, width: int, stride: int, cbam: CBAM | None):
+        super().__init__()
+        out_channels = width * self.expansion
+        self.conv1 = nn.Conv2d(in_channels, width, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = nn.Conv2d(width, width, 3, stride=stride, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.conv3 = nn.Conv2d(width, out_channels, 1, bias=False)
+        self.bn3 = ResidualBatchNorm(out_channels)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = _downsample(in_channels, out_channels, stride)
+        self.cbam = cbam
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn3(self.conv3(self.relu(self.bn2(self.conv2(out)))))
+        return _close_block(self, out, identity)
+
+
+BLOCKS = {"basic": BasicBlock, "bottleneck": Bottleneck}
 
 
 class ResNetStage(nn.Sequential):
-    """A sequence of basic blocks (torchvision's `layerN`); returns the features and the blocks' CBAM attentions."""
+    """A sequence of blocks (torchvision's `layerN`); returns the features and the blocks' CBAM attentions."""
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
         attentions = []
@@ -149,14 +188,15 @@ class ResNetCBAMTrunk(nn.Module):
             self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
         self.bn1 = nn.BatchNorm2d(64)
         self.relu = nn.ReLU(inplace=True)
-        in_channels = 64
-        for index, (name, width, depth) in enumerate(zip(STAGE_NAMES, STAGE_WIDTHS, config.depths, strict=True)):
+        block, in_channels = BLOCKS[config.layer_type], 64
+        stages = zip(STAGE_NAMES, STAGE_WIDTHS, config.hidden_sizes, config.depths, strict=True)
+        for index, (name, width, out_channels, depth) in enumerate(stages):
             blocks = []
             for block_index in range(depth):
                 stride = 2 if index > 0 and block_index == 0 else 1
-                cbam = _make_cbam(config, width) if config.cbam_placement == "block" else None
-                blocks.append(BasicBlock(in_channels, width, stride, cbam))
-                in_channels = width
+                cbam = _make_cbam(config, out_channels) if config.cbam_placement == "block" else None
+                blocks.append(block(in_channels, width, stride, cbam))
+                in_channels = out_channels
             self.add_module(name, ResNetStage(*blocks))
 
     def stem(self, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -243,7 +283,7 @@ class ResNetCBAMPreTrainedModel(PreTrainedModel):
     base_model_prefix = "resnet_cbam"
     main_input_name = "pixel_values"
     input_modalities = ("image",)
-    _no_split_modules = ["BasicBlock", "CBAM"]
+    _no_split_modules = ["BasicBlock", "Bottleneck", "CBAM"]
     accepts_loss_kwargs = False  # the loss is a per-batch mean: the Trainer scales it for gradient accumulation
 
     @torch.no_grad()
@@ -328,7 +368,7 @@ class ResNetCBAMPreTrainedModel(PreTrainedModel):
     def load_backbone_weights(self, source: str | os.PathLike) -> BackboneLoadReport:
         """Load ImageNet ResNet weights into the backbone by name and report what was loaded, new and skipped.
 
-        `source` is `"torchvision"` (IMAGENET1K_V1, downloaded by torchvision on first use), a Hub id of a timm
+        `source` is `"torchvision"` (`torchvision_weights`: downloaded by torchvision on first use), a Hub id of a timm
         ResNet (e.g. `"timm/resnet18.a1_in1k"`), a local `.safetensors` / `.pth` file, or a model folder saved by
         this project or by transformers' `ResNetForImageClassification` with basic layers (its folder or its
         `model.safetensors`: the backbone loads, a CBAM and classifier are skipped).
@@ -339,13 +379,14 @@ class ResNetCBAMPreTrainedModel(PreTrainedModel):
         own = backbone.state_dict()
         report = BackboneLoadReport(source=str(source))
         to_load = {}
-        for key, tensor in _read_resnet_state_dict(source, self.config.depths).items():
+        shape = f"{self.config.layer_type} blocks and depths {self.config.depths}"
+        for key, tensor in _read_resnet_state_dict(source, self.config.layer_type, self.config.depths).items():
             if key.startswith(("fc.", "classifier.")) or "cbam" in key.split("."):
                 report.skipped.append(key)  # the source's classifier, and its CBAM (a saved ResNet-CBAM)
                 continue
             if key not in own:
                 raise ValueError(
-                    f"{source}: tensor '{key}' has no counterpart in a ResNet with depths {self.config.depths}; "
+                    f"{source}: tensor '{key}' has no counterpart in a ResNet with {shape}; "
                     "the weights are of another architecture"
                 )
             if tensor.shape != own[key].shape:
@@ -383,13 +424,20 @@ def is_hub_id(name: str | None) -> bool:
         not name.endswith(WEIGHT_FILE_SUFFIXES) and not Path(name).exists()
 
 
-def _read_resnet_state_dict(source: str | os.PathLike, depths: list[int]) -> dict[str, torch.Tensor]:
+def torchvision_weights(layer_type: str, depths: list[int]):
+    """torchvision's ImageNet weights for this architecture: its DEFAULT, IMAGENET1K_V1 for ResNet18 and 34 (the
+    only ones), IMAGENET1K_V2 for ResNet50, 101 and 152 (the better recipe: 80.9% top-1 for ResNet50, not 76.1%)."""
+    architecture = TORCHVISION_ARCHITECTURES.get((layer_type, tuple(depths)))
+    if architecture is None:
+        raise ValueError(f"torchvision has no ImageNet ResNet with {layer_type} blocks and depths {depths}")
+    return torchvision.models.get_model_weights(architecture).DEFAULT
+
+
+def _read_resnet_state_dict(source: str | os.PathLike, layer_type: str, depths: list[int]) -> dict[str, torch.Tensor]:
     source = str(source)
     if source == "torchvision":
-        architecture = TORCHVISION_ARCHITECTURES.get(tuple(depths))
-        if architecture is None:
-            raise ValueError(f"torchvision has no ImageNet ResNet with basic blocks and depths {depths}")
-        weights = torchvision.models.get_model_weights(architecture).IMAGENET1K_V1
+        weights = torchvision_weights(layer_type, depths)
+        architecture = TORCHVISION_ARCHITECTURES[(layer_type, tuple(depths))]
         try:
             state_dict = weights.get_state_dict(progress=True)
         except OSError as error:  # URLError included: no network, or a proxy in the way
@@ -479,8 +527,8 @@ class ResNetCBAMModel(ResNetCBAMPreTrainedModel):
         super().__init__(config)
         self.backbone = ResNetCBAMTrunk(config)
         if config.cbam_placement == "stage":
-            stages = zip(STAGE_NAMES, STAGE_WIDTHS, strict=True)
-            self.cbam = nn.ModuleDict({name: _make_cbam(config, width) for name, width in stages})
+            stages = zip(STAGE_NAMES, config.hidden_sizes, strict=True)
+            self.cbam = nn.ModuleDict({name: _make_cbam(config, channels) for name, channels in stages})
         self.pooler = nn.AdaptiveAvgPool2d(1)
         self.post_init()
 
@@ -519,7 +567,7 @@ class ResNetCBAMForImageClassification(ResNetCBAMPreTrainedModel):
     def __init__(self, config: ResNetCBAMConfig):
         super().__init__(config)
         self.resnet_cbam = ResNetCBAMModel(config)
-        self.classifier = nn.Linear(STAGE_WIDTHS[-1], config.num_labels)
+        self.classifier = nn.Linear(config.hidden_sizes[-1], config.num_labels)
         self.post_init()
 
     def forward(
@@ -563,7 +611,7 @@ class ResNetCBAMBackbone(BackboneMixin, ResNetCBAMModel):
 
     def __init__(self, config: ResNetCBAMConfig):
         super().__init__(config)
-        self.num_features = [64, *STAGE_WIDTHS]
+        self.num_features = [64, *config.hidden_sizes]
         stem_stride = 1 if config.stem == "cifar" else 4
         self.feature_strides = [stem_stride, *(stem_stride * 2**index for index in range(len(STAGE_NAMES)))]
 

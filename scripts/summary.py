@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         model = ResNetCBAMForImageClassification.from_pretrained(args.model)
     else:
-        config = ResNetCBAMConfig(**architecture.architecture, num_labels=args.num_labels)
+        config = ResNetCBAMConfig(**architecture.config_fields, num_labels=args.num_labels)
         model = ResNetCBAMForImageClassification(config)
     size = args.image_size or model.config.image_size
     print(summary(model, input_size=(1, model.config.num_channels, size, size), depth=args.depth,

@@ -1,4 +1,5 @@
 import json
+import re
 
 import pytest
 import torch
@@ -335,3 +336,52 @@ def test_backbone_out_features_are_validated_and_saved(tmp_path):
         as_tuple = again(x, return_dict=False)
         torch.testing.assert_close(as_tuple[0][1], backbone(x).feature_maps[1])
         assert backbone(x).hidden_states is None and len(backbone(x, output_hidden_states=True).hidden_states) == 5
+
+
+def test_a_bottleneck_resnet_has_torchvisions_names_and_computes_its_features(tmp_path):
+    """Bottleneck blocks (ResNet50 and up) as torchvision builds them: the same tensors by name and shape, and with
+    torchvision's weights loaded and CBAM starting as the identity, the same features (tiny depths: the layout is
+    the block's, not the depth's)."""
+    from torchvision.models.resnet import Bottleneck, ResNet
+
+    reference = ResNet(Bottleneck, [1, 1, 1, 1]).eval()
+    torch.save(reference.state_dict(), tmp_path / "resnet.pth")
+    config = ResNetCBAMConfig(layer_type="bottleneck", depths=[1, 1, 1, 1], stem="imagenet", cbam_init="identity",
+                              image_size=64, num_labels=3)
+    model = ResNetCBAMForImageClassification(config).eval()
+    report = model.load_backbone_weights(tmp_path / "resnet.pth")
+    assert not report.dropped and len(report.loaded) == len(reference.state_dict()) - 2  # all but fc
+    reference.fc = torch.nn.Identity()
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(model.resnet_cbam(images).pooler_output, reference(images), atol=1e-5)
+    plain = ResNetCBAMForImageClassification(ResNetCBAMConfig(layer_type="bottleneck", depths=[3, 4, 6, 3],
+                                                              stem="imagenet", cbam_placement="none", num_labels=1000))
+    ours, theirs = plain.torchvision_state_dict(), torchvision.models.resnet50().state_dict()
+    assert {name: tuple(t.shape) for name, t in ours.items()} == {name: tuple(t.shape) for name, t in theirs.items()}
+    assert model.config.hidden_sizes == [256, 512, 1024, 2048] and model.classifier.in_features == 2048
+
+
+@pytest.mark.parametrize("flags, expected", [
+    (["--architecture", "resnet50"], ("bottleneck", [3, 4, 6, 3])),
+    (["--architecture", "resnet152"], ("bottleneck", [3, 8, 36, 3])),
+    (["--architecture", "resnet34"], ("basic", [3, 4, 6, 3])),
+    (["--layer_type", "bottleneck", "--depths", "3,4,23,3"], ("bottleneck", [3, 4, 23, 3])),
+    (["--architecture", "resnet50", "--depths", "2,2,2,2"], "--architecture resnet50 sets the depths and the block "
+                                                            "type: leave out --depths"),
+    (["--architecture", "resnet9"], "--architecture must be one of resnet18, resnet34, resnet50, resnet101, "
+                                    "resnet152"),
+])
+def test_architecture_names_the_network_as_torchvision_does(flags, expected):
+    from training.arguments import ModelArguments
+    from training.hub import base_model
+
+    values = dict(zip((f.lstrip("-") for f in flags[::2]), flags[1::2], strict=True))
+    if isinstance(expected, str):
+        with pytest.raises(ValueError, match=re.escape(expected)):
+            ModelArguments(**values)
+        return
+    fields = ModelArguments(**values).config_fields
+    assert (fields["layer_type"], fields["depths"]) == expected
+    if expected == ("bottleneck", [3, 4, 6, 3]):  # torchvision's V2 weights, as the Hub's timm copy names them
+        assert base_model("torchvision", [3, 4, 6, 3], layer_type="bottleneck") == "timm/resnet50.tv2_in1k"

@@ -18,6 +18,7 @@ import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
 from modeling_resnet_cbam import ResNetCBAMConfig
+from modeling_resnet_cbam.modeling_resnet_cbam import TORCHVISION_ARCHITECTURES
 from training import recipes, stages
 from training.data import DataArguments
 from training.hardware import default_num_workers, default_precision, launch
@@ -33,7 +34,11 @@ from training.trainer_fields import REFUSED_FIELDS, arrange_help, refused_epilog
 class ArchitectureArguments:
     _argument_group_name = "model (resnet-cbam)"
 
-    depths: str = field(default="2,2,2,2", metadata={"help": "Blocks per stage: 2,2,2,2 (ResNet18), 3,4,6,3 (34)."})
+    architecture: str | None = field(default=None, metadata={"help": "resnet18/34/50/101/152: its depths and block "
+                                     "type."})
+    depths: str | None = field(default=None, metadata={"help": "Blocks per stage: 2,2,2,2 (the default), 3,4,6,3."})
+    layer_type: str | None = field(default=None, metadata={"help": "basic (the default) or bottleneck (ResNet50 "
+                                                          "and up)."})
     stem: str | None = field(default=None, metadata={"help": "cifar (3x3, stride 1) or imagenet (7x7, stride 2, "
                                                     "max-pool). Default: imagenet; cifar for CIFAR-sized images from "
                                                     "random weights or in seed-exact."})
@@ -51,20 +56,35 @@ class ArchitectureArguments:
             depths = comma_list(self.depths, int, "--depths")
         except ValueError:
             depths = []
-        if len(depths) != 4:
+        if self.depths is not None and len(depths) != 4:
             raise ValueError(f"--depths must be four integers such as 2,2,2,2, got {self.depths!r}")
-        ResNetCBAMConfig(**self.architecture)  # a ValueError naming the field that cannot build a model
+        if self.architecture is not None:
+            if self.architecture not in NAMED_ARCHITECTURES:
+                raise ValueError(f"--architecture must be one of {', '.join(NAMED_ARCHITECTURES)}, got "
+                                 f"{self.architecture!r}")
+            given = [f"--{f.name}" for f in dataclasses.fields(self) if f.name in ("depths", "layer_type")
+                     and was_set(self, f)]
+            if given:
+                raise ValueError(f"--architecture {self.architecture} sets the depths and the block type: leave out "
+                                 f"{' and '.join(given)}")
+        ResNetCBAMConfig(**self.config_fields)  # a ValueError naming the field that cannot build a model
 
     @property
-    def architecture(self) -> dict:
-        """The architecture flags given, as the config's fields; stem and cbam_init, when not given, are chosen
-        from the data and the weights (training/defaults.py)."""
+    def config_fields(self) -> dict:
+        """The architecture flags given, as the config's fields (--architecture as its depths and block type); stem
+        and cbam_init, when not given, are chosen from the data and the weights (training/defaults.py)."""
         given = {name: getattr(self, name) for name in ARCHITECTURE_FLAGS}
         given["depths"] = comma_list(self.depths, int, "--depths")
+        if self.architecture is not None:
+            given["layer_type"], given["depths"] = NAMED_ARCHITECTURES[self.architecture]
         return {name: value for name, value in given.items() if value is not None}
 
 
-ARCHITECTURE_FLAGS = tuple(spec.name for spec in dataclasses.fields(ArchitectureArguments))  # the config's own names
+# the config's own names (--architecture names a combination of two of them)
+ARCHITECTURE_FLAGS = tuple(spec.name for spec in dataclasses.fields(ArchitectureArguments)
+                           if spec.name != "architecture")
+NAMED_ARCHITECTURES = {name: (layer_type, list(depths)) for (layer_type, depths), name in
+                       TORCHVISION_ARCHITECTURES.items()}
 
 
 @dataclass

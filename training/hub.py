@@ -14,7 +14,7 @@ from huggingface_hub.utils import filter_repo_objects
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from modeling_resnet_cbam.modeling_resnet_cbam import TORCHVISION_ARCHITECTURES, is_hub_id
+from modeling_resnet_cbam.modeling_resnet_cbam import TORCHVISION_ARCHITECTURES, is_hub_id, torchvision_weights
 from training.checkpoints import RUN_DATA
 
 logger = logging.getLogger(__name__)
@@ -25,14 +25,16 @@ IGNORE = ["checkpoint-*", "checkpoint-*/**", "training_args.bin", "runs/**", "sp
           ".*.partial", ".*.partial/**", RUN_DATA]
 
 
-def base_model(backbone_weights: str, depths: list[int], model_name_or_path: str | None = None) -> str | None:
+def base_model(backbone_weights: str, depths: list[int], model_name_or_path: str | None = None,
+               layer_type: str = "basic") -> str | None:
     """The Hub model a run's weights came from, for the card's `base_model` (the Hub's model tree): a saved model's
     Hub id; torchvision's ImageNet weights as the Hub holds the same tensors (timm's `tv_in1k` copies); a timm or
     other Hub id as given; None for random weights and local files (the card names those in its text)."""
     if model_name_or_path:
         return model_name_or_path if is_hub_id(model_name_or_path) else None
     if backbone_weights == "torchvision":
-        return f"timm/{TORCHVISION_ARCHITECTURES[tuple(depths)]}.tv_in1k"
+        copy = "tv2_in1k" if torchvision_weights(layer_type, depths).name.endswith("V2") else "tv_in1k"
+        return f"timm/{TORCHVISION_ARCHITECTURES[(layer_type, tuple(depths))]}.{copy}"
     return backbone_weights if is_hub_id(backbone_weights) else None
 
 

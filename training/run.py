@@ -84,7 +84,7 @@ def build_model(args: ModelArguments, data: ImageData,
                              f"(and {len(missing) - 1} more tensors): the saved model does not fit its own config")
         return model, f"the saved model {args.model_name_or_path}", []
     pretrained = args.pretrained_backbone
-    architecture, chosen = resolve_architecture(args.architecture, data.preset, recipe, pretrained)
+    architecture, chosen = resolve_architecture(args.config_fields, data.preset, recipe, pretrained)
     config = ResNetCBAMConfig(**architecture, **data_fields)
     warn_costly_stem(config)
     model = ResNetCBAMForImageClassification(config)
