@@ -380,14 +380,16 @@ class ResNetCBAMPreTrainedModel(PreTrainedModel):
         report = BackboneLoadReport(source=str(source))
         to_load = {}
         shape = f"{self.config.layer_type} blocks and depths {self.config.depths}"
-        for key, tensor in _read_resnet_state_dict(source, self.config.layer_type, self.config.depths).items():
+        layout = (self.config.layer_type, list(self.config.depths))
+        state_dict = _read_resnet_state_dict(source, self.config.layer_type, self.config.depths)
+        for key, tensor in state_dict.items():
             if key.startswith(("fc.", "classifier.")) or "cbam" in key.split("."):
                 report.skipped.append(key)  # the source's classifier, and its CBAM (a saved ResNet-CBAM)
                 continue
             if key not in own:
                 raise ValueError(
                     f"{source}: tensor '{key}' has no counterpart in a ResNet with {shape}; "
-                    "the weights are of another architecture"
+                    f"the weights are of another architecture{_what_the_weights_are(state_dict, layout)}"
                 )
             if tensor.shape != own[key].shape:
                 if key == "conv1.weight" and self.config.stem == "cifar":
@@ -401,6 +403,7 @@ class ResNetCBAMPreTrainedModel(PreTrainedModel):
                 raise ValueError(
                     f"{source}: tensor '{key}' has shape {tuple(tensor.shape)} but this model's is "
                     f"{tuple(own[key].shape)}; the weights are of another architecture"
+                    f"{_what_the_weights_are(state_dict, layout)}"
                 )
             to_load[key] = tensor
         missing = [k for k in own if k not in to_load and k != "conv1.weight" and ".cbam." not in k]
@@ -408,7 +411,7 @@ class ResNetCBAMPreTrainedModel(PreTrainedModel):
         if missing:
             raise ValueError(
                 f"{source}: no tensor for '{missing[0]}' (and {len(missing) - 1} more); the weights are of another "
-                "architecture"
+                f"architecture{_what_the_weights_are(state_dict, layout)}"
             )
         backbone.load_state_dict(to_load, strict=False)
         report.loaded = [prefix + key for key in to_load]
@@ -416,6 +419,28 @@ class ResNetCBAMPreTrainedModel(PreTrainedModel):
         report.new = [name for name in report.new if not name.endswith("num_batches_tracked")]
         logger.info(str(report))
         return report
+
+
+def resnet_layout(state_dict: dict[str, torch.Tensor]) -> tuple[str, list[int]] | None:
+    """The block type and depths of a state dict under torchvision's ResNet names (None: it is not one): bottleneck
+    when layer1's first block has a conv3, the depths from the highest block index of each stage."""
+    blocks = {stage: {int(key.split(".")[1]) for key in state_dict if key.startswith(f"{stage}.")}
+              for stage in STAGE_NAMES}
+    if not all(blocks.values()):
+        return None
+    layer_type = "bottleneck" if "layer1.0.conv3.weight" in state_dict else "basic"
+    return layer_type, [max(indices) + 1 for indices in blocks.values()]
+
+
+def _what_the_weights_are(state_dict: dict[str, torch.Tensor], own: tuple[str, list[int]]) -> str:
+    """': they are a ResNet with bottleneck blocks and depths [3, 4, 6, 3] (--architecture resnet50)', or '' when
+    they are no ResNet or one of the model's own layout `own` (the difference is elsewhere)."""
+    layout = resnet_layout(state_dict)
+    if layout is None or layout == own:
+        return ""
+    name = TORCHVISION_ARCHITECTURES.get((layout[0], tuple(layout[1])))
+    flags = f"--architecture {name}" if name else f"--layer_type {layout[0]} --depths {','.join(map(str, layout[1]))}"
+    return f": they are a ResNet with {layout[0]} blocks and depths {layout[1]} ({flags})"
 
 
 def is_hub_id(name: str | None) -> bool:

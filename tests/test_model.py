@@ -385,3 +385,13 @@ def test_architecture_names_the_network_as_torchvision_does(flags, expected):
     assert (fields["layer_type"], fields["depths"]) == expected
     if expected == ("bottleneck", [3, 4, 6, 3]):  # torchvision's V2 weights, as the Hub's timm copy names them
         assert base_model("torchvision", [3, 4, 6, 3], layer_type="bottleneck") == "timm/resnet50.tv2_in1k"
+
+
+def test_weights_of_another_resnet_are_refused_naming_what_they_are(tmp_path):
+    from torchvision.models.resnet import Bottleneck, ResNet
+
+    torch.save(ResNet(Bottleneck, [1, 1, 1, 1]).state_dict(), tmp_path / "bottleneck.pth")
+    model = ResNetCBAMForImageClassification(ResNetCBAMConfig(depths=[1, 1, 1, 1], stem="imagenet"))
+    with pytest.raises(ValueError, match=re.escape("they are a ResNet with bottleneck blocks and depths [1, 1, 1, 1] "
+                                                   "(--layer_type bottleneck --depths 1,1,1,1)")):
+        model.load_backbone_weights(tmp_path / "bottleneck.pth")
