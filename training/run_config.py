@@ -63,8 +63,9 @@ def resolve_run(model_args: ModelArguments, stage_args: StageArguments, training
         schedule = kept
         defaults.append(f"the stem is pretrained (its conv1 loaded with the backbone): {recipe.name} trains it with "
                         "layer1, not as a new module")
-    check_stages_train_something(schedule, model)
-    present = [group for group, parameters in model.parameter_groups().items() if parameters]
+    groups = model.parameter_groups()
+    check_stages_train_something(schedule, groups)
+    present = [group for group, parameters in groups.items() if parameters]
     schedule = schedule.of_groups(present)
     given = stage_args.recipe is not None and not stage_args.stages_file
     warning = random_start_warning(recipe.name, schedule.stages[0], present) \
@@ -86,10 +87,10 @@ def keeps_pretrained_stem(args: ModelArguments, model: ResNetCBAMForImageClassif
     return args.pretrained_backbone and model.config.stem == "imagenet"
 
 
-def check_stages_train_something(schedule: Schedule, model: ResNetCBAMForImageClassification) -> None:
-    """Refuse, before training, a stage whose groups hold no parameter of this model (`"train": ["cbam"]` with
-    `--cbam_placement none`): it would train nothing, and the optimizer could not be built for it."""
-    groups = model.parameter_groups()
+def check_stages_train_something(schedule: Schedule, groups: dict) -> None:
+    """Refuse, before training, a stage whose groups hold no parameter of the model (`groups`: its parameters by
+    group; `"train": ["cbam"]` with `--cbam_placement none`): it would train nothing, and the optimizer could not be
+    built for it."""
     for index, stage in enumerate(schedule.stages, start=1):
         if stage.parameter_count(groups) == 0:
             empty = ", ".join(stage.groups)
