@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
 from modeling_resnet_cbam import ResNetCBAMConfig
@@ -26,7 +25,7 @@ from training.hub import HUB_STRATEGIES
 from training.inference import check_tta
 from training.onnx_export import require_onnx
 from training.optimizers import OptimizerSpec
-from training.script_args import check_at_least, comma_list, flag_value, script_parser
+from training.script_args import check_at_least, comma_list, flag_value, read_run_file, script_parser
 from training.trainer_fields import REFUSED_FIELDS, arrange_help, refused_epilog, was_set
 
 
@@ -456,24 +455,6 @@ def recipe_flag_defaults(given: dict) -> dict:
 def chosen_recipe(model_args: ModelArguments, stage_args: StageArguments) -> tuple[recipes.Recipe, str | None]:
     """The run's recipe (recipes.choose) and the reason it was chosen (None: given with --recipe)."""
     return recipes.choose(stage_args.recipe, model_args.random_weights, bool(stage_args.stages_file))
-
-
-def read_run_file(path: Path) -> dict:
-    """The flags a run file (`finetune.py run.yaml`) holds, as one mapping; a ValueError naming the file when it
-    cannot be read, does not parse, or holds anything but a mapping of flag names to values."""
-    try:
-        text = path.read_text()
-    except OSError as error:
-        raise ValueError(f"{path}: the run file cannot be read ({error.strerror or error})") from error
-    try:
-        values = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as error:
-        first = str(error).strip().splitlines()[0]
-        raise ValueError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'} ({first})") from error
-    if not isinstance(values, dict):
-        raise ValueError(f"{path}: a run file holds one mapping of flag names to values (e.g. 'recipe: staged' on a "
-                         f"line), not {type(values).__name__ if values is not None else 'nothing'}")
-    return values
 
 
 def build_schedule(model_args: ModelArguments, stage_args: StageArguments, training_args: FinetuneTrainingArguments,

@@ -2,9 +2,11 @@
 comma-separated lists that refuse a bad value by its flag before anything loads."""
 
 import argparse
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
+import yaml
 from transformers import HfArgumentParser
 
 
@@ -91,3 +93,21 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
 def script_parser(dataclass_types, **kwargs) -> HfArgumentParser:
     """The HfArgumentParser of a script, with the project's help layout."""
     return HfArgumentParser(dataclass_types, formatter_class=HelpFormatter, **kwargs)
+
+
+def read_run_file(path: Path) -> dict:
+    """The flags a run file (`finetune.py run.yaml`) holds, as one mapping; a ValueError naming the file when it
+    cannot be read, does not parse, or holds anything but a mapping of flag names to values."""
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise ValueError(f"{path}: the run file cannot be read ({error.strerror or error})") from error
+    try:
+        values = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as error:
+        first = str(error).strip().splitlines()[0]
+        raise ValueError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'} ({first})") from error
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: a run file holds one mapping of flag names to values (e.g. 'recipe: staged' on a "
+                         f"line), not {type(values).__name__ if values is not None else 'nothing'}")
+    return values
