@@ -1,5 +1,5 @@
-"""What every script's command line shares: the parser with the project's help layout, and the checks of counts and
-comma-separated lists that refuse a bad value by its flag before anything loads."""
+"""What every script's command line shares: the parser with the project's help layout, the checks of counts and
+comma-separated lists that refuse a bad value by its flag before anything loads, and a run file's flags."""
 
 import argparse
 import json
