@@ -391,6 +391,9 @@ def test_evaluations_every_few_epochs_still_give_every_stage_end_and_the_whole_t
                                           (["--train_per_class", "-1"], "--train_per_class must be at least 0"),
                                           (["--seeds", "0"], "--seeds must be a count of at least 1"),
                                           (["--seeds", "4,4"], "distinct non-negative seeds"),
+                                          (["--seeds", "42"], "--seeds 42 is a count: 42 seeds (42 to 83) for "
+                                                              "every row; give a count up to 10 (--seeds 1 is the "
+                                                              "seed 42 alone) or list the seeds (e.g. 42,43)"),
                                           (["--seeds", "three"], "--seeds must be comma-separated int")])
 def test_bad_study_flags_are_refused(tmp_path, capsys, flags, words):
     assert study_main(["--output_dir", str(tmp_path / "out"), *flags]) == 2

@@ -52,6 +52,7 @@ class StudyError(ValueError):
 
 
 FIRST_SEED = 42  # `--seeds N` runs seeds 42, 43, ...; the first also seeds the pretraining
+MAX_SEED_COUNT = 10  # a larger single number is taken for a seed and refused, not run as that many seeds
 IDENTITY_CBAM = ("--cbam_init", "identity")
 # torchvision's stem kept: its 7x7 conv and max-pool, fed the 32 px target images upsampled to the pretraining's
 # size, as a user of ImageNet weights does at 224 px (the photos default)
@@ -112,9 +113,9 @@ class StudyArguments:
     runs: str | None = field(default=None, metadata={"help": "Only these rows, comma-separated (pretrain is run "
                                                       "when a row needs it). Default: all."})
     tta: str = field(default="none", metadata={"help": "Every row's evaluation: none or flip (the same for all)."})
-    seeds: str = field(default="3", metadata={"help": "A count N (seeds 42, 43, ...) or a comma-separated list of "
-                                              "two or more seeds: every row runs once per seed; the first seeds the "
-                                              "pretraining."})
+    seeds: str = field(default="3", metadata={"help": "A count N up to 10 (seeds 42, 43, ...) or a comma-separated "
+                                              "list of two or more seeds: every row runs once per seed; the first "
+                                              "seeds the pretraining."})
     finetune_args: str = field(default="", metadata={"help": "More flags for every run, e.g. '--bf16 false'."})
     report_only: bool = field(
         default=False, metadata={"help": "Run nothing: write the results from the runs of these flags already "
@@ -199,6 +200,11 @@ def seed_list(text: str) -> list[int]:
     if len(values) == 1:
         if values[0] < 1:
             raise StudyError(f"--seeds must be a count of at least 1 or a list of seeds, got {text}")
+        if values[0] > MAX_SEED_COUNT:  # most likely a seed: 42 would be 42 runs of every row
+            raise StudyError(f"--seeds {text} is a count: {values[0]} seeds ({FIRST_SEED} to "
+                             f"{FIRST_SEED + values[0] - 1}) for every row; give a count up to {MAX_SEED_COUNT} "
+                             f"(--seeds 1 is the seed {FIRST_SEED} alone) or list the seeds "
+                             f"(e.g. {text},{values[0] + 1})")
         return list(range(FIRST_SEED, FIRST_SEED + values[0]))
     if min(values) < 0 or len(set(values)) != len(values):
         raise StudyError(f"--seeds must list distinct non-negative seeds, got {text}")
