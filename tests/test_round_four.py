@@ -132,3 +132,14 @@ def test_an_image_folder_of_the_wrong_layout_is_told_the_layout_not_a_flag(tmp_p
     err = capsys.readouterr().err
     assert code == 2 and words in err and "--label_column_name" not in err and "Traceback" not in err
     assert not (tmp_path / "out").exists()
+
+
+def test_the_card_names_a_stages_file_by_its_name_not_its_path(dataset, tmp_path):
+    stages = tmp_path / "my" / "stages.json"
+    stages.parent.mkdir()
+    stages.write_text('[{"epochs": 1, "lr": 1e-3}]')
+    out = tmp_path / "out"
+    assert finetune_main([*TINY, "--dataset_name", str(dataset), "--validation_split", "8", "--output_dir", str(out),
+                          "--stages_file", str(stages), "--stage_epochs", "1", "--save_strategy", "no"]) == 0
+    card = (out / "README.md").read_text()
+    assert "recipe `stages.json`" in card and str(stages.parent) not in card

@@ -39,7 +39,7 @@ class RunRecord:
     dataset: str  # what it was read from (a Hub id or a path here)
     dataset_name: str  # how the card names it: a Hub id, or a local folder's name
     dataset_on_hub: bool
-    recipe: str
+    recipe: str  # a recipe's name, or the --stages_file given (in the run's identity as given)
     schedule: Schedule
     bn_policy: str
     augment: str
@@ -88,6 +88,11 @@ class RunRecord:
     @property
     def eval_split(self) -> str:
         return self.metrics["eval_split"]
+
+    @property
+    def recipe_name(self) -> str:
+        """How the card names the recipe: its name, or a stages file by its file name, never its path here."""
+        return Path(self.recipe).name if self.recipe.endswith(".json") else self.recipe
 
     def images(self, split: str) -> str:
         """How many images of a split a figure is on, saying when they are a subset: '64 of the 500 test images'."""
