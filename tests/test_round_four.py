@@ -143,3 +143,15 @@ def test_the_card_names_a_stages_file_by_its_name_not_its_path(dataset, tmp_path
                           "--stages_file", str(stages), "--stage_epochs", "1", "--save_strategy", "no"]) == 0
     card = (out / "README.md").read_text()
     assert "recipe `stages.json`" in card and str(stages.parent) not in card
+
+
+def test_the_same_folder_as_train_and_validation_is_warned_about(tmp_path, caplog):
+    import logging
+
+    from training.data import DataArguments, load_image_data
+
+    folder = image_folder(tmp_path / "photos", n_per_class=3, names=["cat", "dog"])
+    with caplog.at_level(logging.WARNING, logger="training.data"):
+        load_image_data(DataArguments(train_dir=str(folder), validation_dir=str(tmp_path / "photos" / ".." / "photos")),
+                        seed=0)
+    assert any("--train_dir and --validation_dir are the same folder" in r.getMessage() for r in caplog.records)

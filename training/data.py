@@ -281,6 +281,11 @@ def _load_splits(args: DataArguments) -> DatasetDict:
     if args.train_dir or args.validation_dir:  # a validation folder alone: what an evaluation needs
         for folder in filter(None, (args.train_dir, args.validation_dir)):
             _check_class_folders(Path(folder))
+        folders = [Path(folder).resolve() for folder in (args.train_dir, args.validation_dir) if folder]
+        if len(folders) == 2 and folders[0] == folders[1]:
+            logger.warning("--train_dir and --validation_dir are the same folder, %s: the validation accuracy will be "
+                           "measured on the training images, and say how well they are remembered, not how well "
+                           "new images are classified", args.train_dir)
         splits = {}
         if args.train_dir:
             splits["train"] = load_dataset("imagefolder", data_dir=args.train_dir, split="train")
