@@ -174,3 +174,14 @@ def test_top_losses_are_the_images_the_model_gets_most_wrong(model_dir, tmp_path
     assert "most confused (true -> predicted: images):" in done.stdout
     assert f"  {top['true']} -> {top['predicted']}: {top['images']}" in done.stdout
     assert grid.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_folder_is_read_without_its_hidden_files(tmp_path):
+    """macOS copies leave AppleDouble `._name.jpg` files (not images) beside the photos; training's image folders
+    skip hidden files, and so does predict."""
+    folder = tmp_path / "photos"
+    (folder / ".git").mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(folder / "cat.jpg")
+    (folder / "._cat.jpg").write_bytes(b"\x00\x05\x16\x07AppleDouble")
+    Image.new("RGB", (8, 8)).save(folder / ".git" / "x.png")
+    assert image_files([folder]) == [folder / "cat.jpg"]

@@ -100,11 +100,14 @@ def preprocess_image(processor, image: str | Path | Image.Image) -> torch.Tensor
 
 
 def image_files(paths: Sequence[str | Path]) -> list[Path]:
-    """The files given, and every image file under the folders given (sorted), in order, each once."""
+    """The files given, and every image file under the folders given (sorted), in order, each once. Hidden files
+    and folders under a folder (macOS's AppleDouble `._photo.jpg`, `.DS_Store`, `.git/`) are left out, as training's
+    image folders leave them out."""
     files = []
     for path in map(Path, paths):
         if path.is_dir():
-            files += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            files += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                            and not any(part.startswith(".") for part in p.relative_to(path).parts))
         else:
             files.append(path)
     return list(dict.fromkeys(files))
