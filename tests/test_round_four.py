@@ -155,3 +155,15 @@ def test_the_same_folder_as_train_and_validation_is_warned_about(tmp_path, caplo
         load_image_data(DataArguments(train_dir=str(folder), validation_dir=str(tmp_path / "photos" / ".." / "photos")),
                         seed=0)
     assert any("--train_dir and --validation_dir are the same folder" in r.getMessage() for r in caplog.records)
+
+
+def test_a_checkpoint_from_before_bottleneck_blocks_still_resumes(tmp_path):
+    """Run facts written before the model had a block type were all basic blocks: not a change of run."""
+    from training.checkpoints import RUN_FACTS, changed_facts
+
+    model = {"depths": [2, 2, 2, 2], "stem": "imagenet", "crop_pct": 1.0}
+    (tmp_path / RUN_FACTS).write_text(json.dumps({"model": model, "seed": 1}))
+    assert changed_facts(tmp_path, {"model": {**model, "layer_type": "basic"}, "seed": 1}) == []
+    changed = changed_facts(tmp_path, {"model": {**model, "layer_type": "bottleneck"}, "seed": 1})
+    assert len(changed) == 1 and '"layer_type": "basic"' in changed[0] and changed[0].endswith(
+        '"layer_type": "bottleneck"} now')

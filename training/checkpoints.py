@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 
 RUN_FACTS = "run_facts.json"
 # Model facts added to the run's identity after checkpoints were first written, with the value every older run had
-LATER_MODEL_FACTS = {"crop_pct": 1.0}
+LATER_MODEL_FACTS = {"crop_pct": 1.0, "layer_type": "basic"}  # the value every run had before the fact existed
 RUN_COMPLETE = "run_complete.json"  # written last of a finished run's outputs: the folder is complete
 RUN_DATA = "run_data.json"  # where the run's images are on this machine: for evaluating it later; never pushed
 LOCK = ".run.lock"  # training/lock.py's
