@@ -22,7 +22,7 @@ from transformers.backbone_utils import BackboneMixin
 from transformers.modeling_outputs import BackboneOutput
 from transformers.utils import ModelOutput
 
-from .configuration_resnet_cbam import STAGE_WIDTHS, ResNetCBAMConfig
+from .configuration_resnet_cbam import EXPANSION, STAGE_WIDTHS, ResNetCBAMConfig
 
 logger = logging.getLogger(__name__)
 
@@ -135,13 +135,11 @@ class BasicBlock(nn.Module):
 
 class Bottleneck(nn.Module):
     """torchvision's Bottleneck (v1.5: the stride on the 3x3 convolution), `width` channels inside and four times
-    as many out, with an optional CBAM on the residual branch before the addition."""
-
-    expansion = 4
+    as many out (EXPANSION), with an optional CBAM on the residual branch before the addition."""
 
     def __init__(self, in_channels: int, width: int, stride: int, cbam: CBAM | None):
         super().__init__()
-        out_channels = width * self.expansion
+        out_channels = width * EXPANSION["bottleneck"]
         self.conv1 = nn.Conv2d(in_channels, width, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
         self.conv2 = nn.Conv2d(width, width, 3, stride=stride, padding=1, bias=False)

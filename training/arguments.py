@@ -61,8 +61,7 @@ class ArchitectureArguments:
             if self.architecture not in NAMED_ARCHITECTURES:
                 raise ValueError(f"--architecture must be one of {', '.join(NAMED_ARCHITECTURES)}, got "
                                  f"{self.architecture!r}")
-            given = [f"--{f.name}" for f in dataclasses.fields(self) if f.name in ("depths", "layer_type")
-                     and was_set(self, f)]
+            given = [f"--{name}" for name in ("depths", "layer_type") if getattr(self, name) is not None]
             if given:
                 raise ValueError(f"--architecture {self.architecture} sets the depths and the block type: leave out "
                                  f"{' and '.join(given)}")

@@ -11,7 +11,6 @@ from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from modeling_resnet_cbam import ResNetCBAMForImageClassification
 from training.arguments import FinetuneTrainingArguments, ModelArguments, StageArguments
 from training.batches import describe_mixing
 from training.callbacks import trained_parameter_count
@@ -193,9 +192,8 @@ def _duration(seconds: float) -> str:
     return f"{hours} h {minutes:02d} min" if hours else f"{minutes} min {seconds:02d} s"
 
 
-def run_record(config: RunConfig, model: ResNetCBAMForImageClassification, data: ImageData,
-               model_args: ModelArguments, data_args: DataArguments, stage_args: StageArguments,
-               training_args: FinetuneTrainingArguments) -> RunRecord:
+def run_record(config: RunConfig, data: ImageData, model_args: ModelArguments, data_args: DataArguments,
+               stage_args: StageArguments, training_args: FinetuneTrainingArguments) -> RunRecord:
     """The record of the run (its identity, the card's facts), from its configuration and flags; training
     completes it with the metrics."""
     return RunRecord(
@@ -210,8 +208,8 @@ def run_record(config: RunConfig, model: ResNetCBAMForImageClassification, data:
         augment=data.augmentation,
         defaults=list(config.defaults),
         backbone=config.weights,
-        base_model=base_model(model_args.backbone_weights, model.config.depths, model_args.model_name_or_path,
-                              model.config.layer_type),
+        base_model=base_model(model_args.backbone_weights, config.architecture["depths"],
+                              model_args.model_name_or_path, config.architecture["layer_type"]),
         license=training_args.license,
         optimizer=training_args.optimizer.describe(),
         label_smoothing=training_args.label_smoothing_factor,

@@ -116,7 +116,7 @@ def build_run(
     config = resolve_run(model_args, stage_args, training_args, recipe=recipe, why=why, schedule=schedule,
                          data=data, model=model, weights=weights, chosen=chosen)
     log_config(config, data, training_args)
-    record = run_record(config, model, data, model_args, data_args, stage_args, training_args)
+    record = run_record(config, data, model_args, data_args, stage_args, training_args)
     trainer = build_trainer(config, model, data, stage_args, training_args, record, extra_callbacks, checkpoint)
     return Run(trainer, data, record, config)
 
