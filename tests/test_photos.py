@@ -275,10 +275,12 @@ def test_a_checkpoint_from_before_crop_pct_existed_still_resumes(tmp_path):
 
     model = {"depths": [2, 2, 2, 2], "stem": "cifar", "image_size": 32}
     (tmp_path / RUN_FACTS).write_text(json.dumps({"model": model, "seed": 42}))
-    assert changed_facts(tmp_path, {"model": {**model, "crop_pct": 1.0}, "seed": 42}) == []
-    assert changed_facts(tmp_path, {"model": {**model, "crop_pct": 0.875}, "seed": 42}) == [
-        'model: {"crop_pct": 1.0, "depths": [2, 2, 2, 2], "stem": "cifar", "image_size": 32} in the checkpoint, '
-        '{"depths": [2, 2, 2, 2], "stem": "cifar", "image_size": 32, "crop_pct": 0.875} now']
+    now = {**model, "layer_type": "basic"}  # a run of today's code also names its block type
+    assert changed_facts(tmp_path, {"model": {**now, "crop_pct": 1.0}, "seed": 42}) == []
+    assert changed_facts(tmp_path, {"model": {**now, "crop_pct": 0.875}, "seed": 42}) == [
+        'model: {"crop_pct": 1.0, "layer_type": "basic", "depths": [2, 2, 2, 2], "stem": "cifar", "image_size": 32} '
+        'in the checkpoint, {"depths": [2, 2, 2, 2], "stem": "cifar", "image_size": 32, "layer_type": "basic", '
+        '"crop_pct": 0.875} now']
 
 
 def turned_photo(path: Path) -> Image.Image:
