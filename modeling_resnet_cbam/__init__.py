@@ -6,7 +6,6 @@ from .configuration_resnet_cbam import ResNetCBAMConfig
 from .modeling_resnet_cbam import (
     CBAM,
     PARAMETER_GROUPS,
-    BackboneLoadReport,
     ChannelAttention,
     ResNetCBAMBackbone,
     ResNetCBAMForImageClassification,
@@ -23,7 +22,6 @@ AutoBackbone.register(ResNetCBAMConfig, ResNetCBAMBackbone, exist_ok=True)
 __all__ = [
     "CBAM",
     "PARAMETER_GROUPS",
-    "BackboneLoadReport",
     "ChannelAttention",
     "ResNetCBAMBackbone",
     "ResNetCBAMConfig",

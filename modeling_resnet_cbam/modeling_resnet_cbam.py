@@ -1,20 +1,16 @@
 """ResNet with CBAM attention as a transformers model.
 
 The backbone keeps torchvision's ResNet parameter names (`conv1`, `bn1`, `layer1.0.conv1`, ...) under the prefix
-`backbone.`, so torchvision and timm ResNet weights load by name. CBAM modules are named `cbam.layer1` ...
+`backbone.`, so torchvision and timm ResNet weights load by name (training/backbones.py: that import is training
+code, not part of this file). CBAM modules are named `cbam.layer1` ...
 (`cbam_placement="stage"`) or `backbone.layer1.0.cbam` ... (`cbam_placement="block"`).
 """
 
-import logging
 import math
 import os
-import re
-from dataclasses import dataclass, field
-from pathlib import Path
-from textwrap import shorten
+from dataclasses import dataclass
 
 import torch
-import torchvision
 from torch import nn
 from transformers import BitImageProcessor, PreTrainedModel
 from transformers import initialization as init
@@ -24,16 +20,9 @@ from transformers.utils import ModelOutput
 
 from .configuration_resnet_cbam import EXPANSION, STAGE_WIDTHS, ResNetCBAMConfig
 
-logger = logging.getLogger(__name__)
-
 STAGE_NAMES = ("layer1", "layer2", "layer3", "layer4")
 # The parts a training schedule can freeze or give their own learning rate, in forward order.
 PARAMETER_GROUPS = ("stem", *STAGE_NAMES, "cbam", "head")
-BACKBONE_PREFIX = "resnet_cbam.backbone"  # where a saved classifier of this project keeps torchvision's names
-WEIGHT_FILE_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
-TORCHVISION_ARCHITECTURES = {("basic", (2, 2, 2, 2)): "resnet18", ("basic", (3, 4, 6, 3)): "resnet34",
-                             ("bottleneck", (3, 4, 6, 3)): "resnet50", ("bottleneck", (3, 4, 23, 3)): "resnet101",
-                             ("bottleneck", (3, 8, 36, 3)): "resnet152"}
 # Every entry so that AutoModel and pipeline("image-classification") load either class from one folder.
 AUTO_MAP = {
     "AutoConfig": "configuration_resnet_cbam.ResNetCBAMConfig",
@@ -206,35 +195,6 @@ def _make_cbam(config: ResNetCBAMConfig, channels: int) -> CBAM:
 
 
 @dataclass
-class BackboneLoadReport:
-    """What `load_backbone_weights` did, tensor by tensor (names as in this model's state dict)."""
-
-    source: str
-    loaded: list[str] = field(default_factory=list)
-    new: list[str] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)  # the source's tensors this model has no place for (names there)
-    dropped: list[str] = field(default_factory=list)  # the source's 7x7 conv1 under the CIFAR stem (names there)
-
-    def __str__(self) -> str:
-        new_modules = sorted({_module_of(name) for name in self.new})
-        skipped_modules = sorted({_module_of(name) for name in self.skipped})
-        text = (
-            f"backbone weights from {self.source}: {len(self.loaded)} tensors loaded, "
-            f"{len(self.new)} new ({', '.join(new_modules) or 'none'}), "
-            f"{len(self.skipped)} skipped ({', '.join(skipped_modules) or 'none'})"
-        )
-        if self.dropped:
-            text += f", {', '.join(self.dropped)} dropped (the 7x7 ImageNet stem: the CIFAR stem's 3x3 conv1 is new)"
-        return text
-
-
-def _module_of(tensor_name: str) -> str:
-    """'resnet_cbam.cbam.layer1.channel.mlp.0.weight' -> 'resnet_cbam.cbam.layer1'; else the owning module."""
-    match = re.match(r"((?:.*?\.)?cbam(?:\.layer\d)?)\.", tensor_name)
-    return match.group(1) if match else tensor_name.rsplit(".", 1)[0]
-
-
-@dataclass
 class ResNetCBAMModelOutput(ModelOutput):
     """
     Args:
@@ -350,197 +310,6 @@ class ResNetCBAMPreTrainedModel(PreTrainedModel):
         if kwargs.get("is_main_process", True):
             self.image_processor().save_pretrained(save_directory)
 
-    def torchvision_state_dict(self) -> dict[str, torch.Tensor]:
-        """The backbone's tensors under torchvision's ResNet names (`conv1.weight`, `layer1.0.bn1.running_mean`, ...),
-        and a classifier's linear layer as `fc`: the inverse of `load_backbone_weights`. For a plain network
-        (`cbam_placement="none"`) it is the state dict of a torchvision ResNet, which `torchvision.models.resnet18()`
-        loads as it loads ImageNet's file."""
-        backbone = self.base_model.backbone
-        tensors = {name: tensor.detach().clone() for name, tensor in backbone.state_dict().items()
-                   if "cbam" not in name.split(".")}
-        classifier = getattr(self, "classifier", None)
-        if isinstance(classifier, nn.Linear):
-            tensors.update({f"fc.{name}": tensor.detach().clone() for name, tensor in classifier.state_dict().items()})
-        return tensors
-
-    def load_backbone_weights(self, source: str | os.PathLike) -> BackboneLoadReport:
-        """Load ImageNet ResNet weights into the backbone by name and report what was loaded, new and skipped.
-
-        `source` is `"torchvision"` (`torchvision_weights`: downloaded by torchvision on first use), a Hub id of a timm
-        ResNet (e.g. `"timm/resnet18.a1_in1k"`), a local `.safetensors` / `.pth` file, or a model folder saved by
-        this project or by transformers' `ResNetForImageClassification` with basic layers (its folder or its
-        `model.safetensors`: the backbone loads, a CBAM and classifier are skipped).
-        A file of another architecture is a ValueError naming the first tensor that does not fit.
-        """
-        backbone = self.base_model.backbone
-        prefix = next(name for name, module in self.named_modules() if module is backbone) + "."
-        own = backbone.state_dict()
-        report = BackboneLoadReport(source=str(source))
-        to_load = {}
-        shape = f"{self.config.layer_type} blocks and depths {self.config.depths}"
-        layout = (self.config.layer_type, list(self.config.depths))
-        state_dict = _read_resnet_state_dict(source, self.config.layer_type, self.config.depths)
-        for key, tensor in state_dict.items():
-            if key.startswith(("fc.", "classifier.")) or "cbam" in key.split("."):
-                report.skipped.append(key)  # the source's classifier, and its CBAM (a saved ResNet-CBAM)
-                continue
-            if key not in own:
-                raise ValueError(
-                    f"{source}: tensor '{key}' has no counterpart in a ResNet with {shape}; "
-                    f"the weights are of another architecture{_what_the_weights_are(state_dict, layout)}"
-                )
-            if tensor.shape != own[key].shape:
-                if key == "conv1.weight" and self.config.stem == "cifar":
-                    report.dropped.append(key)  # the CIFAR stem replaces the 7x7 ImageNet one: it starts at random
-                    continue
-                if key == "conv1.weight" and tensor.shape[-1] == 3:
-                    raise ValueError(
-                        f"{source}: its conv1 is 3x3, a CIFAR stem's, and this model's ImageNet stem is 7x7; a model "
-                        "with stem='cifar' takes these weights (scripts/finetune.py: --stem cifar)"
-                    )
-                raise ValueError(
-                    f"{source}: tensor '{key}' has shape {tuple(tensor.shape)} but this model's is "
-                    f"{tuple(own[key].shape)}; the weights are of another architecture"
-                    f"{_what_the_weights_are(state_dict, layout)}"
-                )
-            to_load[key] = tensor
-        missing = [k for k in own if k not in to_load and k != "conv1.weight" and ".cbam." not in k]
-        missing = [k for k in missing if not k.endswith("num_batches_tracked")]
-        if missing:
-            raise ValueError(
-                f"{source}: no tensor for '{missing[0]}' (and {len(missing) - 1} more); the weights are of another "
-                f"architecture{_what_the_weights_are(state_dict, layout)}"
-            )
-        backbone.load_state_dict(to_load, strict=False)
-        report.loaded = [prefix + key for key in to_load]
-        report.new = [name for name in self.state_dict() if name.removeprefix(prefix) not in to_load]
-        report.new = [name for name in report.new if not name.endswith("num_batches_tracked")]
-        logger.info(str(report))
-        return report
-
-
-def resnet_layout(state_dict: dict[str, torch.Tensor]) -> tuple[str, list[int]] | None:
-    """The block type and depths of a state dict under torchvision's ResNet names (None: it is not one): bottleneck
-    when layer1's first block has a conv3, the depths from the highest block index of each stage."""
-    blocks = {stage: {int(key.split(".")[1]) for key in state_dict if key.startswith(f"{stage}.")}
-              for stage in STAGE_NAMES}
-    if not all(blocks.values()):
-        return None
-    layer_type = "bottleneck" if "layer1.0.conv3.weight" in state_dict else "basic"
-    return layer_type, [max(indices) + 1 for indices in blocks.values()]
-
-
-def _what_the_weights_are(state_dict: dict[str, torch.Tensor], own: tuple[str, list[int]]) -> str:
-    """': they are a ResNet with bottleneck blocks and depths [3, 4, 6, 3] (--architecture resnet50)', or '' when
-    they are no ResNet or one of the model's own layout `own` (the difference is elsewhere)."""
-    layout = resnet_layout(state_dict)
-    if layout is None or layout == own:
-        return ""
-    name = TORCHVISION_ARCHITECTURES.get((layout[0], tuple(layout[1])))
-    flags = f"--architecture {name}" if name else f"--layer_type {layout[0]} --depths {','.join(map(str, layout[1]))}"
-    return f": they are a ResNet with {layout[0]} blocks and depths {layout[1]} ({flags})"
-
-
-def is_hub_id(name: str | None) -> bool:
-    """USER/NAME that is no path here nor a weights file name: what is fetched from the Hub."""
-    return bool(name) and name.count("/") == 1 and not name.startswith((".", "/", "~")) and \
-        not name.endswith(WEIGHT_FILE_SUFFIXES) and not Path(name).exists()
-
-
-def torchvision_weights(layer_type: str, depths: list[int]):
-    """torchvision's ImageNet weights for this architecture: its DEFAULT, IMAGENET1K_V1 for ResNet18 and 34 (the
-    only ones), IMAGENET1K_V2 for ResNet50, 101 and 152 (the better recipe: 80.9% top-1 for ResNet50, not 76.1%)."""
-    architecture = TORCHVISION_ARCHITECTURES.get((layer_type, tuple(depths)))
-    if architecture is None:
-        raise ValueError(f"torchvision has no ImageNet ResNet with {layer_type} blocks and depths {depths}")
-    return torchvision.models.get_model_weights(architecture).DEFAULT
-
-
-def _read_resnet_state_dict(source: str | os.PathLike, layer_type: str, depths: list[int]) -> dict[str, torch.Tensor]:
-    source = str(source)
-    if source == "torchvision":
-        weights = torchvision_weights(layer_type, depths)
-        architecture = TORCHVISION_ARCHITECTURES[(layer_type, tuple(depths))]
-        try:
-            state_dict = weights.get_state_dict(progress=True)
-        except OSError as error:  # URLError included: no network, or a proxy in the way
-            raise ValueError(
-                f"cannot download torchvision's {architecture} ImageNet weights ({error}); without network, give a "
-                "local .safetensors/.pth file (scripts/finetune.py: --backbone_weights FILE) or start from random "
-                "weights (--backbone_weights none)"
-            ) from error
-    elif Path(source).is_dir():  # a model saved by this project (save_pretrained)
-        weights = Path(source) / "model.safetensors"
-        if not weights.is_file():
-            raise FileNotFoundError(f"backbone weights: {source} is a folder without model.safetensors (a model "
-                                    "saved by this project has one)")
-        state_dict = _read_file(weights)
-    elif Path(source).is_file():
-        state_dict = _read_file(Path(source))
-    elif not is_hub_id(source):
-        raise FileNotFoundError(f"backbone weights: no file {source} (and it is not a Hub id such as timm/resnet18)")
-    else:
-        from huggingface_hub import hf_hub_download
-
-        try:
-            path = hf_hub_download(source, "model.safetensors")
-        except Exception as error:  # not found, no network, offline mode: the Hub library's own words follow
-            raise ValueError(f"cannot fetch {source}/model.safetensors from the Hub ({type(error).__name__}: "
-                             f"{error}); without network, give a local .safetensors/.pth file") from error
-        state_dict = _read_file(Path(path))
-    if not isinstance(state_dict, dict):
-        raise ValueError(f"{source}: holds a {type(state_dict).__name__}, not a state dict of tensors")
-    for wrapper in ("state_dict", "model"):
-        if isinstance(state_dict.get(wrapper), dict):
-            state_dict = state_dict[wrapper]
-    not_tensors = [key for key, value in state_dict.items() if not isinstance(value, torch.Tensor)]
-    if not_tensors:
-        raise ValueError(f"{source}: '{not_tensors[0]}' is a {type(state_dict[not_tensors[0]]).__name__}, not a "
-                         "tensor; the file is not a ResNet state dict")
-    # torchvision's names: DDP's "module." wrapper dropped, a saved ResNet-CBAM's backbone prefix, transformers'
-    # ResNet names mapped
-    return {_torchvision_name(key.removeprefix("module.").removeprefix(f"{BACKBONE_PREFIX}.")): tensor
-            for key, tensor in state_dict.items()}
-
-
-# transformers' ResNet (ResNetModel / ResNetForImageClassification, basic layers) -> torchvision's names
-TRANSFORMERS_RESNET_NAMES = [
-    (r"^(?:resnet\.)?embedder\.embedder\.convolution\.", "conv1."),
-    (r"^(?:resnet\.)?embedder\.embedder\.normalization\.", "bn1."),
-    (r"^(?:resnet\.)?encoder\.stages\.(\d+)\.layers\.(\d+)\.shortcut\.convolution\.",
-     lambda m: f"layer{int(m[1]) + 1}.{m[2]}.downsample.0."),
-    (r"^(?:resnet\.)?encoder\.stages\.(\d+)\.layers\.(\d+)\.shortcut\.normalization\.",
-     lambda m: f"layer{int(m[1]) + 1}.{m[2]}.downsample.1."),
-    (r"^(?:resnet\.)?encoder\.stages\.(\d+)\.layers\.(\d+)\.layer\.([01])\.convolution\.",
-     lambda m: f"layer{int(m[1]) + 1}.{m[2]}.conv{int(m[3]) + 1}."),
-    (r"^(?:resnet\.)?encoder\.stages\.(\d+)\.layers\.(\d+)\.layer\.([01])\.normalization\.",
-     lambda m: f"layer{int(m[1]) + 1}.{m[2]}.bn{int(m[3]) + 1}."),
-    (r"^classifier\.1\.", "fc."),
-]
-
-
-def _torchvision_name(key: str) -> str:
-    """A tensor's name as torchvision's ResNet has it; transformers' ResNet names are mapped mechanically."""
-    for pattern, replacement in TRANSFORMERS_RESNET_NAMES:
-        renamed, count = re.subn(pattern, replacement, key)
-        if count:
-            return renamed
-    return key
-
-
-def _read_file(path: Path) -> dict:
-    """The tensors of a .safetensors file, or the state dict in a .pth/.pt/.bin file (read with weights_only, so no
-    code in it runs); a ValueError naming the file when it is neither."""
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            return load_file(path)
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # truncated, foreign, or pickled objects: each library words it its own way
-        why = shorten(f"{type(error).__name__}: {error}", 200, placeholder=" ...")
-        raise ValueError(f"{path}: not a readable weights file ({why}); "
-                         "expected a ResNet state dict saved as .safetensors or with torch.save") from error
 
 
 class ResNetCBAMModel(ResNetCBAMPreTrainedModel):
@@ -678,7 +447,6 @@ ResNetCBAMBackbone.register_for_auto_class("AutoBackbone")
 __all__ = [
     "CBAM",
     "PARAMETER_GROUPS",
-    "BackboneLoadReport",
     "ChannelAttention",
     "ResNetCBAMBackbone",
     "ResNetCBAMForImageClassification",

@@ -12,6 +12,7 @@ from tiny_run import TINY
 
 from modeling_resnet_cbam import ResNetCBAMConfig, ResNetCBAMForImageClassification
 from training.arguments import parse_arguments
+from training.backbones import torchvision_state_dict
 from training.cli import finetune_main
 from training.hub import base_model
 from training.outputs import write_model_card
@@ -26,7 +27,7 @@ def from_local_weights(dataset, tmp_path_factory):
     root = tmp_path_factory.mktemp("card")
     source = ResNetCBAMForImageClassification(ResNetCBAMConfig(depths=[1, 1, 1, 1], cbam_placement="none",
                                                                stem="imagenet"))
-    torch.save(source.torchvision_state_dict(), root / "backbone.pth")
+    torch.save(torchvision_state_dict(source), root / "backbone.pth")
     output_dir = root / "out"
     assert finetune_main([*TINY, *flags(dataset, output_dir, "--save_strategy", "no", "--backbone_weights",
                                         str(root / "backbone.pth"), "--license", "mit")]) == 0

@@ -20,6 +20,7 @@ from safetensors.torch import save_file
 from tiny_run import TINY
 
 from training import hub
+from training.backbones import load_backbone_weights
 from training.cli import finetune_main
 
 
@@ -230,7 +231,7 @@ def test_no_network_for_the_torchvision_weights_names_the_offline_alternatives(m
     with pytest.raises(ValueError, match="cannot download torchvision's resnet18 ImageNet weights .*local "
                                          r".safetensors/.pth file \(scripts/finetune.py: --backbone_weights FILE\) "
                                          r"or start from random weights \(--backbone_weights none\)"):
-        model.load_backbone_weights("torchvision")
+        load_backbone_weights(model, "torchvision")
 
 
 def test_no_network_for_the_push_is_one_line_before_training(monkeypatch, tmp_path):

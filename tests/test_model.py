@@ -16,6 +16,7 @@ from modeling_resnet_cbam import (
     ResNetCBAMForImageClassification,
     ResNetCBAMModel,
 )
+from training.backbones import load_backbone_weights, torchvision_state_dict
 
 group_of = ResNetCBAMForImageClassification.parameter_group
 
@@ -196,7 +197,7 @@ def test_backbone_import_from_a_torchvision_file(tmp_path, suffix):
     path = tmp_path / f"resnet18{suffix}"
     torch.save(reference, path) if suffix == ".pth" else save_file(reference, path)
     model = ResNetCBAMForImageClassification(ResNetCBAMConfig())
-    report = model.load_backbone_weights(path)
+    report = load_backbone_weights(model, path)
     own = backbone_of(model)
     expected = [k for k in reference if not k.startswith("fc.") and k != "conv1.weight"]
     assert sorted(report.loaded) == sorted(f"resnet_cbam.backbone.{k}" for k in expected)
@@ -215,7 +216,7 @@ def test_imagenet_stem_loads_the_7x7_conv(tmp_path):
     reference = torchvision.models.resnet18(weights=None).state_dict()
     torch.save(reference, tmp_path / "r18.pth")
     model = ResNetCBAMForImageClassification(ResNetCBAMConfig(stem="imagenet", image_size=64))
-    report = model.load_backbone_weights(tmp_path / "r18.pth")
+    report = load_backbone_weights(model, tmp_path / "r18.pth")
     assert torch.equal(backbone_of(model)["conv1.weight"], reference["conv1.weight"])
     assert "resnet_cbam.backbone.conv1.weight" in report.loaded
 
@@ -228,17 +229,17 @@ def test_wrong_architecture_names_the_first_mismatching_tensor(tmp_path, archite
     model = ResNetCBAMForImageClassification(ResNetCBAMConfig())
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.raises(ValueError, match=rf"'{first_mismatch}'.*another architecture"):
-        model.load_backbone_weights(tmp_path / "w.pth")
+        load_backbone_weights(model, tmp_path / "w.pth")
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items()), "a failed import changed weights"
 
 
 def test_a_cifar_stem_file_into_an_imagenet_stem_says_which_stem_takes_it(tmp_path):
     cifar = ResNetCBAMForImageClassification(ResNetCBAMConfig(depths=[1, 1, 1, 1], cbam_placement="none"))
     path = tmp_path / "w.pth"
-    torch.save(cifar.torchvision_state_dict(), path)
+    torch.save(torchvision_state_dict(cifar), path)
     with pytest.raises(ValueError, match=r"conv1 is 3x3, a CIFAR stem's.*--stem cifar"):
-        ResNetCBAMModel(ResNetCBAMConfig(depths=[1, 1, 1, 1], stem="imagenet")).load_backbone_weights(path)
-    report = ResNetCBAMModel(ResNetCBAMConfig(depths=[1, 1, 1, 1], stem="cifar")).load_backbone_weights(path)
+        load_backbone_weights(ResNetCBAMModel(ResNetCBAMConfig(depths=[1, 1, 1, 1], stem="imagenet")), path)
+    report = load_backbone_weights(ResNetCBAMModel(ResNetCBAMConfig(depths=[1, 1, 1, 1], stem="cifar")), path)
     assert "conv1.weight" not in report.dropped
 
 
@@ -246,7 +247,7 @@ def test_resnet18_file_into_resnet34_names_the_missing_tensor(tmp_path):
     torch.save(torchvision.models.resnet18(weights=None).state_dict(), tmp_path / "w.pth")
     model = ResNetCBAMModel(ResNetCBAMConfig(depths=[3, 4, 6, 3]))
     with pytest.raises(ValueError, match="no tensor for 'layer1.2.conv1.weight'"):
-        model.load_backbone_weights(tmp_path / "w.pth")
+        load_backbone_weights(model, tmp_path / "w.pth")
 
 
 def test_torchvision_source_reads_torchvisions_cache(tmp_path, monkeypatch):
@@ -258,7 +259,7 @@ def test_torchvision_source_reads_torchvisions_cache(tmp_path, monkeypatch):
     torch.save(reference, checkpoints / weights.url.rsplit("/", 1)[-1])
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     model = ResNetCBAMForImageClassification(ResNetCBAMConfig())
-    report = model.load_backbone_weights("torchvision")
+    report = load_backbone_weights(model, "torchvision")
     assert torch.equal(backbone_of(model)["layer4.1.bn2.weight"], reference["layer4.1.bn2.weight"])
     assert len(report.loaded) == len(reference) - 3
 
@@ -278,7 +279,7 @@ def test_timm_hub_id_reads_the_hub_cache(tmp_path, monkeypatch):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     model = ResNetCBAMForImageClassification(ResNetCBAMConfig())
-    report = model.load_backbone_weights("timm/resnet18.a1_in1k")
+    report = load_backbone_weights(model, "timm/resnet18.a1_in1k")
     assert torch.equal(backbone_of(model)["layer2.0.downsample.0.weight"], reference["layer2.0.downsample.0.weight"])
     assert sorted(report.skipped) == ["fc.bias", "fc.weight"]
 
@@ -286,7 +287,7 @@ def test_timm_hub_id_reads_the_hub_cache(tmp_path, monkeypatch):
 def test_a_missing_weights_file_is_named(tmp_path):
     model = ResNetCBAMForImageClassification(ResNetCBAMConfig())
     with pytest.raises(FileNotFoundError, match="backbone weights: no file .*missing.pth"):
-        model.load_backbone_weights(tmp_path / "missing.pth")
+        load_backbone_weights(model, tmp_path / "missing.pth")
 
 
 def test_zero_init_residual_starts_every_block_as_its_shortcut_and_is_off_by_default():
@@ -349,7 +350,7 @@ def test_a_bottleneck_resnet_has_torchvisions_names_and_computes_its_features(tm
     config = ResNetCBAMConfig(layer_type="bottleneck", depths=[1, 1, 1, 1], stem="imagenet", cbam_init="identity",
                               image_size=64, num_labels=3)
     model = ResNetCBAMForImageClassification(config).eval()
-    report = model.load_backbone_weights(tmp_path / "resnet.pth")
+    report = load_backbone_weights(model, tmp_path / "resnet.pth")
     assert not report.dropped and len(report.loaded) == len(reference.state_dict()) - 2  # all but fc
     reference.fc = torch.nn.Identity()
     images = torch.randn(2, 3, 64, 64)
@@ -357,7 +358,7 @@ def test_a_bottleneck_resnet_has_torchvisions_names_and_computes_its_features(tm
         assert torch.allclose(model.resnet_cbam(images).pooler_output, reference(images), atol=1e-5)
     plain = ResNetCBAMForImageClassification(ResNetCBAMConfig(layer_type="bottleneck", depths=[3, 4, 6, 3],
                                                               stem="imagenet", cbam_placement="none", num_labels=1000))
-    ours, theirs = plain.torchvision_state_dict(), torchvision.models.resnet50().state_dict()
+    ours, theirs = torchvision_state_dict(plain), torchvision.models.resnet50().state_dict()
     assert {name: tuple(t.shape) for name, t in ours.items()} == {name: tuple(t.shape) for name, t in theirs.items()}
     assert model.config.hidden_sizes == [256, 512, 1024, 2048] and model.classifier.in_features == 2048
 
@@ -394,4 +395,4 @@ def test_weights_of_another_resnet_are_refused_naming_what_they_are(tmp_path):
     model = ResNetCBAMForImageClassification(ResNetCBAMConfig(depths=[1, 1, 1, 1], stem="imagenet"))
     with pytest.raises(ValueError, match=re.escape("they are a ResNet with bottleneck blocks and depths [1, 1, 1, 1] "
                                                    "(--layer_type bottleneck --depths 1,1,1,1)")):
-        model.load_backbone_weights(tmp_path / "bottleneck.pth")
+        load_backbone_weights(model, tmp_path / "bottleneck.pth")

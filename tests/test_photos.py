@@ -18,6 +18,7 @@ from torchvision.models.resnet import BasicBlock
 
 from modeling_resnet_cbam import ResNetCBAMConfig
 from training import recipes
+from training.backbones import load_backbone_weights, torchvision_state_dict
 from training.callbacks import ChanceLevelCallback
 from training.cli import finetune_main
 from training.data import DataArguments, load_image_data
@@ -244,7 +245,7 @@ def test_the_no_network_error_names_the_flag(monkeypatch):
 
     monkeypatch.setattr(torchvision.models.WeightsEnum, "get_state_dict", offline)
     with pytest.raises(ValueError, match="--backbone_weights none"):
-        ResNetCBAMForImageClassification(ResNetCBAMConfig()).load_backbone_weights("torchvision")
+        load_backbone_weights(ResNetCBAMForImageClassification(ResNetCBAMConfig()), "torchvision")
 
 
 def test_a_size_profile_describes_mixed_and_uniform_samples():
@@ -259,14 +260,14 @@ def test_a_plain_model_saves_as_torchvisions_resnet_file_and_loads_back_as_a_bac
 
     plain = ResNetCBAMForImageClassification(ResNetCBAMConfig(depths=[1, 1, 1, 1], stem="imagenet",
                                                               cbam_placement="none", num_labels=3))
-    state_dict = plain.torchvision_state_dict()
+    state_dict = torchvision_state_dict(plain)
     resnet = torchvision.models.resnet.ResNet(BasicBlock, [1, 1, 1, 1], num_classes=3)
     resnet.load_state_dict(state_dict)  # strict: exactly torchvision's names and shapes
     x = torch.randn(2, 3, 64, 64)
     assert torch.allclose(resnet.eval()(x), plain.eval()(x).logits, atol=1e-5)
     torch.save(state_dict, tmp_path / "resnet.pth")
     target = ResNetCBAMForImageClassification(ResNetCBAMConfig(depths=[1, 1, 1, 1], stem="imagenet"))
-    report = target.load_backbone_weights(tmp_path / "resnet.pth")
+    report = load_backbone_weights(target, tmp_path / "resnet.pth")
     assert "resnet_cbam.backbone.conv1.weight" in report.loaded and not report.dropped
 
 

@@ -8,6 +8,7 @@ import pytest
 from helpers import image_folder, load_script, random_image
 
 from modeling_resnet_cbam import ResNetCBAMConfig, ResNetCBAMForImageClassification
+from training.backbones import load_backbone_weights
 from training.data import DataArguments, DataError, load_image_data
 from training.device_data import ImageStore
 from training.inference import output_stems
@@ -149,7 +150,7 @@ def test_a_transformers_resnet_folder_loads_as_a_backbone_and_computes_the_same_
     theirs.save_pretrained(tmp_path / "resnet")
     ours = ResNetCBAMForImageClassification(ResNetCBAMConfig(depths=[1, 1, 1, 1], stem="imagenet",
                                                              cbam_placement="none")).eval()
-    report = ours.load_backbone_weights(tmp_path / "resnet")
+    report = load_backbone_weights(ours, tmp_path / "resnet")
     assert "resnet_cbam.backbone.conv1.weight" in report.loaded and sorted(report.skipped) == ["fc.bias", "fc.weight"]
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():

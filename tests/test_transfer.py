@@ -16,6 +16,7 @@ from PIL import Image
 import training.images
 import training.transforms
 from modeling_resnet_cbam import ResNetCBAMConfig, ResNetCBAMForImageClassification
+from training.backbones import load_backbone_weights
 from training.cli import finetune_main
 from training.data import DataArguments, DataError, labels_of, load_image_data
 from training.device_data import DeviceData
@@ -63,7 +64,7 @@ def _saved(tmp_path, name, **config):
 def test_identity_cbam_computes_what_the_plain_network_computes_and_learns(tmp_path, placement):
     plain, folder = _saved(tmp_path, "plain", cbam_placement="none")
     gated = model(cbam_placement=placement, cbam_init="identity")
-    report = gated.load_backbone_weights(folder)
+    report = load_backbone_weights(gated, folder)
     assert not report.dropped and sorted(report.skipped) == ["classifier.bias", "classifier.weight"]
     gated.classifier.load_state_dict(plain.classifier.state_dict())
     x = torch.randn(4, 3, 32, 32)
@@ -97,7 +98,7 @@ def test_a_saved_model_of_this_project_as_backbone_weights(tmp_path, as_file):
     source, folder = _saved(tmp_path, "pretrained", cbam_placement="none", stem="imagenet", image_size=64,
                             num_labels=5)
     target = model(num_labels=3)
-    report = target.load_backbone_weights(folder / "model.safetensors" if as_file else folder)
+    report = load_backbone_weights(target, folder / "model.safetensors" if as_file else folder)
     own, theirs = target.resnet_cbam.backbone.state_dict(), source.resnet_cbam.backbone.state_dict()
     assert report.dropped == ["conv1.weight"]
     assert sorted(report.skipped) == ["classifier.bias", "classifier.weight"]
@@ -110,7 +111,7 @@ def test_a_saved_model_of_this_project_as_backbone_weights(tmp_path, as_file):
 
 def test_a_saved_model_with_cbam_skips_its_cbam(tmp_path):
     _, folder = _saved(tmp_path, "with_cbam")
-    report = model(cbam_placement="none").load_backbone_weights(folder)
+    report = load_backbone_weights(model(cbam_placement="none"), folder)
     assert any(".cbam.layer3." in name for name in report.skipped)
     assert "skipped (classifier, resnet_cbam.cbam.layer1" in str(report)
 
@@ -118,10 +119,10 @@ def test_a_saved_model_with_cbam_skips_its_cbam(tmp_path):
 def test_a_saved_model_of_another_architecture_or_without_weights_is_named(tmp_path):
     _, folder = _saved(tmp_path, "small", depths=[1, 1, 1, 1])
     with pytest.raises(ValueError, match=r"no tensor for 'layer1.1.conv1.weight'.*another architecture"):
-        model().load_backbone_weights(folder)
+        load_backbone_weights(model(), folder)
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="empty is a folder without model.safetensors"):
-        model().load_backbone_weights(tmp_path / "empty")
+        load_backbone_weights(model(), tmp_path / "empty")
 
 
 NAMES = ["cat", "dog", "ship", "truck"]

@@ -17,8 +17,8 @@ import torch
 from transformers import HfArgumentParser, TrainingArguments
 
 from modeling_resnet_cbam import ResNetCBAMConfig
-from modeling_resnet_cbam.modeling_resnet_cbam import TORCHVISION_ARCHITECTURES
 from training import recipes, stages
+from training.backbones import TORCHVISION_ARCHITECTURES
 from training.data import DataArguments
 from training.hardware import default_num_workers, default_precision, launch
 from training.hub import HUB_STRATEGIES

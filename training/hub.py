@@ -14,7 +14,7 @@ from huggingface_hub.utils import filter_repo_objects
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from modeling_resnet_cbam.modeling_resnet_cbam import TORCHVISION_ARCHITECTURES, is_hub_id, torchvision_weights
+from training.backbones import TORCHVISION_ARCHITECTURES, is_hub_id, torchvision_weights
 from training.checkpoints import RUN_DATA
 
 logger = logging.getLogger(__name__)

@@ -21,6 +21,7 @@ from training.arguments import (
     build_schedule,
     chosen_recipe,
 )
+from training.backbones import load_backbone_weights
 from training.batches import describe_mixing
 from training.callbacks import ChanceLevelCallback, EarlyStopping, RankConsistencyCallback, StageCallback
 from training.checkpoints import (
@@ -90,7 +91,7 @@ def build_model(args: ModelArguments, data: ImageData,
     model = ResNetCBAMForImageClassification(config)
     if not pretrained:
         return model, "random (no pretrained weights)", chosen
-    report = model.load_backbone_weights(args.backbone_weights)
+    report = load_backbone_weights(model, args.backbone_weights)
     logger.info("%s", report)
     if Path(report.source).exists():  # the card names a local file by its name, never by where it is here
         report = dataclasses.replace(report, source=f"the local file {Path(report.source).name}")

@@ -24,6 +24,7 @@ import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from training.backbones import torchvision_state_dict
 from training.checkpoints import last_complete_checkpoint
 from training.inference import check_tta
 from training.plots import epoch_entries, plot_study
@@ -328,7 +329,7 @@ def save_torchvision_weights(run: Path, out: Path) -> str:
     from modeling_resnet_cbam import ResNetCBAMForImageClassification
 
     model = ResNetCBAMForImageClassification.from_pretrained(run)
-    state_dict = model.torchvision_state_dict()
+    state_dict = torchvision_state_dict(model)
     resnet = torchvision.models.resnet.ResNet(torchvision.models.resnet.BasicBlock, model.config.depths,
                                               num_classes=model.config.num_labels)
     resnet.load_state_dict(state_dict)  # strict: every tensor of torchvision's ResNet, and nothing else
