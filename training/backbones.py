@@ -22,7 +22,7 @@ from types import MappingProxyType
 import torch
 from torch import nn
 
-from modeling_resnet_cbam import ResNetCBAMPreTrainedModel
+from modeling_resnet_cbam import ResNetCBAMConfig, ResNetCBAMPreTrainedModel
 from modeling_resnet_cbam.modeling_resnet_cbam import STAGE_NAMES
 
 logger = logging.getLogger(__name__)
@@ -186,11 +186,11 @@ def torchvision_weights(layer_type: str, depths: list[int]):
     return torchvision.models.get_model_weights(architecture).DEFAULT
 
 
-def read_backbone_weights(source: str | os.PathLike, layer_type: str = "basic",
-                          depths: list[int] = (2, 2, 2, 2)) -> BackboneWeights:
-    """The tensors of `source` under torchvision's names (`layer_type` and `depths` choose torchvision's file only:
-    any other source says what it is). A transformers ResNet whose stride sits where torchvision's does not is
-    refused with the reason: its tensors would load and compute something else."""
+def read_backbone_weights(source: str | os.PathLike, layer_type: str = ResNetCBAMConfig.layer_type,
+                          depths: list[int] = ResNetCBAMConfig.depths) -> BackboneWeights:
+    """The tensors of `source` under torchvision's names. `layer_type` and `depths` (the config's defaults when not
+    given) choose torchvision's file only: any other source says what it is. A transformers ResNet whose stride sits
+    where torchvision's does not is refused with the reason: its tensors would load and compute something else."""
     source = str(source)
     config = None
     if source == "torchvision":

@@ -19,6 +19,7 @@ import torch
 
 from modeling_resnet_cbam import ResNetCBAMConfig, ResNetCBAMForImageClassification
 from modeling_resnet_cbam.configuration_resnet_cbam import CIFAR10_MEAN, CIFAR10_STD
+from training.backbones import TORCHVISION_ARCHITECTURES, BackboneWeights
 from training.images import SizeProfile
 from training.recipes import Recipe
 
@@ -103,6 +104,33 @@ def describe_input(settings: InputSettings) -> str:
     text = (f"{settings.preset.why} input, {size} px, {statistics} mean and std, "
             f"augment {settings.augment}, evaluation images {evaluation}")
     return text + (f" (given: {', '.join(settings.given)})" if settings.given else "")
+
+
+def architecture_from_weights(given: dict, weights: BackboneWeights | None) -> tuple[dict, list[str]]:
+    """The architecture flags `given` (the config's fields), completed from the backbone weights where left out,
+    with a sentence for each: the block type and depths are the weights' (a ResNet-50 file gives a ResNet-50), and
+    a 3x3 `conv1` gives the CIFAR stem (a model this project trained from random weights on CIFAR-sized images has
+    one). A block type or depths given that the weights do not have is refused, naming both, before any data loads."""
+    if weights is None or weights.layout is None:
+        return dict(given), []
+    resolved, reasons = dict(given), []
+    layer_type, depths = weights.layout
+    taken = [name for name in ("layer_type", "depths") if name not in given]
+    resolved.setdefault("layer_type", layer_type)
+    resolved.setdefault("depths", depths)
+    if (resolved["layer_type"], list(resolved["depths"])) != (layer_type, depths):
+        asked = TORCHVISION_ARCHITECTURES.get((resolved["layer_type"], tuple(resolved["depths"]))) or \
+            f"ResNet with {resolved['layer_type']} blocks and depths {list(resolved['depths'])}"
+        raise ValueError(f"--backbone_weights {weights.source}: the weights are {weights.describe()}, not the "
+                         f"{asked} the flags ask for; leave out --architecture, --layer_type and --depths to take "
+                         "the weights' own")
+    if taken:
+        reasons.append(f"{TORCHVISION_ARCHITECTURES.get((layer_type, tuple(depths)), 'architecture')} "
+                       f"({layer_type} blocks, depths {depths}): the weights'")
+    if "stem" not in given and weights.stem == "cifar":
+        resolved["stem"] = "cifar"
+        reasons.append("stem cifar: the weights' conv1 is 3x3, a CIFAR stem's")
+    return resolved, reasons
 
 
 def resolve_architecture(architecture: dict, preset: InputPreset, recipe: Recipe,

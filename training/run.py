@@ -21,7 +21,7 @@ from training.arguments import (
     build_schedule,
     chosen_recipe,
 )
-from training.backbones import load_backbone_weights
+from training.backbones import BackboneWeights, load_backbone_weights, read_backbone_weights
 from training.batches import describe_mixing
 from training.callbacks import ChanceLevelCallback, EarlyStopping, RankConsistencyCallback, StageCallback
 from training.checkpoints import (
@@ -34,7 +34,7 @@ from training.checkpoints import (
     writing,
 )
 from training.data import DataArguments, ImageData, labels_of, load_image_data
-from training.defaults import resolve_architecture, wants_pretrained_stem, warn_costly_stem
+from training.defaults import architecture_from_weights, resolve_architecture, wants_pretrained_stem, warn_costly_stem
 from training.device_data import DeviceData
 from training.ema import EMACallback
 from training.hardware import describe
@@ -62,11 +62,12 @@ class Run:
     config: RunConfig
 
 
-def build_model(args: ModelArguments, data: ImageData,
-                recipe: Recipe) -> tuple[ResNetCBAMForImageClassification, str, list[str]]:
+def build_model(args: ModelArguments, data: ImageData, recipe: Recipe, given: dict, weights: BackboneWeights | None,
+                from_weights: list[str]) -> tuple[ResNetCBAMForImageClassification, str, list[str]]:
     """A model sized for the data (labels, image size, normalisation) with the requested weights, a sentence
     saying where its weights came from (the backbone import's own report), and the architecture defaults chosen
-    (training/defaults.py), each with its reason."""
+    (`given`: the architecture flags, completed from the `weights` for the reasons `from_weights`; the rest from
+    training/defaults.py), each with its reason."""
     data_fields = dict(
         id2label=data.id2label,
         label2id=data.label2id,
@@ -84,18 +85,26 @@ def build_model(args: ModelArguments, data: ImageData,
             raise ValueError(f"--model_name_or_path {args.model_name_or_path}: no weights for {sorted(missing)[0]} "
                              f"(and {len(missing) - 1} more tensors): the saved model does not fit its own config")
         return model, f"the saved model {args.model_name_or_path}", []
-    pretrained = args.pretrained_backbone
-    architecture, chosen = resolve_architecture(args.config_fields, data.preset, recipe, pretrained)
+    architecture, chosen = resolve_architecture(given, data.preset, recipe, weights is not None)
     config = ResNetCBAMConfig(**architecture, **data_fields)
     warn_costly_stem(config)
     model = ResNetCBAMForImageClassification(config)
-    if not pretrained:
+    if weights is None:
         return model, "random (no pretrained weights)", chosen
-    report = load_backbone_weights(model, args.backbone_weights)
-    logger.info("%s", report)
+    report = load_backbone_weights(model, weights)
     if Path(report.source).exists():  # the card names a local file by its name, never by where it is here
         report = dataclasses.replace(report, source=f"the local file {Path(report.source).name}")
-    return model, str(report), chosen
+    return model, str(report), [*from_weights, *chosen]
+
+
+def read_run_weights(args: ModelArguments) -> BackboneWeights | None:
+    """The backbone weights a new model starts from, read once (None: random weights, or a saved model); torchvision's
+    file is the one of the architecture the flags name."""
+    if not args.pretrained_backbone:
+        return None
+    given = args.config_fields
+    return read_backbone_weights(args.backbone_weights, **{name: given[name] for name in ("layer_type", "depths")
+                                                          if name in given})
 
 
 def build_run(
@@ -106,14 +115,17 @@ def build_run(
     extra_callbacks: list[TrainerCallback] = (),
     checkpoint: Path | None = None,
 ) -> Run:
-    """A run assembled, nothing trained yet, in four steps: the flags' recipe and schedule (checked before anything
-    loads), the data, the model, then the configuration they decide and the Trainer built from it. `checkpoint`:
+    """A run assembled, nothing trained yet, in five steps: the flags' recipe and schedule (checked before anything
+    loads), the backbone weights (which complete the architecture flags left out), the data, the model, then the
+    configuration they decide and the Trainer built from it. `checkpoint`:
     the one training will resume from (the EMA of the weights continues from it)."""
     recipe, why = chosen_recipe(model_args, stage_args)
     schedule = build_schedule(model_args, stage_args, training_args, recipe)
-    data = load_run_data(model_args, data_args, training_args, recipe)
+    backbone = read_run_weights(model_args)
+    given, from_weights = architecture_from_weights(model_args.config_fields, backbone)
+    data = load_run_data(model_args, data_args, training_args, recipe, given.get("stem"))
     torch.manual_seed(training_args.seed)  # the new modules' initialisation is reproducible
-    model, weights, chosen = build_model(model_args, data, recipe)
+    model, weights, chosen = build_model(model_args, data, recipe, given, backbone, from_weights)
     config = resolve_run(model_args, stage_args, training_args, recipe=recipe, why=why, schedule=schedule,
                          data=data, model=model, weights=weights, chosen=chosen)
     log_config(config, data, training_args)
@@ -153,15 +165,15 @@ def build_trainer(config: RunConfig, model: ResNetCBAMForImageClassification, da
 
 
 def load_run_data(model_args: ModelArguments, data_args: DataArguments, training_args: FinetuneTrainingArguments,
-                  recipe: Recipe) -> ImageData:
+                  recipe: Recipe, stem: str | None) -> ImageData:
     """The dataset, its splits and transforms, sized for the weights (CIFAR-sized images upsampled for a
-    pretrained ImageNet stem: defaults.wants_pretrained_stem)."""
+    pretrained ImageNet stem: defaults.wants_pretrained_stem; `stem`: given, or the weights', else None)."""
     if training_args.data_on_device and data_args.augment in POLICIES:
         raise DataError(f"--augment {data_args.augment} is torchvision's policy on PIL images, in the DataLoader: it "
                         "has no device-resident version; leave out --data_on_device true")
     with training_args.main_process_first(desc="loading the dataset"):
         return load_image_data(data_args, seed=training_args.seed, pretrained_stem=wants_pretrained_stem(
-            model_args.pretrained_backbone, recipe, model_args.stem))
+            model_args.pretrained_backbone, recipe, stem))
 
 
 def log_config(config: RunConfig, data: ImageData, training_args: FinetuneTrainingArguments) -> None:

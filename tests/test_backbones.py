@@ -1,0 +1,136 @@
+"""Backbone weights from every library a user holds them from (torchvision, timm, transformers), the architecture
+and stem taken from the weights, and the refusals that name what the weights are (training/backbones.py)."""
+
+import re
+
+import pytest
+import torch
+from helpers import flags
+from safetensors.torch import save_file
+from tiny_run import TINY
+
+from modeling_resnet_cbam import ResNetCBAMConfig, ResNetCBAMForImageClassification, ResNetCBAMModel
+from training.arguments import parse_arguments
+from training.backbones import load_backbone_weights, read_backbone_weights
+from training.defaults import architecture_from_weights
+from training.run import build_run
+
+TINY_BOTTLENECK = [1, 1, 1, 1]  # the bottleneck's layout at the least depth: what ResNet50, 101, 152 share
+
+
+def torchvision_resnet(depths):
+    from torchvision.models.resnet import Bottleneck, ResNet
+
+    return ResNet(Bottleneck, depths)
+
+
+def timm_resnet(depths):
+    from timm.models.resnet import Bottleneck, ResNet
+
+    return ResNet(block=Bottleneck, layers=depths)
+
+
+def transformers_resnet(depths, **config):
+    from transformers import ResNetConfig, ResNetModel
+
+    return ResNetModel(ResNetConfig(layer_type="bottleneck", depths=depths, hidden_sizes=[256, 512, 1024, 2048],
+                                    **config))
+
+
+def saved(library: str, model, tmp_path):
+    """The weights as each library's users hold them: torchvision's .pth, timm's .safetensors, transformers'
+    save_pretrained folder."""
+    if library == "transformers":
+        model.save_pretrained(tmp_path / "resnet")
+        return tmp_path / "resnet"
+    if library == "timm":
+        save_file(model.state_dict(), tmp_path / "resnet.safetensors")
+        return tmp_path / "resnet.safetensors"
+    torch.save(model.state_dict(), tmp_path / "resnet.pth")
+    return tmp_path / "resnet.pth"
+
+
+def their_features(library: str, model, images):
+    if library == "transformers":
+        return model(images).last_hidden_state
+    if library == "timm":
+        return model.forward_features(images)
+    return torch.nn.Sequential(*list(model.children())[:-2])(images)
+
+
+def assert_same_features(library: str, reference, path, images):
+    """Read the weights as a run does, take the architecture from them, load them into a ResNet-CBAM with identity
+    CBAM: the features are the library's own."""
+    weights = read_backbone_weights(path)
+    architecture, reasons = architecture_from_weights({}, weights)
+    model = ResNetCBAMModel(ResNetCBAMConfig(**architecture, stem="imagenet", cbam_init="identity")).eval()
+    report = load_backbone_weights(model, weights)
+    assert not report.dropped and not report.skipped or all(k.startswith("fc.") for k in report.skipped)
+    with torch.no_grad():
+        ours, theirs = model(images).last_hidden_state, their_features(library, reference.eval(), images)
+    torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
+    return architecture, reasons
+
+
+@pytest.mark.parametrize("library", ["torchvision", "timm", "transformers"])
+def test_a_bottleneck_resnet_of_each_library_loads_and_computes_its_own_features(tmp_path, library):
+    torch.manual_seed(0)
+    reference = {"torchvision": torchvision_resnet, "timm": timm_resnet,
+                 "transformers": transformers_resnet}[library](TINY_BOTTLENECK)
+    images = torch.randn(2, 3, 64, 64)
+    architecture, reasons = assert_same_features(library, reference, saved(library, reference, tmp_path), images)
+    assert (architecture["layer_type"], architecture["depths"]) == ("bottleneck", TINY_BOTTLENECK)
+    assert reasons == ["architecture (bottleneck blocks, depths [1, 1, 1, 1]): the weights'"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["resnet50", "resnet101"])
+@pytest.mark.parametrize("library", ["torchvision", "timm", "transformers"])
+def test_real_resnet50_and_101_of_each_library_load_and_compute_their_features(tmp_path, library, name):
+    """The real sizes (`python -m pytest -m slow`): 25.6 and 44.5 million parameters, random weights."""
+    import timm
+    import torchvision
+
+    depths = {"resnet50": [3, 4, 6, 3], "resnet101": [3, 4, 23, 3]}[name]
+    reference = {"torchvision": lambda: getattr(torchvision.models, name)(), "timm": lambda: timm.create_model(name),
+                 "transformers": lambda: transformers_resnet(depths)}[library]()
+    architecture, reasons = assert_same_features(library, reference, saved(library, reference, tmp_path),
+                                                 torch.randn(1, 3, 64, 64))
+    assert architecture["depths"] == depths and reasons[0].startswith(f"{name} (bottleneck blocks")
+
+
+@pytest.mark.parametrize("setting", ["downsample_in_bottleneck", "downsample_in_first_stage"])
+def test_a_transformers_resnet_that_downsamples_elsewhere_is_refused_with_the_reason(tmp_path, setting):
+    folder = saved("transformers", transformers_resnet(TINY_BOTTLENECK, **{setting: True}), tmp_path)
+    with pytest.raises(ValueError, match=rf"{setting}=true, which downsamples .*compute something else"):
+        read_backbone_weights(folder)
+    with pytest.raises(ValueError, match=rf"{setting}=true"):
+        read_backbone_weights(folder / "model.safetensors")
+
+
+def test_an_architecture_given_that_the_weights_do_not_have_names_both(tmp_path):
+    weights = read_backbone_weights(saved("torchvision", torchvision_resnet(TINY_BOTTLENECK), tmp_path))
+    with pytest.raises(ValueError, match=re.escape("the weights are a ResNet (bottleneck blocks, depths [1, 1, 1, 1]) "
+                                                   "with a 7x7 ImageNet stem, not the resnet18 the flags ask for")):
+        architecture_from_weights({"layer_type": "basic", "depths": [2, 2, 2, 2]}, weights)
+    given = {"layer_type": "bottleneck", "depths": TINY_BOTTLENECK, "stem": "imagenet"}
+    assert architecture_from_weights(given, weights) == (given, [])  # given and theirs: nothing to say
+
+
+def test_a_run_takes_the_architecture_and_the_cifar_stem_from_its_backbone_folder(tmp_path, dataset):
+    """A model this project trained from random weights on CIFAR-sized images (bottleneck blocks, its 3x3 CIFAR
+    conv1) given as --backbone_weights with no architecture flag: the run is that network with that stem, said in
+    its log's defaults; once refused with "use --stem cifar"."""
+    source = ResNetCBAMForImageClassification(ResNetCBAMConfig(layer_type="bottleneck", depths=[1, 1, 2, 1],
+                                                               stem="cifar", num_labels=4))
+    source.save_pretrained(tmp_path / "mine")
+    depths = TINY.index("--depths")
+    tiny = TINY[:depths] + TINY[depths + 2:]
+    run = build_run(*parse_arguments([*tiny, *flags(dataset, tmp_path / "out"), "--backbone_weights",
+                                      str(tmp_path / "mine")]))
+    config = run.trainer.model.config
+    assert (config.layer_type, config.depths, config.stem) == ("bottleneck", [1, 1, 2, 1], "cifar")
+    assert "architecture (bottleneck blocks, depths [1, 1, 2, 1]): the weights'" in run.config.defaults
+    assert "stem cifar: the weights' conv1 is 3x3, a CIFAR stem's" in run.config.defaults
+    loaded = run.trainer.model.resnet_cbam.backbone.state_dict()
+    assert torch.equal(loaded["conv1.weight"], source.resnet_cbam.backbone.conv1.weight)
