@@ -10,6 +10,7 @@ import torch
 from helpers import flags, load_script
 from tiny_run import TINY
 
+from training import recipes
 from training.arguments import parse_arguments
 from training.search import SearchArguments, base_flags, check_space
 
@@ -92,10 +93,14 @@ def test_a_bad_space_or_search_flag_is_refused_before_any_data_loads(tmp_path, c
     assert message in capsys.readouterr().err and not (tmp_path / "out").exists()
 
 
-def test_the_default_space_suits_the_staged_recipes(tmp_path):
-    args = SearchArguments()
-    check_space(args, [*TINY, "--dataset_name", str(tmp_path / "absent")], str(tmp_path / "out"))
-    assert set(args.declared) == {"stage_lrs", "label_smoothing_factor", "augment", "mixup_alpha"}
+@pytest.mark.parametrize("recipe, rates", [("staged", "stage_lrs"), ("full", "learning_rate"),
+                                           ("fast", "learning_rate")])
+def test_the_default_space_takes_the_rates_as_the_recipe_does(tmp_path, recipe, rates):
+    space = SearchArguments().space_for(recipes.get(recipe))
+    assert set(space) == {rates, "label_smoothing_factor", "augment", "mixup_alpha"}
+    shared = [flag for index, flag in enumerate(TINY)  # the tiny run's flags but its stages and recipe
+              if flag not in ("--stage_epochs", "--recipe") and TINY[index - 1] not in ("--stage_epochs", "--recipe")]
+    check_space(space, [*shared, "--dataset_name", str(tmp_path / "absent"), "--recipe", recipe], str(tmp_path / "o"))
 
 
 def test_the_search_flags_and_the_output_folder_are_taken_out_of_the_trials_flags():

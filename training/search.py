@@ -21,18 +21,20 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from training.cli import Stopped
+from training.recipes import Recipe
 from training.script_args import check_at_least, flags_given
 
 logger = logging.getLogger(__name__)
 
-# The default space, for the staged recipes: the flags a practitioner tunes first. A value null leaves the flag
-# out (the data's or the recipe's default).
-DEFAULT_SPACE = {
-    "stage_lrs": {"choices": ["3e-3,3e-4,3e-5", "1e-3,1e-4,1e-5", "3e-4,3e-5,3e-6"]},
+# The default spaces: the flags a practitioner tunes first, the rates as the recipe takes them (three stage lrs, or
+# one-stage recipes' one). A value null leaves the flag out (the data's or the recipe's default).
+SHARED_SPACE = {
     "label_smoothing_factor": {"low": 0.0, "high": 0.2},
     "augment": {"choices": [None, "trivialaugment", "randaugment"]},
     "mixup_alpha": {"choices": [0.0, 0.2, 0.4]},
 }
+STAGED_SPACE = {"stage_lrs": {"choices": ["3e-3,3e-4,3e-5", "1e-3,1e-4,1e-5", "3e-4,3e-5,3e-6"]}, **SHARED_SPACE}
+ONE_STAGE_SPACE = {"learning_rate": {"low": 3e-5, "high": 1e-3, "log": True}, **SHARED_SPACE}
 PRUNERS = ("median", "none")
 # Fine-tuning flags a search cannot pass on to every trial: refused rather than silently ignored or repeated
 REFUSED = {"--push_to_hub": "push the best trial's folder with scripts/push.py once the search is done",
@@ -54,7 +56,7 @@ class SearchArguments:
                                                 "more continues the same search."})
     space: str | None = field(default=None, metadata={"help": "A JSON file: {flag: {\"choices\": [...]}} or {flag: "
                               "{\"low\": a, \"high\": b, \"log\": false, \"int\": false}}, flags without dashes. "
-                              "Default: stage lrs, label smoothing, augmentation policy and mixup alpha."})
+                              "Default: the recipe's lrs, label smoothing, augmentation policy and mixup alpha."})
     pruning: str = field(default="median", metadata={"help": "median (stop a trial whose validation accuracy after an "
                          "epoch is below the earlier trials' median there) or none."})
     search_seed: int = field(default=42, metadata={"help": "The sampler's seed (each trial trains with --seed)."})
@@ -63,13 +65,15 @@ class SearchArguments:
         check_at_least(self, n_trials=1)
         if self.pruning not in PRUNERS:
             raise SearchError(f"--pruning must be one of {', '.join(PRUNERS)}, got {self.pruning!r}")
-        self.declared = read_space(self.space)
+        self.declared = read_space(self.space) if self.space else None  # checked before anything else
+
+    def space_for(self, recipe: Recipe) -> dict:
+        """The space searched: --space's, else the default for the recipe the trials share."""
+        return self.declared or (ONE_STAGE_SPACE if recipe.one_stage else STAGED_SPACE)
 
 
-def read_space(path: str | None) -> dict:
-    """The space of `--space FILE` (or the default), each entry checked: choices, or a float or int range."""
-    if path is None:
-        return DEFAULT_SPACE
+def read_space(path: str) -> dict:
+    """The space of `--space FILE`, each entry checked: choices, or a float or int range."""
     try:
         space = json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as error:
@@ -157,15 +161,16 @@ def base_flags(argv: list[str], search_fields: set[str]) -> tuple[list[str], str
     return kept, output_dir
 
 
-def run_search(args: SearchArguments, base: list[str], output_dir: str, finetune) -> "optuna.Study":  # noqa: F821
-    """Trials until the study holds args.n_trials finished or pruned ones; writes trials.md and best_command.txt
-    after each. `finetune(argv, callbacks) -> exit code` runs one fine-tuning."""
+def run_search(args: SearchArguments, space: dict, base: list[str], output_dir: str,
+               finetune) -> "optuna.Study":  # noqa: F821
+    """Trials of `space` until the study holds args.n_trials finished or pruned ones; writes trials.md and
+    best_command.txt after each. `finetune(argv, callbacks) -> exit code` runs one fine-tuning."""
     import optuna
 
     root = Path(output_dir)
     root.mkdir(parents=True, exist_ok=True)
     record = root / SEARCH_RECORD
-    started = {"flags": base, "space": args.declared}
+    started = {"flags": base, "space": space}
     if record.is_file() and json.loads(record.read_text()) != started:
         raise SearchError(f"{root} holds a search started with other flags or another space "
                           f"({record}); choose another --output_dir")
@@ -183,7 +188,7 @@ def run_search(args: SearchArguments, base: list[str], output_dir: str, finetune
     counted = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     while len(study.get_trials(states=counted)) < args.n_trials:
         trial = study.ask()
-        values = sample(trial, args.declared)
+        values = sample(trial, space)
         folder = root / f"trial-{trial.number:03d}"
         trial.set_user_attr("folder", folder.name)
         trial.set_user_attr("flags", as_flags(values))
@@ -235,13 +240,13 @@ def write_trials(study, base: list[str], root: Path) -> None:
         (root / BEST).write_text(f"{command}\n")
 
 
-def check_space(args: SearchArguments, base: list[str], output_dir: str) -> None:
+def check_space(space: dict, base: list[str], output_dir: str) -> None:
     """Every value a trial may be given, parsed with the shared flags and its schedule built: a flag the recipe
     refuses (--stage_lrs with --recipe full), a mistyped name or value, is said here, naming the space's entry,
     before any data loads."""
     from training.arguments import build_schedule, parse_arguments
 
-    for corner in space_corners(args.declared):
+    for corner in space_corners(space):
         try:
             model_args, _, stage_args, training_args = parse_arguments([*base, *as_flags(corner), "--output_dir",
                                                                         output_dir])
@@ -256,7 +261,7 @@ def search_main(argv: list[str] | None = None) -> int:
     import os
     import sys
 
-    from training.arguments import parse_arguments
+    from training.arguments import chosen_recipe, parse_arguments
     from training.cli import finetune_main, setup_logging, stop_signals_raise
     from training.lock import run_lock
 
@@ -270,20 +275,21 @@ def search_main(argv: list[str] | None = None) -> int:
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             raise SearchError("run the search with python, in one process: each trial is one fine-tuning run, and "
                               "several processes would each sample their own trials")
-        args, *_ = parse_arguments(argv, extra=(SearchArguments,),
+        args, model_args, _, stage_args, _ = parse_arguments(argv, extra=(SearchArguments,),
                                    description="Hyperparameter search with optuna (its flags first); every "
                                                "scripts/finetune.py flag sets what the trials share; each trial is "
                                                "a run in OUTPUT/trial-NNN.")
         base, output_dir = base_flags(argv, set(SearchArguments.__dataclass_fields__))
         output_dir = output_dir or "outputs/search"
-        check_space(args, base, output_dir)
+        space = args.space_for(chosen_recipe(model_args, stage_args)[0])
+        check_space(space, base, output_dir)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     setup_logging(None)
     try:  # one search per folder, as one run per folder: a second one is refused while the first holds the lock
         with stop_signals_raise(), run_lock(output_dir):
-            study = run_search(args, base, output_dir, finetune_main)
+            study = run_search(args, space, base, output_dir, finetune_main)
     except ValueError as error:  # a SearchError, or the folder in use
         print(f"error: {error}", file=sys.stderr)
         return 2

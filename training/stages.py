@@ -137,7 +137,8 @@ class Schedule:
 
     def _check_count(self, values: list, flag: str) -> None:
         if len(values) != len(self.stages):
-            raise ScheduleError(f"{flag} gives {len(values)} values for {len(self.stages)} stages")
+            given, stages = len(values), len(self.stages)
+            raise ScheduleError(f"{flag} gives {given} value{'s' * (given > 1)} for {stages} stage{'s' * (stages > 1)}")
 
     def validate(self, num_train_epochs: float | None = None) -> "Schedule":
         if not self.stages:
