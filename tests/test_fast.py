@@ -67,7 +67,8 @@ def test_fast_scales_from_its_own_batch_and_any_recipe_takes_the_triangle_from_f
     (stage,) = build_schedule(model_args, stage_args, training_args).stages
     assert set(stage.lrs.values()) == {FAST_LR * 512 / FAST_BATCH}
     model_args, _, stage_args, training_args = parse_arguments(
-        ["--lr_scheduler_type", "linear", "--warmup_steps", "0.25", "--lr_scheduler_kwargs", '{"start_factor": 0.2}'])
+        ["--recipe", "staged", "--lr_scheduler_type", "linear", "--warmup_steps", "0.25", "--lr_scheduler_kwargs",
+         '{"start_factor": 0.2}'])
     stages = build_schedule(model_args, stage_args, training_args).stages
     assert len(stages) == 3 and all((s.shape, s.warmup, s.start) == ("linear", 0.25, 0.2) for s in stages)
     assert stages[0].factor(0, 8) == pytest.approx(0.2 + 0.8 / 2)

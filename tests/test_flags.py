@@ -71,7 +71,8 @@ def test_every_training_argument_is_classified_exactly_once():
         (["--lr_scheduler_type", "polynomial"], "--lr_scheduler_type polynomial is not supported; the lr shapes"),
         (["--lr_scheduler_kwargs", '{"num_cycles": 2}'], "only {\"min_lr_rate\": x} (the floor"),
         (["--lr_scheduler_kwargs", "min_lr_rate=0.1"], "--lr_scheduler_kwargs must be a JSON object such as"),
-        (["--learning_rate", "5e-4"], "--learning_rate sets the lr of --recipe full or fast; the stages"),
+        (["--recipe", "staged", "--learning_rate", "5e-4"],
+         "--learning_rate sets the lr of --recipe full or fast; the stages"),
         (["--recipe", "full", "--learning_rate", "inf"], "--learning_rate must be a positive finite number"),
         (["--optim_args", "momentum=0.9"], "only --optim sgd takes optim_args"),
         (["--optim", "sgd", "--adam_beta2", "0.99"], "--adam_beta2 set with --optim sgd: they apply to adamw only"),
@@ -79,7 +80,8 @@ def test_every_training_argument_is_classified_exactly_once():
         (["--optim", "sgd", "--optim_args", "nesterov=True"], "nesterov=True needs momentum > 0"),
         (["--weight_decay", "-1"], "--weight_decay must be >= 0"),
         (["--warmup_steps", "0.5", "--stages_file", "x.json"], "give each stage its \"shape\" and \"warmup\""),
-        (["--stage_lrs", "inf,1,1"], "stage 1: the lr of stem must be a positive finite number, got inf"),
+        (["--recipe", "staged", "--stage_lrs", "inf,1,1"],
+         "stage 1: the lr of stem must be a positive finite number, got inf"),
         (["--fp16", "true", "--bf16", "true"], "--bf16 and --fp16 are both on: choose one"),
         (["--fp16_full_eval"], "--fp16_full_eval: evaluation runs under the training precision"),
         (["--gradient_checkpointing"], "--gradient_checkpointing: the model does not support"),
@@ -89,10 +91,11 @@ def test_every_training_argument_is_classified_exactly_once():
         (["--hub_strategy", "checkpoint"], "--hub_strategy checkpoint pushes checkpoints to the Hub: it needs"),
         (["--hub_revision", "dev"], "--hub_revision: the push goes to the main branch"),
         (["--model_name_or_path", "x", "--depths", "3,4,6,3"], "--depths cannot change a saved model"),
-        (["--stage_epochs", "5,15"], "--stage_epochs gives 2 values for 3 stages"),
-        (["--stage_lrs", "1e-3,0,1e-5"], "stage 2: the lr of stem must be a positive finite number, got 0.0"),
+        (["--recipe", "staged", "--stage_epochs", "5,15"], "--stage_epochs gives 2 values for 3 stages"),
+        (["--recipe", "staged", "--stage_lrs", "1e-3,0,1e-5"],
+         "stage 2: the lr of stem must be a positive finite number, got 0.0"),
         (
-            ["--stage_epochs", "1,1,1", "--num_train_epochs", "5"],
+            ["--recipe", "staged", "--stage_epochs", "1,1,1", "--num_train_epochs", "5"],
             "the stages last 1+1+1=3 epochs but --num_train_epochs",
         ),
         (["--recipe", "gradual"], "unknown recipe 'gradual'"),
@@ -115,8 +118,11 @@ def test_refused_and_bad_flags_stop_before_any_loading(tmp_path, capsys, bad_fla
     assert not (tmp_path / "o").exists()
 
 
-def test_defaults_are_the_tutorials_adam_at_constant_rates():
+def test_defaults_are_adam_at_constant_rates_and_the_tutorials_stages_one_flag_away():
     model_args, _, stage_args, training_args = parse_arguments([])
+    (stage,) = build_schedule(model_args, stage_args, training_args).stages  # on trained weights: full
+    assert (stage.epochs, set(stage.lrs.values()), stage.shape) == (50, {1e-4}, "constant")
+    model_args, _, stage_args, training_args = parse_arguments(["--recipe", "staged"])
     assert training_args.optimizer.name == "adamw_torch_fused" and training_args.optimizer.weight_decay == 0
     assert training_args.optimizer.hyperparameters == {"betas": (0.9, 0.999), "eps": 1e-8}
     schedule = build_schedule(model_args, stage_args, training_args)

@@ -36,8 +36,10 @@ from training.inference import preprocess_image
 from training.synthetic import hub_layout_folder
 
 PHOTO_SIZES = [(120, 90), (300, 200), (150, 260), (90, 140), (640, 480)]
-TINY_PHOTO_RUN = ["--depths", "1,1,1,1", "--stage_epochs", "1,1,1", "--per_device_train_batch_size", "4",
-                  "--dataloader_num_workers", "0", "--report_to", "none", "--save_strategy", "no"]
+TINY_PHOTO_RUN = ["--depths", "1,1,1,1", "--per_device_train_batch_size", "4", "--dataloader_num_workers", "0",
+                  "--report_to", "none", "--save_strategy", "no"]
+ONE_EPOCH = ["--num_train_epochs", "1"]  # the one stage of the default recipe on trained weights (and of fast)
+THREE_STAGES = ["--stage_epochs", "1,1,1"]  # a staged recipe's
 
 
 def photo_folder(root: Path, sizes=PHOTO_SIZES, names=("ants", "bees")) -> Path:
@@ -108,7 +110,7 @@ def test_a_cifar_sized_run_on_pretrained_weights_keeps_their_stem_by_default(tmp
     out = tmp_path / "run"
     code = finetune_main(["--dataset_name", str(folder), "--validation_split", "4", "--backbone_weights",
                           str(torchvision_file(tmp_path / "resnet.pth")), "--output_dir", str(out), *TINY_PHOTO_RUN,
-                          *flags])
+                          *(THREE_STAGES if "seed-exact" in flags else ONE_EPOCH), *flags])
     assert code == 0, capsys.readouterr().err
     config = json.loads((out / "config.json").read_text())
     assert (config["stem"], config["image_size"], config["cbam_init"]) == expected
@@ -171,7 +173,8 @@ def test_a_photo_run_from_a_torchvision_file_keeps_the_pretrained_stem(photos, t
     weights = torchvision_file(tmp_path / "resnet.pth")
     out = tmp_path / "run"
     code = finetune_main(["--train_dir", str(photos / "train"), "--validation_dir", str(photos / "val"),
-                          "--backbone_weights", str(weights), "--output_dir", str(out), *TINY_PHOTO_RUN])
+                          "--backbone_weights", str(weights), "--output_dir", str(out), *TINY_PHOTO_RUN,
+                          "--recipe", "staged", *THREE_STAGES])  # staged: its rule for a pretrained stem
     assert code == 0, capsys.readouterr().err
     config = json.loads((out / "config.json").read_text())
     assert (config["stem"], config["image_size"], config["cbam_init"], config["crop_pct"]) == ("imagenet", 224,
@@ -196,7 +199,7 @@ def test_seed_exact_keeps_the_papers_cbam_on_pretrained_weights(photos, tmp_path
     out = tmp_path / "run"
     code = finetune_main(["--train_dir", str(photos / "train"), "--validation_dir", str(photos / "val"),
                           "--backbone_weights", str(torchvision_file(tmp_path / "resnet.pth")), "--recipe",
-                          "seed-exact", "--output_dir", str(out), *TINY_PHOTO_RUN])
+                          "seed-exact", "--output_dir", str(out), *TINY_PHOTO_RUN, *THREE_STAGES])
     assert code == 0, capsys.readouterr().err
     assert json.loads((out / "config.json").read_text())["cbam_init"] == "default"
 
@@ -204,7 +207,7 @@ def test_seed_exact_keeps_the_papers_cbam_on_pretrained_weights(photos, tmp_path
 @pytest.fixture(scope="module")
 def photo_run(photos, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("runs") / "photos"
-    one_epoch = [*TINY_PHOTO_RUN[:2], *TINY_PHOTO_RUN[4:], "--num_train_epochs", "1"]  # no --stage_epochs
+    one_epoch = [*TINY_PHOTO_RUN, *ONE_EPOCH]
     assert finetune_main(["--train_dir", str(photos / "train"), "--validation_dir", str(photos / "val"),
                           "--backbone_weights", "none", "--output_dir", str(out), *one_epoch]) == 0
     return out

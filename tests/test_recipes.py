@@ -73,10 +73,12 @@ def chosen(tmp_path, *flags: str):
 
 def test_the_recipe_follows_the_weights_and_every_given_flag_wins(tmp_path):
     recipe, why, args = chosen(tmp_path)  # torchvision's weights, the default
-    assert recipe.name == "staged" and why.startswith("recipe staged (trained weights")
-    assert args.optim.startswith("adamw")
+    assert recipe.name == "full" and why.startswith("recipe full (trained weights: the transfer study's best")
+    assert args.optim.startswith("adamw") and set(recipe.stages[0].lrs.values()) == {1e-4}
     recipe, why, args = chosen(tmp_path, "--model_name_or_path", "runs/earlier")  # a saved model: trained too
-    assert recipe.name == "staged" and why.startswith("recipe staged (trained weights")
+    assert recipe.name == "full" and why.startswith("recipe full (trained weights")
+    recipe, why, args = chosen(tmp_path, "--recipe", "staged")  # the tutorial's stages: one flag away
+    assert recipe.name == "staged" and why is None and len(recipe.stages) == 3
     recipe, why, args = chosen(tmp_path, "--backbone_weights", "none")
     assert recipe.name == "fast" and why.startswith("recipe fast (random weights: the from-scratch recipe")
     assert (args.optim, args.tta, args.label_smoothing_factor) == ("sgd", "flip", 0.2), "fast's flag defaults"
@@ -94,7 +96,7 @@ def test_a_stages_file_takes_no_recipe_defaults(tmp_path):
     stages_file = tmp_path / "stages.json"
     stages_file.write_text('[{"epochs": 2, "lr": 1e-3}]')
     recipe, why, args = chosen(tmp_path, "--backbone_weights", "none", "--stages_file", str(stages_file))
-    assert recipe.name == "staged" and why is None and args.optim.startswith("adamw") and args.tta == "none"
+    assert recipe.name == recipes.DEFAULT and why is None and args.optim.startswith("adamw") and args.tta == "none"
 
 
 def test_the_random_start_warning_names_what_stays_frozen():
