@@ -8,6 +8,7 @@ CIFAR10_STD = (0.2023, 0.1994, 0.2010)
 STEMS = ("cifar", "imagenet")
 CBAM_PLACEMENTS = ("stage", "block", "none")
 CBAM_INITS = ("default", "identity")
+CBAM_STYLES = ("tutorial", "authors")
 LAYER_TYPES = ("basic", "bottleneck")
 EXPANSION = {"basic": 1, "bottleneck": 4}  # a block's output channels over its width (torchvision's `expansion`)
 STAGE_WIDTHS = (64, 128, 256, 512)
@@ -47,6 +48,11 @@ class ResNetCBAMConfig(BackboneConfigMixin, PreTrainedConfig):
             `"identity"`: each CBAM is wrapped in a learnable scalar gate g initialised at 0, computing
             `x + g * (CBAM(x) - x)`: a network into which CBAM has just been inserted computes exactly what it
             computed without it, and the attention is learned from there (as ReZero or LayerScale start a branch).
+        cbam_style (`str`, *optional*, defaults to `"tutorial"`):
+            `"tutorial"`: the tutorial's CBAM: a channel MLP without biases, the spatial convolution over the
+            [mean, max] maps. `"authors"`: the module of the paper's released code (Woo et al., `MODELS/cbam.py`),
+            whose ImageNet-trained ResNet50-CBAM loads tensor by tensor: the channel MLP with biases, the spatial
+            convolution over the [max, mean] maps followed by a BatchNorm.
         zero_init_residual (`bool`, *optional*, defaults to `False`):
             Start the last BatchNorm scale (`bn2.weight`) of every basic block at 0, so that each block starts as
             its shortcut (torchvision's `zero_init_residual`; Goyal et al., 2017). Only the initialisation of a new
@@ -90,6 +96,7 @@ class ResNetCBAMConfig(BackboneConfigMixin, PreTrainedConfig):
     cbam_kernel_size: int = 7
     cbam_placement: str = "stage"
     cbam_init: str = "default"
+    cbam_style: str = "tutorial"
     zero_init_residual: bool = False
     stem: str = "cifar"
     num_channels: int = 3
@@ -121,6 +128,8 @@ class ResNetCBAMConfig(BackboneConfigMixin, PreTrainedConfig):
             raise ValueError(f"cbam_placement must be one of {CBAM_PLACEMENTS}, got {self.cbam_placement!r}")
         if self.cbam_init not in CBAM_INITS:
             raise ValueError(f"cbam_init must be one of {CBAM_INITS}, got {self.cbam_init!r}")
+        if self.cbam_style not in CBAM_STYLES:
+            raise ValueError(f"cbam_style must be one of {CBAM_STYLES}, got {self.cbam_style!r}")
         if self.stem not in STEMS:
             raise ValueError(f"stem must be one of {STEMS}, got {self.stem!r}")
         if not 1 <= self.cbam_reduction <= 64:

@@ -33,13 +33,14 @@ AUTO_MAP = {
 
 
 class ChannelAttention(nn.Module):
-    """Per-channel weights sigmoid(MLP(avgpool(x)) + MLP(maxpool(x))), one MLP C -> C/r -> C shared by both pools."""
+    """Per-channel weights sigmoid(MLP(avgpool(x)) + MLP(maxpool(x))), one MLP C -> C/r -> C shared by both pools
+    (with biases in the authors' module)."""
 
-    def __init__(self, channels: int, reduction: int):
+    def __init__(self, channels: int, reduction: int, bias: bool = False):
         super().__init__()
         hidden = max(channels // reduction, 1)
         self.mlp = nn.Sequential(
-            nn.Linear(channels, hidden, bias=False), nn.ReLU(inplace=True), nn.Linear(hidden, channels, bias=False)
+            nn.Linear(channels, hidden, bias=bias), nn.ReLU(inplace=True), nn.Linear(hidden, channels, bias=bias)
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -48,15 +49,19 @@ class ChannelAttention(nn.Module):
 
 
 class SpatialAttention(nn.Module):
-    """A map sigmoid(conv_kxk([mean over channels, max over channels])) of shape (batch, 1, height, width)."""
+    """A map sigmoid(conv_kxk([mean over channels, max over channels])) of shape (batch, 1, height, width); the
+    authors' module takes [max, mean] and normalises the convolution's output with a BatchNorm."""
 
-    def __init__(self, kernel_size: int):
+    def __init__(self, kernel_size: int, authors: bool = False):
         super().__init__()
         self.conv = nn.Conv2d(2, 1, kernel_size, padding=kernel_size // 2, bias=False)
+        self.bn = nn.BatchNorm2d(1, momentum=0.01) if authors else None  # their BatchNorm's momentum
+        self.max_first = authors
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pooled = torch.cat([x.mean(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)], dim=1)
-        return torch.sigmoid(self.conv(pooled))
+        maps = [x.mean(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)]
+        out = self.conv(torch.cat(maps[::-1] if self.max_first else maps, dim=1))
+        return torch.sigmoid(out if self.bn is None else self.bn(out))
 
 
 class CBAM(nn.Module):
@@ -66,10 +71,10 @@ class CBAM(nn.Module):
     module starts as the identity, so inserting it leaves a pretrained network's function unchanged.
     """
 
-    def __init__(self, channels: int, reduction: int, kernel_size: int, gated: bool = False):
+    def __init__(self, channels: int, reduction: int, kernel_size: int, gated: bool = False, authors: bool = False):
         super().__init__()
-        self.channel = ChannelAttention(channels, reduction)
-        self.spatial = SpatialAttention(kernel_size)
+        self.channel = ChannelAttention(channels, reduction, bias=authors)
+        self.spatial = SpatialAttention(kernel_size, authors=authors)
         self.gate = nn.Parameter(torch.zeros(1)) if gated else None
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -191,7 +196,8 @@ class ResNetCBAMTrunk(nn.Module):
 
 
 def _make_cbam(config: ResNetCBAMConfig, channels: int) -> CBAM:
-    return CBAM(channels, config.cbam_reduction, config.cbam_kernel_size, gated=config.cbam_init == "identity")
+    return CBAM(channels, config.cbam_reduction, config.cbam_kernel_size, gated=config.cbam_init == "identity",
+                authors=config.cbam_style == "authors")
 
 
 @dataclass

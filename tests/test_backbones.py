@@ -134,3 +134,93 @@ def test_a_run_takes_the_architecture_and_the_cifar_stem_from_its_backbone_folde
     assert "stem cifar: the weights' conv1 is 3x3, a CIFAR stem's" in run.config.defaults
     loaded = run.trainer.model.resnet_cbam.backbone.state_dict()
     assert torch.equal(loaded["conv1.weight"], source.resnet_cbam.backbone.conv1.weight)
+
+
+class AuthorsCBAM(torch.nn.Module):
+    """The CBAM authors' module as their code names and computes it (MODELS/cbam.py): a channel gate whose MLP (with
+    biases, after a Flatten) scores the average- and max-pooled vectors, then a spatial gate over the [max, mean]
+    maps whose 7x7 convolution is followed by a BatchNorm."""
+
+    def __init__(self, channels: int, reduction: int = 16):
+        super().__init__()
+        self.ChannelGate = torch.nn.Module()
+        self.ChannelGate.mlp = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(channels, channels // reduction),
+                                                   torch.nn.ReLU(), torch.nn.Linear(channels // reduction, channels))
+        self.SpatialGate = torch.nn.Module()
+        self.SpatialGate.spatial = torch.nn.Module()
+        self.SpatialGate.spatial.conv = torch.nn.Conv2d(2, 1, 7, padding=3, bias=False)
+        self.SpatialGate.spatial.bn = torch.nn.BatchNorm2d(1, momentum=0.01)
+
+    def forward(self, x):
+        mlp = self.ChannelGate.mlp
+        channel = mlp(x.mean(dim=(2, 3), keepdim=True)) + mlp(x.amax(dim=(2, 3), keepdim=True))
+        x = x * torch.sigmoid(channel)[:, :, None, None]
+        maps = torch.cat([x.amax(dim=1, keepdim=True), x.mean(dim=1, keepdim=True)], dim=1)
+        return x * torch.sigmoid(self.SpatialGate.spatial.bn(self.SpatialGate.spatial.conv(maps)))
+
+
+def authors_resnet(depths):
+    """Their ResidualNet("ImageNet", ..., att_type="CBAM") layout: torchvision's bottleneck ResNet with a CBAM on
+    every block's residual branch, before the addition."""
+    from torchvision.models.resnet import Bottleneck, ResNet
+
+    class AuthorsBottleneck(Bottleneck):
+        def __init__(self, inplanes, planes, *args, **kwargs):
+            super().__init__(inplanes, planes, *args, **kwargs)
+            self.cbam = AuthorsCBAM(planes * self.expansion)
+
+        def forward(self, x):
+            out = self.relu(self.bn1(self.conv1(x)))
+            out = self.bn3(self.conv3(self.relu(self.bn2(self.conv2(out)))))
+            identity = x if self.downsample is None else self.downsample(x)
+            return self.relu(self.cbam(out) + identity)
+
+    network = ResNet(AuthorsBottleneck, depths)
+    for name, tensor in network.state_dict().items():  # trained-looking statistics and scales, so that all count
+        if name.endswith(("running_mean", "bn.weight", "bn.bias")):
+            tensor.copy_(torch.randn_like(tensor) * 0.1 + (1.0 if name.endswith("bn.weight") else 0.0))
+        elif name.endswith("running_var"):
+            tensor.copy_(torch.rand_like(tensor) + 0.5)
+    return network.eval()
+
+
+def authors_checkpoint(network, path, rename=None):
+    """Saved as their train_imagenet.py saves it: DataParallel's `module.` names under `state_dict`, with the
+    epoch and best accuracy beside them."""
+    state = {f"module.{name}": tensor for name, tensor in network.state_dict().items()
+             if not name.endswith("num_batches_tracked")}  # their torch predates it
+    if rename:
+        state = {name.replace(*rename): tensor for name, tensor in state.items()}
+    torch.save({"epoch": 90, "arch": "resnet", "state_dict": state, "best_prec1": 77.6}, path)
+    return path
+
+
+def test_the_cbam_authors_checkpoint_loads_every_tensor_and_computes_their_network(tmp_path):
+    torch.manual_seed(0)
+    theirs = authors_resnet(TINY_BOTTLENECK)
+    weights = read_backbone_weights(authors_checkpoint(theirs, tmp_path / "RESNET50_CBAM.pth"))
+    architecture, reasons = architecture_from_weights({}, weights)
+    assert {key: architecture[key] for key in ("layer_type", "cbam_style", "cbam_placement", "cbam_init")} == {
+        "layer_type": "bottleneck", "cbam_style": "authors", "cbam_placement": "block", "cbam_init": "default"}
+    assert any(reason.startswith("CBAM: the authors' module in every block, loaded as they trained") for reason in
+               reasons)
+    ours = ResNetCBAMForImageClassification(ResNetCBAMConfig(**architecture, stem="imagenet", num_labels=1000))
+    report = load_backbone_weights(ours, weights)
+    used = [name for name in theirs.state_dict() if not name.endswith("num_batches_tracked")]
+    assert len(report.loaded) == len(used) - 2 and sorted(report.skipped) == ["fc.bias", "fc.weight"]
+    assert not [name for name in report.new if "backbone" in name]  # every tensor of their network is used
+    ours.classifier.load_state_dict(theirs.fc.state_dict())
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(ours.eval()(images).logits, theirs(images), rtol=1e-4, atol=1e-4)
+
+
+def test_a_cbam_checkpoint_of_another_layout_is_refused_naming_the_first_tensor_that_does_not_fit(tmp_path):
+    path = authors_checkpoint(authors_resnet(TINY_BOTTLENECK), tmp_path / "other.pth",
+                              rename=("SpatialGate.spatial.conv.", "SpatialGate.spatial.conv2d."))
+    weights = read_backbone_weights(path)
+    architecture, _ = architecture_from_weights({}, weights)
+    model = ResNetCBAMModel(ResNetCBAMConfig(**architecture, stem="imagenet"))
+    with pytest.raises(ValueError, match=re.escape("tensor 'layer1.0.cbam.SpatialGate.spatial.conv2d.weight' has no "
+                                                   "counterpart")):
+        load_backbone_weights(model, weights)

@@ -157,13 +157,16 @@ def test_the_same_folder_as_train_and_validation_is_warned_about(tmp_path, caplo
     assert any("--train_dir and --validation_dir are the same folder" in r.getMessage() for r in caplog.records)
 
 
-def test_a_checkpoint_from_before_bottleneck_blocks_still_resumes(tmp_path):
-    """Run facts written before the model had a block type were all basic blocks: not a change of run."""
-    from training.checkpoints import RUN_FACTS, changed_facts
+@pytest.mark.parametrize("fact, other", [("layer_type", "bottleneck"), ("cbam_style", "authors")])
+def test_a_checkpoint_from_before_a_model_fact_existed_still_resumes(tmp_path, fact, other):
+    """Run facts written before the model had a block type or a CBAM style were all basic blocks and the tutorial's
+    CBAM: not a change of run; another value is one."""
+    from training.checkpoints import LATER_MODEL_FACTS, RUN_FACTS, changed_facts
 
     model = {"depths": [2, 2, 2, 2], "stem": "imagenet", "crop_pct": 1.0}
     (tmp_path / RUN_FACTS).write_text(json.dumps({"model": model, "seed": 1}))
-    assert changed_facts(tmp_path, {"model": {**model, "layer_type": "basic"}, "seed": 1}) == []
-    changed = changed_facts(tmp_path, {"model": {**model, "layer_type": "bottleneck"}, "seed": 1})
-    assert len(changed) == 1 and '"layer_type": "basic"' in changed[0] and changed[0].endswith(
-        '"layer_type": "bottleneck"} now')
+    now = {**model, **LATER_MODEL_FACTS}
+    assert changed_facts(tmp_path, {"model": now, "seed": 1}) == []
+    changed = changed_facts(tmp_path, {"model": {**now, fact: other}, "seed": 1})
+    then, now_said = changed[0].split(" in the checkpoint, ")
+    assert len(changed) == 1 and f'"{fact}": "{LATER_MODEL_FACTS[fact]}"' in then and f'"{fact}": "{other}"' in now_said

@@ -4,10 +4,11 @@ ResNet-CBAM by name with a report of what was loaded, new and skipped.
 The sources: torchvision's ImageNet weights (`"torchvision"`), a timm Hub id (`timm/resnet50.a1_in1k`: timm's
 ResNets keep torchvision's names), a transformers ResNet (a Hub id such as `microsoft/resnet-50`, a saved folder or
 its model.safetensors: its names mapped), a folder saved by this project, or any local .safetensors/.pth/.pt/.bin
-file (a `module.` prefix of DataParallel and a `state_dict`/`model` wrapper dropped). The weights say what network
-they are (the block type, the depths, a 3x3 CIFAR `conv1` or the 7x7 ImageNet one): a run that leaves the
-architecture flags out takes it from them (training/defaults.py). Training code: the modeling package, which
-travels to the Hub, holds the model only.
+file (a `module.` prefix of DataParallel and a `state_dict`/`model` wrapper dropped), the CBAM authors' pretrained
+ResNets included (their `MODELS/cbam.py` names mapped: their CBAM loads too, into `cbam_style="authors"`). The
+weights say what network they are (the block type, the depths, a 3x3 CIFAR `conv1` or the 7x7 ImageNet one, the
+authors' CBAM): a run that leaves the architecture flags out takes it from them (training/defaults.py). Training
+code: the modeling package, which travels to the Hub, holds the model only.
 """
 
 import logging
@@ -41,6 +42,7 @@ class BackboneWeights:
 
     source: str
     tensors: Mapping[str, torch.Tensor]
+    cbam_style: str | None = None  # "authors": the source holds the CBAM authors' trained modules, inside each block
 
     @property
     def layout(self) -> tuple[str, list[int]] | None:
@@ -66,7 +68,8 @@ class BackboneWeights:
             return "no ResNet"
         name = TORCHVISION_ARCHITECTURES.get((layout[0], tuple(layout[1])), "ResNet")
         stem = {"cifar": " with a 3x3 CIFAR stem", "imagenet": " with a 7x7 ImageNet stem"}.get(self.stem, "")
-        return f"a {name} ({layout[0]} blocks, depths {layout[1]}){stem}"
+        cbam = " and the CBAM authors' module in every block" if self.cbam_style == "authors" else ""
+        return f"a {name} ({layout[0]} blocks, depths {layout[1]}){stem}{cbam}"
 
 
 @dataclass
@@ -101,8 +104,10 @@ def _module_of(tensor_name: str) -> str:
 def load_backbone_weights(model: ResNetCBAMPreTrainedModel,
                           weights: "BackboneWeights | str | os.PathLike") -> BackboneLoadReport:
     """Load ResNet weights (read already, or a source for `read_backbone_weights`) into the model's backbone by
-    name and report what was loaded, new and skipped: a classifier and a saved model's CBAM are skipped. Weights
-    of another architecture are a ValueError naming the first tensor that does not fit, and what the weights are."""
+    name and report what was loaded, new and skipped: a classifier and a saved model's CBAM are skipped; the CBAM
+    authors' trained modules load into a model of their style with CBAM in every block, every tensor of them.
+    Weights of another architecture are a ValueError naming the first tensor that does not fit, and what the
+    weights are."""
     config = model.config
     if not isinstance(weights, BackboneWeights):
         weights = read_backbone_weights(weights, config.layer_type, config.depths)
@@ -114,8 +119,9 @@ def load_backbone_weights(model: ResNetCBAMPreTrainedModel,
     to_load = {}
     shape = f"{config.layer_type} blocks and depths {config.depths}"
     other = _what_the_weights_are(weights, (config.layer_type, list(config.depths)))
+    takes_cbam = weights.cbam_style == config.cbam_style == "authors" and config.cbam_placement == "block"
     for key, tensor in weights.tensors.items():
-        if key.startswith(("fc.", "classifier.")) or "cbam" in key.split("."):
+        if key.startswith(("fc.", "classifier.")) or ("cbam" in key.split(".") and not takes_cbam):
             report.skipped.append(key)  # the source's classifier, and its CBAM (a saved ResNet-CBAM)
             continue
         if key not in own:
@@ -132,8 +138,8 @@ def load_backbone_weights(model: ResNetCBAMPreTrainedModel,
             raise ValueError(f"{source}: tensor '{key}' has shape {tuple(tensor.shape)} but this model's is "
                              f"{tuple(own[key].shape)}; the weights are of another architecture{other}")
         to_load[key] = tensor
-    missing = [key for key in own if key not in to_load and key != "conv1.weight" and ".cbam." not in key
-               and not key.endswith("num_batches_tracked")]
+    missing = [key for key in own if key not in to_load and key != "conv1.weight" and not key.endswith(
+        "num_batches_tracked") and (".cbam." not in key or takes_cbam and not key.endswith(".cbam.gate"))]
     if missing:
         raise ValueError(f"{source}: no tensor for '{missing[0]}' (and {len(missing) - 1} more); the weights are of "
                          f"another architecture{other}")
@@ -210,7 +216,9 @@ def read_backbone_weights(source: str | os.PathLike, layer_type: str = ResNetCBA
         state_dict, config = _read_file(_hub_file(source, "model.safetensors")), _hub_config(source)
     if config is not None and Path(config).is_file():
         _check_transformers_strides(source, Path(config))
-    return BackboneWeights(source, MappingProxyType(_torchvision_names(source, state_dict)))
+    tensors = _torchvision_names(source, state_dict)
+    authors = any(".cbam.ChannelGate." in key for key in _unwrapped(source, state_dict))
+    return BackboneWeights(source, MappingProxyType(tensors), "authors" if authors else None)
 
 
 def _download_torchvision(layer_type: str, depths: list[int]) -> dict:
@@ -266,7 +274,14 @@ def _check_transformers_strides(source: str, config_file: Path) -> None:
 
 def _torchvision_names(source: str, state_dict) -> dict[str, torch.Tensor]:
     """A read state dict's tensors under torchvision's names: a `state_dict`/`model` wrapper, DataParallel's
-    `module.` and a saved ResNet-CBAM's backbone prefix dropped, transformers' ResNet names mapped."""
+    `module.` and a saved ResNet-CBAM's backbone prefix dropped, transformers' ResNet names and the CBAM authors'
+    module names mapped."""
+    return {_torchvision_name(key.removeprefix("module.").removeprefix(f"{BACKBONE_PREFIX}.")): tensor
+            for key, tensor in _unwrapped(source, state_dict).items()}
+
+
+def _unwrapped(source: str, state_dict) -> dict[str, torch.Tensor]:
+    """The tensors of a read file, out of a training checkpoint's `state_dict` or `model` entry."""
     if not isinstance(state_dict, dict):
         raise ValueError(f"{source}: holds a {type(state_dict).__name__}, not a state dict of tensors")
     for wrapper in ("state_dict", "model"):
@@ -276,8 +291,7 @@ def _torchvision_names(source: str, state_dict) -> dict[str, torch.Tensor]:
     if not_tensors:
         raise ValueError(f"{source}: '{not_tensors[0]}' is a {type(state_dict[not_tensors[0]]).__name__}, not a "
                          "tensor; the file is not a ResNet state dict")
-    return {_torchvision_name(key.removeprefix("module.").removeprefix(f"{BACKBONE_PREFIX}.")): tensor
-            for key, tensor in state_dict.items()}
+    return state_dict
 
 
 # transformers' ResNet (ResNetModel / ResNetForImageClassification, basic or bottleneck layers) -> torchvision's names
@@ -293,8 +307,22 @@ TRANSFORMERS_RESNET_NAMES = [
 ]
 
 
+# the CBAM authors' module (MODELS/cbam.py: ChannelGate's MLP after a Flatten, SpatialGate's BasicConv) -> this
+# model's CBAM names
+AUTHORS_CBAM_NAMES = [
+    (r"\.cbam\.ChannelGate\.mlp\.1\.", ".cbam.channel.mlp.0."),
+    (r"\.cbam\.ChannelGate\.mlp\.3\.", ".cbam.channel.mlp.2."),
+    (r"\.cbam\.SpatialGate\.spatial\.(conv|bn)\.", r".cbam.spatial.\1."),
+]
+
+
 def _torchvision_name(key: str) -> str:
-    """A tensor's name as torchvision's ResNet has it; transformers' ResNet names are mapped mechanically."""
+    """A tensor's name as torchvision's ResNet has it (transformers' ResNet names mapped mechanically), a CBAM
+    authors' module's as this model's CBAM has it."""
+    for pattern, replacement in AUTHORS_CBAM_NAMES:
+        key, count = re.subn(pattern, replacement, key)
+        if count:
+            return key
     for pattern, replacement in TRANSFORMERS_RESNET_NAMES:
         renamed, count = re.subn(pattern, replacement, key)
         if count:

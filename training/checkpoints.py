@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 
 RUN_FACTS = "run_facts.json"
 # Model facts added to the run's identity after checkpoints were first written, with the value every older run had
-LATER_MODEL_FACTS = {"crop_pct": 1.0, "layer_type": "basic"}  # the value every run had before the fact existed
+LATER_MODEL_FACTS = {"crop_pct": 1.0, "layer_type": "basic", "cbam_style": "tutorial"}
 RUN_COMPLETE = "run_complete.json"  # written last of a finished run's outputs: the folder is complete
 RUN_DATA = "run_data.json"  # where the run's images are on this machine: for evaluating it later; never pushed
 LOCK = ".run.lock"  # training/lock.py's
@@ -36,7 +36,8 @@ LOCK = ".run.lock"  # training/lock.py's
 RUN_OUTPUTS = {"model.safetensors", "config.json", "configuration_resnet_cbam.py", "modeling_resnet_cbam.py",
                "preprocessor_config.json", "README.md", "all_results.json", "trainer_state.json", "training_args.bin",
                RUN_COMPLETE, RUN_DATA, "model.onnx", "model.onnx.json", "plots", "space", "runs"}
-WEIGHT_SHAPES = ("depths", "stem", "cbam_placement", "cbam_init", "cbam_reduction", "cbam_kernel_size", "num_channels")
+WEIGHT_SHAPES = ("depths", "layer_type", "stem", "cbam_placement", "cbam_init", "cbam_style", "cbam_reduction",
+                 "cbam_kernel_size", "num_channels")
 RESUMABLE = ("model.safetensors", "optimizer.pt", "scheduler.pt", "trainer_state.json", RUN_FACTS)
 
 

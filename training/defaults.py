@@ -110,7 +110,8 @@ def architecture_from_weights(given: dict, weights: BackboneWeights | None) -> t
     """The architecture flags `given` (the config's fields), completed from the backbone weights where left out,
     with a sentence for each: the block type and depths are the weights' (a ResNet-50 file gives a ResNet-50), and
     a 3x3 `conv1` gives the CIFAR stem (a model this project trained from random weights on CIFAR-sized images has
-    one). A block type or depths given that the weights do not have is refused, naming both, before any data loads."""
+    one), and the CBAM authors' trained modules give their CBAM style inside every block, starting as trained. A
+    block type or depths given that the weights do not have is refused, naming both, before any data loads."""
     if weights is None or weights.layout is None:
         return dict(given), []
     resolved, reasons = dict(given), []
@@ -130,6 +131,11 @@ def architecture_from_weights(given: dict, weights: BackboneWeights | None) -> t
     if "stem" not in given and weights.stem == "cifar":
         resolved["stem"] = "cifar"
         reasons.append("stem cifar: the weights' conv1 is 3x3, a CIFAR stem's")
+    if weights.cbam_style == "authors" and given.get("cbam_placement", "block") == "block":
+        resolved.update(cbam_style="authors", cbam_placement="block")
+        resolved.setdefault("cbam_init", "default")
+        reasons.append("CBAM: the authors' module in every block, loaded as they trained it (the weights hold it), "
+                       f"init {resolved['cbam_init']}")
     return resolved, reasons
 
 

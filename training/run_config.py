@@ -19,8 +19,10 @@ from training.hardware import device_name, precision
 from training.recipes import Recipe, random_start_warning
 from training.stages import Schedule, ScheduleError
 
-# the config's fields that shape the network: the architecture flags, and those the data sets
-ARCHITECTURE_FIELDS = (*ARCHITECTURE_FLAGS, "num_channels", "image_size", "crop_pct", "image_mean", "image_std")
+# the config's fields that shape the network: the architecture flags, the CBAM style the weights choose (no flag),
+# and those the data sets
+ARCHITECTURE_FIELDS = (*ARCHITECTURE_FLAGS, "cbam_style", "num_channels", "image_size", "crop_pct", "image_mean",
+                       "image_std")
 
 
 @dataclass(frozen=True)
