@@ -5,17 +5,17 @@
     python scripts/benchmark.py --train_dir ../shared/datasets/hymenoptera/train --batch_size 32 --steps 5 \
         --warmup 1 --eval_images 32                                                  # photos at 224 px
 
-Prints a table and writes --json: step_img_s (train step on tensors in memory, the project's speed settings
-and fused Adam), step_fp32_img_s (the tutorial's step: fp32, NCHW, default Adam), data_img_s (the data path alone),
-plain_loop_img_s (the tutorial's loop: fp32, default DataLoader, Adam, batch 64, data included), trainer_img_s
-(scripts/finetune.py's path, data included), speedup_vs_plain, eval_img_s; with --profile_steps, where the train
-step's time goes. Figures, not pass/fail: compare ratios measured in one run.
+Prints a table and writes --json: the network's parameters and multiply-adds, step_img_s (train step on tensors in
+memory, the project's speed settings and fused Adam), step_fp32_img_s (the tutorial's: fp32, NCHW, default Adam),
+data_img_s (the data path alone), plain_loop_img_s (the tutorial's loop, data included), trainer_img_s (finetune.py's
+path), speedup_vs_plain, eval_img_s; with --profile_steps, where the step's time goes. Compare ratios of one run.
 """
 
 import json
 import sys
 from dataclasses import asdict, dataclass, field
 
+from training.arguments import ModelArguments
 from training.benchmark import run_benchmark
 from training.script_args import check_at_least, script_parser
 
@@ -30,6 +30,7 @@ class BenchmarkArguments:
     warmup: int = field(default=3, metadata={"help": "Steps run before measuring."})
     eval_images: int = field(default=1024, metadata={"help": "Images evaluated for eval_img_s."})
     batch_size: int = field(default=64, metadata={"help": "Images per step in every path."})
+    architecture: str = field(default="resnet18", metadata={"help": "resnet18/34/50/101/152, as finetune.py's."})
     bf16: bool | None = field(default=None, metadata={"help": "As finetune.py's --bf16 (default: the hardware's)."})
     fp16: bool | None = field(default=None, metadata={"help": "As finetune.py's --fp16 (default: the hardware's)."})
     channels_last: bool | None = field(default=None, metadata={"help": "As finetune.py's --channels_last."})
@@ -41,6 +42,7 @@ class BenchmarkArguments:
 
     def __post_init__(self):
         check_at_least(self, steps=1, warmup=0, eval_images=1, batch_size=1, profile_steps=0)
+        ModelArguments(architecture=self.architecture)  # an unknown name: refused with the list
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -148,6 +148,7 @@ def test_attention_maps_are_in_range_and_written_as_png(model_dir, images, tmp_p
     ("demo", ["--model", "m", "--port", "70000"], "--port must be at most 65535, got 70000"),
     ("inspect_data", ["--grid_size", "0"], "--grid_size must be at least 1, got 0"),
     ("benchmark", ["--steps", "0"], "--steps must be at least 1, got 0"),
+    ("benchmark", ["--architecture", "resnet9"], "--architecture must be one of resnet18, resnet34, resnet50"),
     ("summary", ["--depth", "0"], "--depth must be at least 1, got 0"),
 ], ids=lambda value: value if isinstance(value, str) and not value.startswith("--") else None)
 def test_every_scripts_counts_below_their_minimum_are_refused_before_loading(script, argv, message, capsys):

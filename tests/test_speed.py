@@ -143,3 +143,16 @@ def test_the_benchmark_measures_the_precision_asked_and_says_where_the_step_time
         assert noise not in out + err, noise
     assert not [r for r in caplog.records if "too short to learn" in r.getMessage() or "about chance" in
                 r.getMessage()]
+
+
+def test_the_benchmark_measures_the_network_asked_with_its_size(tmp_path):
+    from helpers import load_script
+
+    figures = tmp_path / "bench.json"
+    argv = ["--architecture", "resnet50", "--steps", "1", "--warmup", "1", "--eval_images", "10", "--batch_size", "2",
+            "--bf16", "false", "--json", str(figures)]
+    assert load_script("benchmark").main(argv) == 0
+    result = json.loads(figures.read_text())
+    assert result["architecture"] == "resnet50" and int(result["parameters"].replace(",", "")) > 23_000_000
+    assert result["multiply_adds_g"] == 1.3 and result["step_img_s"] > 0  # ResNet50-CBAM, CIFAR stem, 32 px (18: 0.56)
+

@@ -18,6 +18,7 @@ from transformers import PrinterCallback, TrainerCallback, default_data_collator
 from modeling_resnet_cbam import ResNetCBAMConfig, ResNetCBAMForImageClassification
 from training.arguments import FinetuneTrainingArguments, ModelArguments, StageArguments
 from training.data import DataArguments
+from training.defaults import multiply_adds
 from training.hardware import autocast, mixed_precision, precision
 from training.images import upright_rgb
 from training.run import build_run
@@ -198,7 +199,8 @@ def short_on_purpose():
 
 
 def run_benchmark(dataset: str | None, steps: int, warmup: int, eval_images: int, batch_size: int = 64,
-                  train_dir: str | None = None, profile_steps: int = 0, **speed) -> dict:
+                  train_dir: str | None = None, profile_steps: int = 0, architecture: str = "resnet18",
+                  **speed) -> dict:
     """Every figure of the benchmark, measured in this process, in sequence. `speed` holds the training arguments
     under test (bf16, fp16, channels_last, data_on_device, torch_compile); None keeps the project's default. With
     `train_dir` (a folder of photos), the run is the photos' default (224 px, the ImageNet stem) and the JPEG decode
@@ -222,7 +224,8 @@ def run_benchmark(dataset: str | None, steps: int, warmup: int, eval_images: int
             **{name: value for name, value in speed.items() if value is not None},
         )
         timer = _StepTimer(warmup)
-        run = build_run(ModelArguments(backbone_weights="none"), data_args, StageArguments(recipe="full"),
+        run = build_run(ModelArguments(backbone_weights="none", architecture=architecture), data_args,
+                        StageArguments(recipe="full"),
                         training_args, extra_callbacks=[timer])
         trainer, args, device = run.trainer, run.trainer.args, run.trainer.args.device
         config = trainer.model.config
@@ -235,7 +238,10 @@ def run_benchmark(dataset: str | None, steps: int, warmup: int, eval_images: int
             "torch_version": torch.__version__,
             "steps": steps,
             "dataset": train_dir or dataset or "synthetic 32x32",
+            "architecture": architecture,
+            "parameters": f"{trainer.model.num_parameters():,}",
             "image_size": config.image_size,
+            "multiply_adds_g": round(multiply_adds(config, config.image_size) / 1e9, 2),
             "stem": config.stem,
             "loader_workers": 0 if trainer.device_data else args.dataloader_num_workers,
         }
