@@ -11,7 +11,7 @@ import sys
 from dataclasses import dataclass, field
 
 from training.inference import image_files
-from training.script_args import check_at_least, script_parser
+from training.script_args import check_at_least, check_port_free, script_parser
 
 
 @dataclass
@@ -31,6 +31,7 @@ class DemoArguments:
         check_at_least(self, top_k=1, port=1)
         if self.port > 65535:
             raise ValueError(f"--port must be at most 65535, got {self.port}")
+        check_port_free(self.host, self.port)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -156,6 +156,19 @@ def test_every_scripts_counts_below_their_minimum_are_refused_before_loading(scr
     assert message in capsys.readouterr().err
 
 
+def test_the_demo_refuses_a_port_another_server_listens_on_before_loading_anything(capsys):
+    import socket
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        assert load_script("demo").main(["--model", "m", "--port", str(port)]) == 2
+    err = capsys.readouterr().err
+    assert f"--port {port}: cannot listen on 127.0.0.1:{port}" in err and "give another --port" in err
+    assert "Traceback" not in err
+
+
 def test_top_losses_are_the_images_the_model_gets_most_wrong(model_dir, tmp_path):
     dataset = with_test_split(tmp_path / "ds")
     grid = tmp_path / "worst.png"

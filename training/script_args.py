@@ -60,6 +60,23 @@ def _check_parents(flag: str, target: Path) -> None:
         raise ValueError(f"{flag} {target}: {blocking} is a file, not a folder")
 
 
+def check_port_free(host: str, port: int) -> None:
+    """Refuse a port another server listens on, or an address this machine cannot listen on, before anything loads
+    (a server started there would end in its own traceback)."""
+    import errno
+    import socket
+
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a closed server's TIME_WAIT is no obstacle
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            busy = error.errno == errno.EADDRINUSE
+            raise ValueError(f"--port {port}: cannot listen on {host}:{port} ({error.strerror or error}): "
+                             + ("another server is listening there; give another --port" if busy else
+                                "check --host")) from None
+
+
 def comma_list(text: str | None, kind, flag: str) -> list | None:
     if text is None:
         return None
