@@ -170,3 +170,27 @@ def test_a_checkpoint_from_before_a_model_fact_existed_still_resumes(tmp_path, f
     changed = changed_facts(tmp_path, {"model": {**now, fact: other}, "seed": 1})
     then, now_said = changed[0].split(" in the checkpoint, ")
     assert len(changed) == 1 and f'"{fact}": "{LATER_MODEL_FACTS[fact]}"' in then and f'"{fact}": "{other}"' in now_said
+
+
+def test_a_batch_whose_training_step_cannot_fit_is_refused_with_both_figures(dataset, tmp_path, capsys, monkeypatch):
+    """--image_size 4096 was killed by the kernel with no message: a step that cannot fit in the free memory is
+    refused before the first step, naming what it needs and what is free; the lock does not stay behind."""
+    from helpers import flags
+
+    import training.defaults
+    from modeling_resnet_cbam import ResNetCBAMConfig
+    from training.defaults import training_bytes
+
+    def per_image(size):  # the outputs one more image adds
+        config = ResNetCBAMConfig(depths=[1, 1, 1, 1], image_size=size)
+        return training_bytes(config, 2) - training_bytes(config, 1)
+
+    assert 3.5 < per_image(32) / per_image(16) <= 4, "twice the side: four times the maps (the head's: the same)"
+    step = training_bytes(ResNetCBAMConfig(depths=[1, 1, 1, 1], image_size=16), 8)
+    monkeypatch.setattr(training.defaults, "free_memory", lambda device: step // 2)
+    out = tmp_path / "out"
+    assert finetune_main([*TINY, *flags(dataset, out)]) == 2
+    err = capsys.readouterr().err
+    assert "--image_size 16 at --per_device_train_batch_size 8: a training step of this network holds at least" in err
+    assert "GiB free; lower --per_device_train_batch_size or --image_size" in err and "Traceback" not in err
+    assert not (out / ".run.lock").exists()

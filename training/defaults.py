@@ -20,6 +20,7 @@ import torch
 from modeling_resnet_cbam import ResNetCBAMConfig, ResNetCBAMForImageClassification
 from modeling_resnet_cbam.configuration_resnet_cbam import CIFAR10_MEAN, CIFAR10_STD
 from training.backbones import TORCHVISION_ARCHITECTURES, BackboneWeights
+from training.hardware import free_memory
 from training.images import SizeProfile
 from training.recipes import Recipe
 
@@ -170,6 +171,36 @@ def multiply_adds(config: ResNetCBAMConfig, image_size: int) -> float:
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         model(pixel_values=pixels)
     return counter.get_total_flops() / 2
+
+
+def training_bytes(config: ResNetCBAMConfig, batch_size: int, element_size: int = 4) -> int:
+    """At least what one training step holds: every layer's output of `batch_size` images kept for the backward
+    pass (`element_size` bytes each: 2 under 16-bit autocast), and the weights, their gradients and Adam's two
+    moments in fp32. Counted on the meta device: nothing is allocated or computed."""
+    with torch.device("meta"):
+        model = ResNetCBAMForImageClassification(config)
+        pixels = torch.empty(1, config.num_channels, config.image_size, config.image_size)
+    outputs = []
+    layers = [module for module in model.modules() if not list(module.children())
+              and not getattr(module, "inplace", False)]  # an in-place ReLU's output is its input's memory
+    hooks = [layer.register_forward_hook(lambda _, __, out: outputs.append(out.numel())) for layer in layers]
+    with torch.no_grad():
+        model(pixel_values=pixels)
+    for hook in hooks:
+        hook.remove()
+    return batch_size * sum(outputs) * element_size + 4 * 4 * model.num_parameters()
+
+
+def check_training_memory(config: ResNetCBAMConfig, batch_size: int, device: torch.device, half: bool) -> None:
+    """Refuse, before the first step, an image size and batch whose training step cannot fit in the memory free
+    on the device (at 4096 px the kernel would kill the run with no message), said with both figures."""
+    need, free = training_bytes(config, batch_size, 2 if half else 4), free_memory(device)
+    if need > free:
+        where = "the GPU" if device.type == "cuda" else "this machine"
+        raise ValueError(f"--image_size {config.image_size} at --per_device_train_batch_size {batch_size}: a training "
+                         f"step of this network holds at least {need / 2**30:,.1f} GiB (the layers' outputs kept for "
+                         f"the backward pass, the weights and Adam's state), and {where} has {free / 2**30:,.1f} GiB "
+                         "free; lower --per_device_train_batch_size or --image_size")
 
 
 def warn_costly_stem(config: ResNetCBAMConfig) -> None:

@@ -86,6 +86,15 @@ def device_name(device: torch.device, world_size: int = 1) -> str:
 PRECISION_NAMES = {"bf16": "bf16 autocast", "fp16": "fp16 autocast with loss scaling", "no": "fp32"}
 
 
+def free_memory(device: torch.device) -> int:
+    """Bytes free for tensors now: the GPU's free memory, or on a CPU the memory the machine has available."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    import psutil
+
+    return psutil.virtual_memory().available
+
+
 def mixed_precision(bf16: bool, fp16: bool) -> str:
     """The --bf16 / --fp16 pair as one name: bf16, fp16 or no (fp32), as Accelerate names it."""
     return "bf16" if bf16 else "fp16" if fp16 else "no"

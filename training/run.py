@@ -34,7 +34,13 @@ from training.checkpoints import (
     writing,
 )
 from training.data import DataArguments, ImageData, labels_of, load_image_data
-from training.defaults import architecture_from_weights, resolve_architecture, wants_pretrained_stem, warn_costly_stem
+from training.defaults import (
+    architecture_from_weights,
+    check_training_memory,
+    resolve_architecture,
+    wants_pretrained_stem,
+    warn_costly_stem,
+)
 from training.device_data import DeviceData
 from training.ema import EMACallback
 from training.hardware import describe
@@ -126,6 +132,8 @@ def build_run(
     data = load_run_data(model_args, data_args, training_args, recipe, given.get("stem"))
     torch.manual_seed(training_args.seed)  # the new modules' initialisation is reproducible
     model, weights, chosen = build_model(model_args, data, recipe, given, backbone, from_weights)
+    check_training_memory(model.config, training_args.per_device_train_batch_size, training_args.device,
+                          training_args.bf16 or training_args.fp16)
     config = resolve_run(model_args, stage_args, training_args, recipe=recipe, why=why, schedule=schedule,
                          data=data, model=model, weights=weights, chosen=chosen)
     log_config(config, data, training_args)
