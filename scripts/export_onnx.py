@@ -10,6 +10,7 @@ model, output path or environment it cannot use.
 import sys
 from dataclasses import dataclass, field
 
+from training.defaults import check_inference_memory
 from training.inference import load_model
 from training.onnx_export import TOLERANCE, ParityError, check_output, export_onnx, require_onnx, speed_against_torch
 from training.script_args import script_parser
@@ -46,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
         require_onnx()
         check_output(args.output, args.overwrite)  # before the model loads
         model, processor = load_model(args.model, device="cpu")
+        if args.speed_batches:  # before the export: a batch too large for memory is refused, not a traceback after
+            check_inference_memory(model.config, max(args.speed_batches), "--speed")
         report = export_onnx(model, processor, args.output, args.output_attentions, args.tolerance, args.overwrite)
     except ValueError as error:  # ExportError included
         print(f"error: {error}", file=sys.stderr)

@@ -128,7 +128,7 @@ def _can_create(folder: Path) -> bool:
 
 
 @pytest.mark.parametrize("case", ["not a model", "unknown hub id", "missing folder", "read-only folder", "taken",
-                                  "tolerance"])
+                                  "tolerance", "speed batch beyond memory"])
 def test_bad_inputs_are_one_line_and_exit_2_with_nothing_written(saved, tmp_path, case):
     model, output = str(saved), tmp_path / "out" / "model.onnx"
     (tmp_path / "out").mkdir()
@@ -147,8 +147,10 @@ def test_bad_inputs_are_one_line_and_exit_2_with_nothing_written(saved, tmp_path
     elif case == "taken":
         output.write_text("a finished file")
         message = f"{output} exists; remove it or pass --overwrite"
-    else:
+    elif case == "tolerance":
         more, message = ["--tolerance", "0"], "--tolerance must be positive, got 0.0"
+    else:  # was an allocation traceback after a good export
+        more, message = ["--speed", "1,100000000"], "--speed: a batch of 100,000,000 images at 16 px holds at least"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
     done = run_script("export_onnx.py", "--model", model, "--output", str(output), *more, env=env)
     assert done.returncode == 2, done.stderr[-2000:]

@@ -173,22 +173,49 @@ def multiply_adds(config: ResNetCBAMConfig, image_size: int) -> float:
     return counter.get_total_flops() / 2
 
 
-def training_bytes(config: ResNetCBAMConfig, batch_size: int, element_size: int = 4) -> int:
-    """At least what one training step holds: every layer's output of `batch_size` images kept for the backward
-    pass (`element_size` bytes each: 2 under 16-bit autocast), and the weights, their gradients and Adam's two
-    moments in fp32. Counted on the meta device: nothing is allocated or computed."""
+def layer_outputs(config: ResNetCBAMConfig) -> list[int]:
+    """The elements of every layer's output for one image at the config's size, in forward order (an in-place
+    ReLU's output is its input's memory: left out). Counted on the meta device: nothing is allocated or computed."""
     with torch.device("meta"):
         model = ResNetCBAMForImageClassification(config)
         pixels = torch.empty(1, config.num_channels, config.image_size, config.image_size)
     outputs = []
     layers = [module for module in model.modules() if not list(module.children())
-              and not getattr(module, "inplace", False)]  # an in-place ReLU's output is its input's memory
+              and not getattr(module, "inplace", False)]
     hooks = [layer.register_forward_hook(lambda _, __, out: outputs.append(out.numel())) for layer in layers]
     with torch.no_grad():
         model(pixel_values=pixels)
     for hook in hooks:
         hook.remove()
-    return batch_size * sum(outputs) * element_size + 4 * 4 * model.num_parameters()
+    return outputs
+
+
+def parameter_count(config: ResNetCBAMConfig) -> int:
+    with torch.device("meta"):
+        return ResNetCBAMForImageClassification(config).num_parameters()
+
+
+def training_bytes(config: ResNetCBAMConfig, batch_size: int, element_size: int = 4) -> int:
+    """At least what one training step holds: every layer's output of `batch_size` images kept for the backward
+    pass (`element_size` bytes each: 2 under 16-bit autocast), and the weights, their gradients and Adam's two
+    moments in fp32."""
+    return batch_size * sum(layer_outputs(config)) * element_size + 4 * 4 * parameter_count(config)
+
+
+def inference_bytes(config: ResNetCBAMConfig, batch_size: int) -> int:
+    """At least what a forward pass of `batch_size` images holds in fp32: the input, the largest layer's input and
+    output at once, and the weights."""
+    image = config.num_channels * config.image_size**2
+    return 4 * (batch_size * (image + 2 * max(layer_outputs(config))) + parameter_count(config))
+
+
+def check_inference_memory(config: ResNetCBAMConfig, batch_size: int, flag: str) -> None:
+    """Refuse, before any work, a batch whose forward pass cannot fit in this machine's free memory."""
+    need, free = inference_bytes(config, batch_size), free_memory(torch.device("cpu"))
+    if need > free:
+        raise ValueError(f"{flag}: a batch of {batch_size:,} images at {config.image_size} px holds at least "
+                         f"{need / 2**30:,.1f} GiB in a forward pass, and this machine has {free / 2**30:,.1f} GiB "
+                         "free; give smaller batch sizes")
 
 
 def check_training_memory(config: ResNetCBAMConfig, batch_size: int, device: torch.device, half: bool) -> None:
