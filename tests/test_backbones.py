@@ -224,3 +224,34 @@ def test_a_cbam_checkpoint_of_another_layout_is_refused_naming_the_first_tensor_
     with pytest.raises(ValueError, match=re.escape("tensor 'layer1.0.cbam.SpatialGate.spatial.conv2d.weight' has no "
                                                    "counterpart")):
         load_backbone_weights(model, weights)
+
+
+@pytest.mark.slow
+def test_a_resnet50_from_a_weights_file_fine_tunes_on_the_photos_and_its_folder_loads_alone(tmp_path):
+    """Issue 42's end to end, at the real size (`python -m pytest -m slow`): torchvision's ResNet50 layout saved to a
+    file, a few steps on the ants and bees photos, then the saved folder alone (no project package) through
+    AutoModelForImageClassification and pipeline."""
+    import torchvision
+    from helpers import ROOT, load_alone
+
+    from training.cli import finetune_main
+
+    photos = ROOT.parent / "shared" / "datasets" / "hymenoptera"
+    if not photos.is_dir():
+        pytest.skip("the ants and bees photos are not here (../shared)")
+    torch.save(torchvision.models.resnet50().state_dict(), tmp_path / "resnet50.pth")
+    out = tmp_path / "run"
+    assert finetune_main(["--train_dir", str(photos / "train"), "--validation_dir", str(photos / "val"),
+                          "--architecture", "resnet50", "--backbone_weights", str(tmp_path / "resnet50.pth"),
+                          "--max_train_samples", "8", "--max_eval_samples", "8", "--num_train_epochs", "1",
+                          "--per_device_train_batch_size", "4", "--dataloader_num_workers", "0", "--report_to",
+                          "none", "--save_strategy", "no", "--output_dir", str(out)]) == 0
+    model = ResNetCBAMForImageClassification.from_pretrained(out).eval()
+    assert (model.config.layer_type, model.config.depths, model.config.image_size) == ("bottleneck", [3, 4, 6, 3],
+                                                                                         224)
+    x = torch.randn(1, 3, 224, 224)
+    torch.save(x, tmp_path / "x.pt")
+    alone = load_alone(out, tmp_path / "x.pt", tmp_path)
+    with torch.no_grad():
+        torch.testing.assert_close(torch.tensor(alone["logits"]), model(x).logits, rtol=1e-4, atol=1e-4)
+    assert {row["label"] for row in alone["pipeline"]} == {"ants", "bees"}
