@@ -194,3 +194,19 @@ def test_a_batch_whose_training_step_cannot_fit_is_refused_with_both_figures(dat
     assert "--image_size 16 at --per_device_train_batch_size 8: a training step of this network holds at least" in err
     assert "GiB free; lower --per_device_train_batch_size or --image_size" in err and "Traceback" not in err
     assert not (out / ".run.lock").exists()
+
+
+def test_files_the_image_loader_does_not_read_are_counted_by_type(tmp_path, caplog):
+    """An iPhone's .heic photos were dropped without a word: they are counted, by type, with what to do."""
+    from training.data import DataArguments, load_image_data
+
+    folder = image_folder(tmp_path / "photos", n_per_class=4, names=("ants", "bees"))
+    (folder / "ants" / "IMG_0001.HEIC").write_bytes(b"not read")
+    (folder / "bees" / "IMG_0002.heic").write_bytes(b"not read")
+    (folder / "bees" / "notes.txt").write_text("taken in June")
+    (folder / "bees" / ".DS_Store").write_bytes(b"hidden: not a photo of anyone's")
+    data = load_image_data(DataArguments(train_dir=str(folder), validation_split="2"), seed=0)
+    assert sum(len(split) for split in data.splits.values()) == 8  # the photos, and only them
+    said = [r.getMessage() for r in caplog.records if "does not read" in r.getMessage()]
+    assert len(said) == 1 and "3 file(s) of a type the image loader does not read are left out (.heic: 2, .txt: 1)" \
+        in said[0]

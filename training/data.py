@@ -2,7 +2,6 @@
 training/transforms.py, the reading of image files in training/images.py."""
 
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,7 +11,7 @@ from datasets import ClassLabel, Dataset, DatasetDict, load_dataset, load_from_d
 from datasets import Image as ImageFeature
 
 from training.defaults import InputPreset, describe_input, resolve_input
-from training.images import ROW, DataError, SizeProfile, profile_sizes, verify_images
+from training.images import ROW, DataError, SizeProfile, check_image_folder, profile_sizes, verify_images
 from training.transforms import AUGMENT_ALIASES, AUGMENTATIONS, set_transforms
 
 logger = logging.getLogger(__name__)
@@ -280,7 +279,7 @@ def _load_source(args: DataArguments) -> DatasetDict:
 def _load_splits(args: DataArguments) -> DatasetDict:
     if args.train_dir or args.validation_dir:  # a validation folder alone: what an evaluation needs
         for folder in filter(None, (args.train_dir, args.validation_dir)):
-            _check_class_folders(Path(folder))
+            check_image_folder(Path(folder))
         folders = [Path(folder).resolve() for folder in (args.train_dir, args.validation_dir) if folder]
         if len(folders) == 2 and folders[0] == folders[1]:
             logger.warning("--train_dir and --validation_dir are the same folder, %s: the validation accuracy will be "
@@ -296,39 +295,6 @@ def _load_splits(args: DataArguments) -> DatasetDict:
         return load_from_disk(args.dataset_name)
     loaded = load_dataset(args.dataset_name, args.dataset_config_name)
     return DatasetDict({_canonical_split(name): split for name, split in loaded.items()})
-
-
-def _check_class_folders(root: Path) -> None:
-    """An image folder's class sub-folders each hold a file: `imagefolder` drops an empty one without a word (and
-    with one class left, reports no label column at all)."""
-    if not root.is_dir():
-        raise DataError(f"{root}: no such folder (an image folder has one sub-folder of images per class)")
-    layout = f"an image folder holds one sub-folder per class, each with that class's images ({root / 'cat'}/1.jpg, " \
-             f"{root / 'dog'}/2.jpg, ...)"
-    classes = [path.name for path in sorted(root.iterdir()) if path.is_dir() and not path.name.startswith(".")]
-    if not classes:
-        loose = sum(1 for path in root.iterdir() if path.is_file() and not path.name.startswith("."))
-        raise DataError(f"{root}: no class folder{f' ({loose} files directly in it)' if loose else ''}: {layout}")
-    if len(classes) == 1:
-        raise DataError(f"{root}: one class folder ({classes[0]}); a classifier needs two classes or more: {layout}")
-    for folder, subfolders, _ in os.walk(root):  # os.walk does not follow links: a loop is found, not walked
-        here = Path(folder).resolve()
-        for name in subfolders:
-            link = Path(folder) / name
-            if link.is_symlink() and link.resolve() in (here, *here.parents):
-                raise DataError(f"{root}: {link.relative_to(root)} is a link back to {link.resolve()} (a loop: its "
-                                "images would be found again, under another name); remove the link")
-    empty = [path.name for path in sorted(root.iterdir()) if path.is_dir() and not any(p.is_file()
-                                                                                        for p in path.rglob("*"))]
-    if empty:
-        raise DataError(f"{root}: the class folder(s) {', '.join(empty)} hold no image; add images or remove them")
-    nested = next((path for path in sorted(root.glob("*/*/**/*")) if path.is_file() and not
-                   any(part.startswith(".") for part in path.relative_to(root).parts)), None)
-    if nested is not None:  # `imagefolder` would take its folder as a label of another depth, and find no labels
-        cls = nested.relative_to(root).parts[0]
-        raise DataError(f"{root}: {nested.relative_to(root)} is in a sub-folder of the class folder {cls}/; an image "
-                        f"folder holds its images directly in one folder per class: move them into {root / cls} "
-                        "or out of the image folder")
 
 
 def _canonical_split(name: str) -> str:

@@ -2,7 +2,10 @@
 
 import io
 import logging
+import os
+from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from datasets import Dataset, DatasetDict
@@ -129,3 +132,50 @@ def profile_sizes(split: Dataset, image_column: str, sample: int = 1000, seed: i
         except Exception:  # noqa: BLE001 - any unreadable header: decoding reports the file
             continue
     return SizeProfile(tuple(sizes), len(split))
+
+
+def check_image_folder(root: Path) -> None:
+    """An image folder's class sub-folders each hold a file: `imagefolder` drops an empty one without a word (and
+    with one class left, reports no label column at all)."""
+    if not root.is_dir():
+        raise DataError(f"{root}: no such folder (an image folder has one sub-folder of images per class)")
+    layout = f"an image folder holds one sub-folder per class, each with that class's images ({root / 'cat'}/1.jpg, " \
+             f"{root / 'dog'}/2.jpg, ...)"
+    classes = [path.name for path in sorted(root.iterdir()) if path.is_dir() and not path.name.startswith(".")]
+    if not classes:
+        loose = sum(1 for path in root.iterdir() if path.is_file() and not path.name.startswith("."))
+        raise DataError(f"{root}: no class folder{f' ({loose} files directly in it)' if loose else ''}: {layout}")
+    if len(classes) == 1:
+        raise DataError(f"{root}: one class folder ({classes[0]}); a classifier needs two classes or more: {layout}")
+    for folder, subfolders, _ in os.walk(root):  # os.walk does not follow links: a loop is found, not walked
+        here = Path(folder).resolve()
+        for name in subfolders:
+            link = Path(folder) / name
+            if link.is_symlink() and link.resolve() in (here, *here.parents):
+                raise DataError(f"{root}: {link.relative_to(root)} is a link back to {link.resolve()} (a loop: its "
+                                "images would be found again, under another name); remove the link")
+    empty = [path.name for path in sorted(root.iterdir()) if path.is_dir() and not any(p.is_file()
+                                                                                        for p in path.rglob("*"))]
+    if empty:
+        raise DataError(f"{root}: the class folder(s) {', '.join(empty)} hold no image; add images or remove them")
+    _warn_unread_files(root)
+    nested = next((path for path in sorted(root.glob("*/*/**/*")) if path.is_file() and not
+                   any(part.startswith(".") for part in path.relative_to(root).parts)), None)
+    if nested is not None:  # `imagefolder` would take its folder as a label of another depth, and find no labels
+        cls = nested.relative_to(root).parts[0]
+        raise DataError(f"{root}: {nested.relative_to(root)} is in a sub-folder of the class folder {cls}/; an image "
+                        f"folder holds its images directly in one folder per class: move them into {root / cls} "
+                        "or out of the image folder")
+
+
+def _warn_unread_files(root: Path) -> None:
+    """Files in the class folders of a type `imagefolder` does not read (an iPhone's .heic, a .txt note) are left out
+    of the data: said with their count by type, so that a class that lost its photos is noticed."""
+    from datasets.packaged_modules.imagefolder.imagefolder import ImageFolder
+
+    unread = Counter(path.suffix.lower() or path.name for path in root.glob("*/*") if path.is_file()
+                     and not path.name.startswith(".") and path.suffix.lower() not in ImageFolder.EXTENSIONS)
+    if unread:
+        kinds = ", ".join(f"{suffix}: {count}" for suffix, count in unread.most_common())
+        logger.warning("%s: %d file(s) of a type the image loader does not read are left out (%s); convert photos to "
+                       "JPEG or PNG to train on them", root, unread.total(), kinds)
