@@ -16,7 +16,7 @@ from PIL import Image, ImageOps
 from safetensors.torch import load_file
 from torchvision.models.resnet import BasicBlock
 
-from modeling_resnet_cbam import ResNetCBAMConfig
+from modeling_resnet_cbam import ResNetCBAMConfig, ResNetCBAMForImageClassification
 from training import recipes
 from training.backbones import load_backbone_weights, torchvision_state_dict
 from training.callbacks import ChanceLevelCallback
@@ -309,3 +309,41 @@ def test_photos_are_read_upright_as_viewers_datasets_and_pipeline_show_them(tmp_
     seen = preprocess_image(lambda image, return_tensors: {"pixel_values": [np.asarray(image)]},
                             tmp_path / "portrait.jpg")  # predict, attention maps, the demo
     assert np.array_equal(seen, np.asarray(upright))
+
+
+def test_predict_evaluate_and_pipeline_agree_on_a_photo_stored_sideways(tmp_path):
+    """A phone's portrait photo (stored sideways, EXIF orientation 6) gets the same probabilities from predict.py,
+    evaluate_model.py and transformers' pipeline, the documented way to use a saved model: all three see it upright."""
+    from transformers import pipeline
+
+    folder = tmp_path / "model"
+    torch.manual_seed(0)
+    model = ResNetCBAMForImageClassification(ResNetCBAMConfig(depths=[1, 1, 1, 1], image_size=16, stem="imagenet",
+                                                              id2label={0: "ants", 1: "bees"}))
+    with torch.no_grad():
+        model.classifier.weight.mul_(300)  # confident: a photo read sideways would score clearly otherwise
+    model.eval().save_pretrained(folder)
+    for name in ("ants", "bees"):
+        (tmp_path / "val" / name).mkdir(parents=True)
+        turned_photo(tmp_path / "val" / name / f"{name}.jpg")
+    photo = tmp_path / "val" / "ants" / "ants.jpg"
+    assert load_script("predict").main(["--model", str(folder), str(photo), "--top_k", "2", "--num_workers", "0",
+                                        "--device", "cpu", "--json", str(tmp_path / "p.json")]) == 0
+    predicted = {row["label"]: row["score"] for row in json.loads((tmp_path / "p.json").read_text())[0]["predictions"]}
+    piped = {row["label"]: row["score"] for row in pipeline("image-classification", model=str(folder),
+                                                               trust_remote_code=True)(str(photo), top_k=2)}
+    assert predicted.keys() == piped.keys() == {"ants", "bees"}
+    assert all(abs(predicted[label] - piped[label]) < 1e-4 for label in piped), (predicted, piped)
+    assert load_script("evaluate_model").main(["--model", str(folder), "--validation_dir", str(tmp_path / "val"),
+                                               "--top_losses", "2", "--device", "cpu", "--json",
+                                               str(tmp_path / "e.json"), "--top_losses_plot",
+                                               str(tmp_path / "worst.png")]) == 0
+    rows = json.loads((tmp_path / "e.json").read_text())["top_losses"]
+    loss = next(row["loss"] for row in rows if row["true"] == "ants")
+    sideways = tmp_path / "sideways.png"  # the stored pixels, without the EXIF turn
+    with Image.open(photo) as stored:
+        stored.convert("RGB").save(sideways)
+    read_sideways = {row["label"]: row["score"] for row in pipeline("image-classification", model=str(folder),
+                                                                       trust_remote_code=True)(str(sideways), top_k=2)}
+    assert abs(loss - -np.log(piped["ants"])) < 1e-4, "evaluate_model scores the photo as pipeline does"
+    assert abs(read_sideways["ants"] - piped["ants"]) > 0.01, "read sideways it scores otherwise: the test can fail"
