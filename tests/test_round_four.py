@@ -186,6 +186,7 @@ def test_a_batch_whose_training_step_cannot_fit_is_refused_with_both_figures(dat
         return training_bytes(config, 2) - training_bytes(config, 1)
 
     assert 3.5 < per_image(32) / per_image(16) <= 4, "twice the side: four times the maps (the head's: the same)"
+    assert training_bytes(ResNetCBAMConfig(depths=[1, 1, 1, 1], stem="imagenet", image_size=16), 1) > 0  # 1x1 maps
     step = training_bytes(ResNetCBAMConfig(depths=[1, 1, 1, 1], image_size=16), 8)
     monkeypatch.setattr(training.defaults, "free_memory", lambda device: step // 2)
     out = tmp_path / "out"

@@ -177,8 +177,8 @@ def layer_outputs(config: ResNetCBAMConfig) -> list[int]:
     """The elements of every layer's output for one image at the config's size, in forward order (an in-place
     ReLU's output is its input's memory: left out). Counted on the meta device: nothing is allocated or computed."""
     with torch.device("meta"):
-        model = ResNetCBAMForImageClassification(config)
-        pixels = torch.empty(1, config.num_channels, config.image_size, config.image_size)
+        model = ResNetCBAMForImageClassification(config).eval()  # one image: BatchNorm's training check would refuse
+        pixels = torch.empty(1, config.num_channels, config.image_size, config.image_size)  # a 1x1 map of it
     outputs = []
     layers = [module for module in model.modules() if not list(module.children())
               and not getattr(module, "inplace", False)]
