@@ -51,7 +51,8 @@ def test_the_script_prints_its_suggestion_draws_the_curve_and_saves_nothing(data
 @pytest.mark.parametrize(("more", "message"), [
     (["--start_lr", "1e-3", "--end_lr", "1e-4"], "the lr range must increase from a positive --start_lr"),
     (["--start_lr", "0"], "the lr range must increase from a positive --start_lr"),
-    (["--stage", "4"], "--stage 4: the recipe has 3 stage(s)"),
+    (["--recipe", "staged", "--stage", "4"], "--stage 4: the recipe has 3 stage(s)"),
+    (["--stage", "2"], "--stage 2: the recipe has 1 stage(s)"),  # the default on trained weights: one stage
     (["--stage", "0"], "--stage must be at least 1, got 0"),
     (["--num_steps", "1"], "--num_steps must be at least 2, got 1"),
     (["--push_to_hub", "--ema_decay", "0.9"], "--push_to_hub, --ema_decay: no effect on the range test"),
