@@ -2,6 +2,7 @@
 saved, what the card and results say, how a stage boundary counts, and exact resume with them on."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -116,3 +117,33 @@ def test_a_resumed_runs_training_time_is_every_sessions(dataset, tmp_path):
     metrics = resumed.record.metrics
     assert metrics["train_wall_seconds"] == pytest.approx(seconds) == metrics["train_runtime"]
     assert metrics["train_samples_per_second"] == pytest.approx(32 * 3 / seconds)
+
+
+@pytest.mark.parametrize("first_watched", [[], ["--load_best_model_at_end", "--metric_for_best_model", "accuracy"]],
+                         ids=["none-before", "accuracy-before"])
+def test_the_best_epoch_of_a_resumed_run_is_chosen_over_its_whole_history(dataset, tmp_path, first_watched):
+    """A run resumed with --allow_changed_run that now keeps its best epoch by loss: epoch 1, before the resume, is
+    the best (later stages ruin the model), so it is the epoch kept, not the best since the resume."""
+    ruin_after_one = ["--stage_lrs", "1e-3,0.5,0.5"]
+    run(flags(dataset, tmp_path / "first", *ruin_after_one, *first_watched))
+    resumed, _ = run(flags(dataset, tmp_path / "first", *ruin_after_one, "--load_best_model_at_end",
+                           "--metric_for_best_model", "loss", "--allow_changed_run",
+                           "--resume_from_checkpoint", str(tmp_path / "first" / "checkpoint-8")))
+    losses = {entry["step"]: entry["eval_loss"] for entry in eval_entries(tmp_path / "first")}
+    assert sorted(losses) == [4, 8, 12] and min(losses, key=losses.get) == 4, "the test needs epoch 1 best"
+    kept = resumed.record.metrics["kept_epoch"]
+    assert (kept["step"], kept["checkpoint"], kept["value"]) == (4, "checkpoint-4", losses[4])
+
+
+def test_a_best_epoch_whose_checkpoint_is_gone_is_named_and_the_best_kept_one_is_used(dataset, tmp_path, caplog):
+    ruin_after_one = ["--stage_lrs", "1e-3,0.5,0.5"]
+    run(flags(dataset, tmp_path / "first", *ruin_after_one))
+    shutil.rmtree(tmp_path / "first" / "checkpoint-4")
+    resumed, _ = run(flags(dataset, tmp_path / "first", *ruin_after_one, "--load_best_model_at_end",
+                           "--metric_for_best_model", "loss", "--allow_changed_run",
+                           "--resume_from_checkpoint", str(tmp_path / "first" / "checkpoint-8")))
+    losses = {entry["step"]: entry["eval_loss"] for entry in eval_entries(tmp_path / "first")}
+    assert min(losses, key=losses.get) == 4, "the test needs epoch 1 best"
+    assert resumed.record.metrics["kept_epoch"]["step"] == min((8, 12), key=losses.get)
+    assert "epoch 1 had the best eval_loss of the run so far" in caplog.text
+    assert "its checkpoint is no longer in" in caplog.text

@@ -6,6 +6,7 @@ learning rates are not set here, because the Trainer's LambdaLR rewrites every p
 """
 
 import logging
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -192,6 +193,31 @@ class EarlyStopping(TrainerCallback):
             control.should_training_stop = True
             logger.info("early stopping at epoch %g: %s has not improved for %d evaluations in the last stage",
                         state.epoch, self.key, waited)
+
+
+class BestOfWholeRun(TrainerCallback):
+    """--load_best_model_at_end on a resumed run: the best evaluation is chosen over the run's whole log history,
+    resumes included. The Trainer carries its best over from the checkpoint's state, which a run resumed with
+    --allow_changed_run may not have (it watched nothing, or another metric): it would then keep the best since the
+    resume. An evaluation counts if its checkpoint is still on disk (in the folder of `checkpoint`: a run resumed
+    into another folder reads its earlier epochs from there); a better one whose checkpoint is gone is named."""
+
+    def __init__(self, checkpoint: Path):
+        self.folder = checkpoint.parent
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        key, better = f"eval_{args.metric_for_best_model}", max if args.greater_is_better else min
+        evaluations = [entry for entry in state.log_history if key in entry]
+        kept = [entry for entry in evaluations if (self.folder / f"checkpoint-{entry['step']}").is_dir()]
+        # max and min return the first of equal values: the Trainer counts only a strict improvement
+        best = better(kept, key=lambda entry: entry[key], default=None)
+        overall = better(evaluations, key=lambda entry: entry[key], default=None)
+        if overall is not None and (best is None or overall[key] != best[key]):
+            logger.warning("epoch %g had the best %s of the run so far, %.4f, but its checkpoint is no longer in %s: "
+                           "it cannot be the model kept", overall["epoch"], key, overall[key], self.folder)
+        state.best_metric = best[key] if best else None
+        state.best_global_step = best["step"] if best else None
+        state.best_model_checkpoint = str(self.folder / f"checkpoint-{best['step']}") if best else None
 
 
 class ChanceLevelCallback(TrainerCallback):

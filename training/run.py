@@ -23,7 +23,13 @@ from training.arguments import (
 )
 from training.backbones import BackboneWeights, load_backbone_weights, read_backbone_weights
 from training.batches import describe_mixing
-from training.callbacks import ChanceLevelCallback, EarlyStopping, RankConsistencyCallback, StageCallback
+from training.callbacks import (
+    BestOfWholeRun,
+    ChanceLevelCallback,
+    EarlyStopping,
+    RankConsistencyCallback,
+    StageCallback,
+)
 from training.checkpoints import (
     RunFactsCallback,
     check_output_dir,
@@ -157,6 +163,7 @@ def build_trainer(config: RunConfig, model: ResNetCBAMForImageClassification, da
     patience = training_args.early_stopping_patience
     stopping = [EarlyStopping(patience, training_args.metric_for_best_model, training_args.greater_is_better)] \
         if patience else []
+    best = [BestOfWholeRun(checkpoint)] if training_args.load_best_model_at_end and checkpoint else []
     return StagedTrainer(
         model=model,
         args=trainer_args,
@@ -165,7 +172,7 @@ def build_trainer(config: RunConfig, model: ResNetCBAMForImageClassification, da
         data_collator=default_data_collator,
         compute_metrics=compute_accuracy,
         callbacks=[*extra_callbacks, StageCallback(stage_args.bn_policy), RankConsistencyCallback(),
-                   ChanceLevelCallback(_label_counts(data, "validation"), data.label_names), *ema, *stopping,
+                   ChanceLevelCallback(_label_counts(data, "validation"), data.label_names), *ema, *stopping, *best,
                    RunFactsCallback(record.identity())],  # facts last: complete
         schedule=config.schedule,
         device_data=device_data,
