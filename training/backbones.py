@@ -16,6 +16,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from textwrap import shorten
 from types import MappingProxyType
@@ -44,10 +45,10 @@ class BackboneWeights:
     tensors: Mapping[str, torch.Tensor]
     cbam_style: str | None = None  # "authors": the source holds the CBAM authors' trained modules, inside each block
 
-    @property
+    @cached_property
     def layout(self) -> tuple[str, list[int]] | None:
         """The block type and depths (None: not a ResNet): bottleneck when layer1's first block has a conv3, the
-        depths from the highest block index of each stage."""
+        depths from the highest block index of each stage (found once: every key is scanned)."""
         blocks = {stage: {int(key.split(".")[1]) for key in self.tensors if key.startswith(f"{stage}.")}
                   for stage in STAGE_NAMES}
         if not all(blocks.values()):
@@ -216,9 +217,9 @@ def read_backbone_weights(source: str | os.PathLike, layer_type: str = ResNetCBA
         state_dict, config = _read_file(_hub_file(source, "model.safetensors")), _hub_config(source)
     if config is not None and Path(config).is_file():
         _check_transformers_strides(source, Path(config))
-    tensors = _torchvision_names(source, state_dict)
-    authors = any(".cbam.ChannelGate." in key for key in _unwrapped(source, state_dict))
-    return BackboneWeights(source, MappingProxyType(tensors), "authors" if authors else None)
+    state_dict = _unwrapped(source, state_dict)
+    authors = any(".cbam.ChannelGate." in key for key in state_dict)
+    return BackboneWeights(source, MappingProxyType(_torchvision_names(state_dict)), "authors" if authors else None)
 
 
 def _download_torchvision(layer_type: str, depths: list[int]) -> dict:
@@ -272,12 +273,11 @@ def _check_transformers_strides(source: str, config_file: Path) -> None:
                              "second stage on), so these weights would load and compute something else")
 
 
-def _torchvision_names(source: str, state_dict) -> dict[str, torch.Tensor]:
-    """A read state dict's tensors under torchvision's names: a `state_dict`/`model` wrapper, DataParallel's
-    `module.` and a saved ResNet-CBAM's backbone prefix dropped, transformers' ResNet names and the CBAM authors'
-    module names mapped."""
+def _torchvision_names(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """An unwrapped state dict's tensors under torchvision's names: DataParallel's `module.` and a saved
+    ResNet-CBAM's backbone prefix dropped, transformers' ResNet names and the CBAM authors' module names mapped."""
     return {_torchvision_name(key.removeprefix("module.").removeprefix(f"{BACKBONE_PREFIX}.")): tensor
-            for key, tensor in _unwrapped(source, state_dict).items()}
+            for key, tensor in state_dict.items()}
 
 
 def _unwrapped(source: str, state_dict) -> dict[str, torch.Tensor]:
