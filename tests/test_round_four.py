@@ -197,6 +197,20 @@ def test_a_batch_whose_training_step_cannot_fit_is_refused_with_both_figures(dat
     assert not (out / ".run.lock").exists()
 
 
+def test_the_processes_of_one_cpu_machine_share_its_memory(monkeypatch):
+    import training.defaults
+    from modeling_resnet_cbam import ResNetCBAMConfig
+    from training.defaults import check_training_memory, training_bytes
+    from training.hardware import Launch
+
+    config = ResNetCBAMConfig(depths=[1, 1, 1, 1], image_size=16)
+    monkeypatch.setattr(training.defaults, "free_memory", lambda device: training_bytes(config, 8) * 3 // 2)
+    check_training_memory(config, 8, torch.device("cpu"), half=False)  # one process: fits
+    monkeypatch.setattr(training.defaults, "launch", lambda: Launch(world_size=2, local_world_size=2))
+    with pytest.raises(ValueError, match="the training steps of this machine's 2 processes hold at least"):
+        check_training_memory(config, 8, torch.device("cpu"), half=False)
+
+
 def test_files_the_image_loader_does_not_read_are_counted_by_type(tmp_path, caplog):
     """An iPhone's .heic photos were dropped without a word: they are counted, by type, with what to do."""
     from training.data import DataArguments, load_image_data

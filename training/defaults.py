@@ -20,7 +20,7 @@ import torch
 from modeling_resnet_cbam import ResNetCBAMConfig, ResNetCBAMForImageClassification
 from modeling_resnet_cbam.configuration_resnet_cbam import CIFAR10_MEAN, CIFAR10_STD
 from training.backbones import TORCHVISION_ARCHITECTURES, BackboneWeights
-from training.hardware import free_memory
+from training.hardware import free_memory, launch
 from training.images import SizeProfile
 from training.recipes import Recipe
 
@@ -173,9 +173,10 @@ def multiply_adds(config: ResNetCBAMConfig, image_size: int) -> float:
     return counter.get_total_flops() / 2
 
 
-def layer_outputs(config: ResNetCBAMConfig) -> list[int]:
+def layer_outputs(config: ResNetCBAMConfig) -> tuple[list[int], int]:
     """The elements of every layer's output for one image at the config's size, in forward order (an in-place
-    ReLU's output is its input's memory: left out). Counted on the meta device: nothing is allocated or computed."""
+    ReLU's output is its input's memory: left out), and the network's parameter count. Counted on the meta device:
+    nothing is allocated or computed."""
     with torch.device("meta"):
         model = ResNetCBAMForImageClassification(config).eval()  # one image: BatchNorm's training check would refuse
         pixels = torch.empty(1, config.num_channels, config.image_size, config.image_size)  # a 1x1 map of it
@@ -187,26 +188,23 @@ def layer_outputs(config: ResNetCBAMConfig) -> list[int]:
         model(pixel_values=pixels)
     for hook in hooks:
         hook.remove()
-    return outputs
-
-
-def parameter_count(config: ResNetCBAMConfig) -> int:
-    with torch.device("meta"):
-        return ResNetCBAMForImageClassification(config).num_parameters()
+    return outputs, model.num_parameters()
 
 
 def training_bytes(config: ResNetCBAMConfig, batch_size: int, element_size: int = 4) -> int:
     """At least what one training step holds: every layer's output of `batch_size` images kept for the backward
     pass (`element_size` bytes each: 2 under 16-bit autocast), and the weights, their gradients and Adam's two
     moments in fp32."""
-    return batch_size * sum(layer_outputs(config)) * element_size + 4 * 4 * parameter_count(config)
+    outputs, parameters = layer_outputs(config)
+    return batch_size * sum(outputs) * element_size + 4 * 4 * parameters
 
 
 def inference_bytes(config: ResNetCBAMConfig, batch_size: int) -> int:
     """At least what a forward pass of `batch_size` images holds in fp32: the input, the largest layer's input and
     output at once, and the weights."""
+    outputs, parameters = layer_outputs(config)
     image = config.num_channels * config.image_size**2
-    return 4 * (batch_size * (image + 2 * max(layer_outputs(config))) + parameter_count(config))
+    return 4 * (batch_size * (image + 2 * max(outputs)) + parameters)
 
 
 def check_inference_memory(config: ResNetCBAMConfig, batch_size: int, flag: str) -> None:
@@ -220,14 +218,18 @@ def check_inference_memory(config: ResNetCBAMConfig, batch_size: int, flag: str)
 
 def check_training_memory(config: ResNetCBAMConfig, batch_size: int, device: torch.device, half: bool) -> None:
     """Refuse, before the first step, an image size and batch whose training step cannot fit in the memory free
-    on the device (at 4096 px the kernel would kill the run with no message), said with both figures."""
-    need, free = training_bytes(config, batch_size, 2 if half else 4), free_memory(device)
+    on the device (at 4096 px the kernel would kill the run with no message), said with both figures. On CPUs the
+    machine's processes share its memory: the need is every local process's step."""
+    processes = 1 if device.type == "cuda" else launch().local_world_size
+    need, free = processes * training_bytes(config, batch_size, 2 if half else 4), free_memory(device)
     if need > free:
+        step = "a training step of this network holds" if processes == 1 else \
+            f"the training steps of this machine's {processes} processes hold"
         where = "the GPU" if device.type == "cuda" else "this machine"
-        raise ValueError(f"--image_size {config.image_size} at --per_device_train_batch_size {batch_size}: a training "
-                         f"step of this network holds at least {need / 2**30:,.1f} GiB (the layers' outputs kept for "
-                         f"the backward pass, the weights and Adam's state), and {where} has {free / 2**30:,.1f} GiB "
-                         "free; lower --per_device_train_batch_size or --image_size")
+        raise ValueError(f"--image_size {config.image_size} at --per_device_train_batch_size {batch_size}: {step} "
+                         f"at least {need / 2**30:,.1f} GiB (the layers' outputs kept for the backward pass, the "
+                         f"weights and Adam's state), and {where} has {free / 2**30:,.1f} GiB free; lower "
+                         "--per_device_train_batch_size or --image_size")
 
 
 def warn_costly_stem(config: ResNetCBAMConfig) -> None:
