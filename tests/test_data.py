@@ -109,6 +109,22 @@ def test_every_image_mode_becomes_rgb(tmp_path, mode):
     assert data.splits["validation"][0]["pixel_values"].shape == (3, 32, 32)
 
 
+def test_a_16_bit_scan_keeps_its_tones_and_a_transparent_pixel_shows_white(tmp_path):
+    from PIL import Image
+
+    from training.images import decode_image
+
+    ramp = np.linspace(0, 65535, 64 * 16).reshape(16, 64).astype(np.uint16)  # black to white, as a viewer shows
+    Image.fromarray(ramp).save(tmp_path / "scan.png")
+    shown = np.asarray(decode_image({"path": str(tmp_path / "scan.png"), "bytes": None}, "train", 0))
+    assert shown.shape == (16, 64, 3) and np.abs(shown[..., 0].astype(int) - ramp // 257).max() <= 1, "scaled"
+    rgba = np.zeros((4, 4, 4), np.uint8)
+    rgba[..., 0], rgba[0, 0, 3] = 200, 255  # red under full transparency, but the first pixel
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "cutout.png")
+    shown = np.asarray(decode_image({"path": str(tmp_path / "cutout.png"), "bytes": None}, "train", 0))
+    assert shown[0, 0].tolist() == [200, 0, 0] and shown[1, 1].tolist() == [255, 255, 255]
+
+
 def test_string_labels_are_named(tmp_path):
     images = [image_bytes(random_image(seed=i)) for i in range(12)]
     split = Dataset.from_dict(

@@ -38,10 +38,25 @@ EXIF_ORIENTATION = 0x0112  # the tag every phone and camera writes: how to turn 
 TURNED = {5, 6, 7, 8}  # its values that turn the image by 90 degrees (width and height swap)
 
 
+TRANSPARENT_BACKGROUND = (255, 255, 255)  # what a transparent pixel shows: white, as a browser page or viewer shows it
+# the white of each wide mode, scaled to 255: 16-bit integers (PNG, TIFF; Pillow opens some as 32-bit "I"), floats
+WIDE_MODE_WHITE = {"I;16": 65535, "I;16L": 65535, "I;16B": 65535, "I;16N": 65535, "I": 65535, "F": 1.0}
+
+
 def upright_rgb(image: Image.Image) -> Image.Image:
     """An image as a viewer shows it, in RGB: its EXIF orientation applied (as `datasets` and transformers'
-    `pipeline` do, so that training and every use of the saved model see the same photo), any mode converted."""
-    return ImageOps.exif_transpose(image).convert("RGB")
+    `pipeline` do, so that training and every use of the saved model see the same photo); a 16-bit or float image
+    scaled to 8 bits (Pillow's own conversion clips it: a 16-bit scan turns almost white); transparency over
+    TRANSPARENT_BACKGROUND (the conversion alone would show the colours stored under transparent pixels); any
+    other mode converted."""
+    image = ImageOps.exif_transpose(image)
+    if image.mode in WIDE_MODE_WHITE:
+        scaled = np.asarray(image, dtype=np.float64) * (255 / WIDE_MODE_WHITE[image.mode])
+        image = Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8))
+    if image.has_transparency_data:
+        background = Image.new("RGBA", image.size, TRANSPARENT_BACKGROUND)
+        image = Image.alpha_composite(background, image.convert("RGBA"))
+    return image.convert("RGB")
 
 
 def upright_size(image: Image.Image) -> tuple[int, int]:
