@@ -164,9 +164,17 @@ def test_the_chance_warning_gives_the_majority_class_rate(caplog):
     state = type("State", (), {"epoch": 1.0})()
     with caplog.at_level(logging.WARNING):
         callback.on_evaluate(None, state, None, metrics={"eval_accuracy": 0.8})
+        callback.on_evaluate(None, state, None, metrics={"eval_accuracy": 102 / 153})  # 3 standard errors above
         assert not caplog.records
         callback.on_evaluate(None, state, None, metrics={"eval_accuracy": 83 / 153})
     assert "about chance (54.25%, what always answering 'bees', its most frequent class, scores)" in caplog.text
+    caplog.clear()
+    ten_classes = ChanceLevelCallback([500] * 10, [str(label) for label in range(10)])
+    with caplog.at_level(logging.WARNING):
+        ten_classes.on_evaluate(None, state, None, metrics={"eval_accuracy": 0.12})  # 4.7 standard errors above
+        assert not caplog.records
+        ten_classes.on_evaluate(None, state, None, metrics={"eval_accuracy": 0.11})
+    assert "is 11.00%, about chance (10.00%)" in caplog.text
 
 
 def test_a_photo_run_from_a_torchvision_file_keeps_the_pretrained_stem(photos, tmp_path, capsys):
