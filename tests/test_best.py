@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from tiny_run import run
 
 from training.arguments import parse_arguments
-from training.callbacks import evaluations_without_improvement
+from training.callbacks import best_evaluation, evaluations_without_improvement
 from training.outputs import write_model_card
 
 # Stage 3 at a rate that ruins the model: its epochs are worse than stage 2's, so the best is not the last epoch
@@ -21,6 +21,15 @@ RUINED_LAST_STAGE = ["--stage_lrs", "1e-3,1e-3,0.5"]
 def eval_entries(output_dir) -> list[dict]:
     history = json.loads((output_dir / "trainer_state.json").read_text())["log_history"]
     return [entry for entry in history if "eval_loss" in entry]
+
+
+def test_the_best_evaluation_is_the_first_of_equal_ones_as_the_trainer_keeps_it():
+    log = [{"step": 4, "eval_accuracy": 0.5}, {"step": 8, "eval_accuracy": 0.7}, {"step": 9, "loss": 0.1},
+           {"step": 12, "eval_accuracy": 0.7}]
+    evaluations = [entry for entry in log if "eval_accuracy" in entry]
+    assert best_evaluation(evaluations, "eval_accuracy", greater=True)["step"] == 8
+    assert best_evaluation(evaluations, "eval_accuracy", greater=False)["step"] == 4
+    assert best_evaluation([], "eval_accuracy", greater=True) is None
 
 
 def test_evaluations_without_improvement_counts_only_after_the_last_stage_starts():

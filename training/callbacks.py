@@ -165,12 +165,25 @@ def check_ranks_agree(model, device: torch.device, when: str) -> None:
     logger.info("all %d ranks hold identical parameters after %s", len(every_rank), when)
 
 
+def improves(value: float, best: float | None, greater: bool) -> bool:
+    """Whether an evaluation improves on the best before it: strictly, as the Trainer counts it."""
+    return best is None or (value > best if greater else value < best)
+
+
+def best_evaluation(entries: list[dict], key: str, greater: bool) -> dict | None:
+    """The log entry with the best `key` value, the first of equal ones (the Trainer keeps a best until beaten)."""
+    best = None
+    for entry in entries:
+        best = entry if improves(entry[key], None if best is None else best[key], greater) else best
+    return best
+
+
 def evaluations_without_improvement(evaluations: list[tuple[int, float]], counted_from: int, greater: bool) -> int:
     """How many of the latest evaluations (step, value), in a row, did not improve on the best before them; only
     evaluations after step `counted_from` count (earlier ones still set the best)."""
     best, waited = None, 0
     for step, value in evaluations:
-        improved = best is None or (value > best if greater else value < best)
+        improved = improves(value, best, greater)
         best = value if improved else best
         waited = 0 if improved else waited + (step > counted_from)
     return waited
@@ -207,12 +220,10 @@ class BestOfWholeRun(TrainerCallback):
         self.folder = checkpoint.parent
 
     def on_train_begin(self, args, state, control, **kwargs):
-        key, better = f"eval_{args.metric_for_best_model}", max if args.greater_is_better else min
+        key, greater = f"eval_{args.metric_for_best_model}", args.greater_is_better
         evaluations = [entry for entry in state.log_history if key in entry]
         kept = [entry for entry in evaluations if (self.folder / f"checkpoint-{entry['step']}").is_dir()]
-        # max and min return the first of equal values: the Trainer counts only a strict improvement
-        best = better(kept, key=lambda entry: entry[key], default=None)
-        overall = better(evaluations, key=lambda entry: entry[key], default=None)
+        best, overall = best_evaluation(kept, key, greater), best_evaluation(evaluations, key, greater)
         if overall is not None and (best is None or overall[key] != best[key]):
             logger.warning("epoch %g had the best %s of the run so far, %.4f, but its checkpoint is no longer in %s: "
                            "it cannot be the model kept", overall["epoch"], key, overall[key], self.folder)

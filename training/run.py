@@ -254,11 +254,7 @@ def kept_epoch(trainer: StagedTrainer) -> dict | None:
     state, args = trainer.state, trainer.args
     if not args.load_best_model_at_end or state.best_model_checkpoint is None:
         return None
-    checkpoint = Path(state.best_model_checkpoint)
-    if not checkpoint.is_dir():  # a run resumed elsewhere (hf://) whose best epoch came before the resume
-        logger.warning("the best checkpoint %s is not on this machine: the Trainer kept the last epoch's model",
-                       checkpoint)
-        return None
+    checkpoint = Path(state.best_model_checkpoint)  # on disk: BestOfWholeRun chose it among those of a resume
     key = f"eval_{args.metric_for_best_model}"
     entry = next(e for e in state.log_history if key in e and e["step"] == state.best_global_step)
     return {"epoch": entry["epoch"], "step": entry["step"], "checkpoint": checkpoint.name,
