@@ -296,6 +296,16 @@ def test_the_dataloader_path_follows_the_schedule_and_resumes_exactly(dataset, t
     assert_same_weights(tmp_path / "plain", tmp_path / "plain6")
 
 
+def test_a_loader_worker_augments_a_resumed_run_as_the_uninterrupted_one(dataset, tmp_path):
+    """A worker process draws the augmentation. It starts each epoch seeded from the run's RNG, which the epoch-end
+    checkpoint restores; a persistent worker would carry its draws over from the epochs before the resume."""
+    path = ["--data_on_device", "false", *RANDOM_AUGMENT, "--dataloader_num_workers", "1"]
+    run(flags(dataset, tmp_path / "full", "--save_strategy", "epoch", *path))
+    run(flags(dataset, tmp_path / "resumed", "--save_strategy", "no", *path,
+              "--resume_from_checkpoint", str(tmp_path / "full" / "checkpoint-8")))
+    assert_same_weights(tmp_path / "full", tmp_path / "resumed")
+
+
 @pytest.mark.parametrize("suffix", [".yaml", ".json"])
 def test_every_flag_can_come_from_one_file(tmp_path, suffix):
     values = {"dataset_name": "some/dataset", "stage_epochs": "1,2,3", "bn_policy": "frozen", "learning_rate": 0.5,

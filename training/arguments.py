@@ -200,7 +200,11 @@ class FinetuneTrainingArguments(TrainingArguments):
     logging_nan_inf_filter: bool = False  # refused: see REFUSED_FIELDS
     remove_unused_columns: bool = False  # the image column must reach the set_transform
     dataloader_num_workers: int = field(default_factory=default_num_workers)
-    dataloader_persistent_workers: bool = True
+    dataloader_persistent_workers: bool = field(default=False, metadata={"help": "Keep the loader workers "
+                                                "between epochs. Off: a worker's random state (the augmentation's) "
+                                                "then starts each epoch from the run's RNG, which a checkpoint "
+                                                "restores, so a resumed run augments as the uninterrupted one did; "
+                                                "a persistent worker carries it across epochs, and a resume cannot."})
     bf16: bool | None = field(
         default=None, metadata={"help": "bf16 autocast. Default: on where bf16 is native (Ampere+, "
                                 "AVX512-BF16, AMX)."}
