@@ -72,7 +72,7 @@ def test_every_training_argument_is_classified_exactly_once():
         (["--lr_scheduler_kwargs", '{"num_cycles": 2}'], "only {\"min_lr_rate\": x} (the floor"),
         (["--lr_scheduler_kwargs", "min_lr_rate=0.1"], "--lr_scheduler_kwargs must be a JSON object such as"),
         (["--recipe", "staged", "--learning_rate", "5e-4"],
-         "--learning_rate sets the lr of --recipe full or fast; the stages"),
+         "--learning_rate sets the lr of --recipe full, full-cosine or fast; the stages"),
         (["--recipe", "full", "--learning_rate", "inf"], "--learning_rate must be a positive finite number"),
         (["--optim_args", "momentum=0.9"], "only --optim sgd takes optim_args"),
         (["--optim", "sgd", "--adam_beta2", "0.99"], "--adam_beta2 set with --optim sgd: they apply to adamw only"),
@@ -118,10 +118,13 @@ def test_refused_and_bad_flags_stop_before_any_loading(tmp_path, capsys, bad_fla
     assert not (tmp_path / "o").exists()
 
 
-def test_defaults_are_adam_at_constant_rates_and_the_tutorials_stages_one_flag_away():
+def test_defaults_are_adam_with_cosine_decay_and_the_tutorials_constant_stages_one_flag_away():
     model_args, _, stage_args, training_args = parse_arguments([])
-    (stage,) = build_schedule(model_args, stage_args, training_args).stages  # on trained weights: full
-    assert (stage.epochs, set(stage.lrs.values()), stage.shape) == (50, {1e-4}, "constant")
+    (stage,) = build_schedule(model_args, stage_args, training_args).stages  # on trained weights: full-cosine
+    assert (stage.epochs, set(stage.lrs.values()), stage.shape, stage.warmup) == (50, {1e-4}, "cosine", 0.1)
+    model_args, _, stage_args, training_args = parse_arguments(["--recipe", "full"])
+    (stage,) = build_schedule(model_args, stage_args, training_args).stages
+    assert (stage.epochs, set(stage.lrs.values()), stage.shape, stage.warmup) == (50, {1e-4}, "constant", 0.0)
     model_args, _, stage_args, training_args = parse_arguments(["--recipe", "staged"])
     assert training_args.optimizer.name == "adamw_torch_fused" and training_args.optimizer.weight_decay == 0
     assert training_args.optimizer.hyperparameters == {"betas": (0.9, 0.999), "eps": 1e-8}

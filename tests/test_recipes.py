@@ -45,7 +45,7 @@ def test_the_registry_refuses_a_second_recipe_of_a_name_and_names_the_recipes_fo
     with pytest.raises(ValueError, match="a recipe named 'two-stage' is registered already"):
         recipes.register(TWO_STAGE)
     with pytest.raises(ScheduleError, match="unknown recipe 'gradual'; the recipes are staged, seed-exact, full, "
-                                            "fast, two-stage"):
+                                            "full-cosine, fast, two-stage"):
         recipes.get("gradual")
 
 
@@ -62,7 +62,7 @@ def test_only_one_stage_recipes_take_a_length_and_a_learning_rate(tmp_path):
     assert recipes.get("full").schedule() == Schedule(recipes.get("full").stages)
     model_args, _, stage_args, training_args = parse_arguments(["--recipe", "seed-exact", "--learning_rate", "1e-4",
                                                        "--output_dir", str(tmp_path)])
-    with pytest.raises(ScheduleError, match="--learning_rate sets the lr of --recipe full or fast; the stages"):
+    with pytest.raises(ScheduleError, match="--learning_rate sets the lr of --recipe full, full-cosine or fast; the stages"):
         build_schedule(model_args, stage_args, training_args)
 
 
@@ -73,10 +73,10 @@ def chosen(tmp_path, *flags: str):
 
 def test_the_recipe_follows_the_weights_and_every_given_flag_wins(tmp_path):
     recipe, why, args = chosen(tmp_path)  # torchvision's weights, the default
-    assert recipe.name == "full" and why.startswith("recipe full (trained weights: the transfer study's best")
+    assert recipe.name == "full-cosine" and why.startswith("recipe full-cosine (trained weights: the transfer study's")
     assert args.optim.startswith("adamw") and set(recipe.stages[0].lrs.values()) == {1e-4}
     recipe, why, args = chosen(tmp_path, "--model_name_or_path", "runs/earlier")  # a saved model: trained too
-    assert recipe.name == "full" and why.startswith("recipe full (trained weights")
+    assert recipe.name == "full-cosine" and why.startswith("recipe full-cosine (trained weights")
     recipe, why, args = chosen(tmp_path, "--recipe", "staged")  # the tutorial's stages: one flag away
     assert recipe.name == "staged" and why is None and len(recipe.stages) == 3
     recipe, why, args = chosen(tmp_path, "--backbone_weights", "none")

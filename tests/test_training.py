@@ -267,14 +267,14 @@ def test_stages_file_with_differential_rates(dataset, tmp_path):
 
 
 def test_defaults_are_the_seed_recipes_but_its_stages():
-    """The tutorial's batch, clipping and data; the recipe on trained weights is the transfer study's one stage, of
-    the tutorial's 50 epochs (its stages: --recipe staged)."""
+    """The tutorial's batch, clipping and data; the recipe on trained weights is the transfer study's one stage with
+    cosine decay, of the tutorial's 50 epochs (its stages: --recipe staged)."""
     model_args, data_args, stage_args, training_args = parse_arguments([])
     assert training_args.max_grad_norm == 0 and training_args.per_device_train_batch_size == 64
     assert training_args.remove_unused_columns is False
-    assert chosen_recipe(model_args, stage_args)[0].name == "full" and stage_args.bn_policy == "train"
+    assert chosen_recipe(model_args, stage_args)[0].name == "full-cosine" and stage_args.bn_policy == "train"
     assert data_args.dataset_name == "uoft-cs/cifar10"
-    assert recipes.get("staged").schedule().total_epochs == recipes.get("full").schedule().total_epochs == 50
+    assert recipes.get("staged").schedule().total_epochs == recipes.get(recipes.DEFAULT).schedule().total_epochs == 50
 
 
 def test_the_dataloader_path_follows_the_schedule_and_resumes_exactly(dataset, tmp_path):

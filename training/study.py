@@ -28,6 +28,7 @@ from training.backbones import torchvision_state_dict
 from training.checkpoints import last_complete_checkpoint
 from training.inference import check_tta
 from training.plots import epoch_entries, plot_study
+from training.recipes import COSINE_WARMUP  # the default's warmup: the row measures it
 from training.script_args import check_at_least, comma_list, script_parser
 from training.study_report import REFERENCE_ROW, ROW_STYLES, results_table, row_style, summarise
 
@@ -62,7 +63,6 @@ KEPT_STEM = ("--stem", "imagenet")
 # this study measured the kept stem ahead; the rows that measured it name it
 CIFAR_STEM = ("--stem", "cifar")
 ONE_STAGE_LR = 1e-4  # the one-stage rate the 10-epoch study found best on the pretrained backbone
-COSINE_WARMUP = 0.1  # of the run's steps: timm's 5 warmup epochs at 50
 SHORT_STAGE_LRS = "0.001,0.0001,0.0001"  # the staged rates with the last stage at 1e-4: 1e-5 was set for 30 epochs
 WEIGHTS_FILE = "resnet18-source.pth"  # the pretrained backbone in torchvision's format, in --output_dir
 # --toolbox: each option at the value its help suggests, added to the base row
