@@ -62,7 +62,8 @@ def test_only_one_stage_recipes_take_a_length_and_a_learning_rate(tmp_path):
     assert recipes.get("full").schedule() == Schedule(recipes.get("full").stages)
     model_args, _, stage_args, training_args = parse_arguments(["--recipe", "seed-exact", "--learning_rate", "1e-4",
                                                        "--output_dir", str(tmp_path)])
-    with pytest.raises(ScheduleError, match="--learning_rate sets the lr of --recipe full, full-cosine or fast; the stages"):
+    with pytest.raises(ScheduleError,
+                       match="--learning_rate sets the lr of --recipe full, full-cosine or fast; the stages"):
         build_schedule(model_args, stage_args, training_args)
 
 
