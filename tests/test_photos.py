@@ -192,8 +192,8 @@ def test_a_photo_run_from_a_torchvision_file_keeps_the_pretrained_stem(photos, t
     assert list(processor["image_mean"]) == list(IMAGENET_MEAN)
     saved = load_file(out / "model.safetensors")
     reference = torch.load(weights)
-    # loaded (not dropped), then trained only in the last stage: 3 Adam steps at 1e-5 move a weight by at most 3e-5
-    assert torch.allclose(saved["resnet_cbam.backbone.conv1.weight"], reference["conv1.weight"], atol=1e-4, rtol=0)
+    # loaded (not dropped), then trained only in the last stage: 3 Adam steps at 1e-4 move a weight by at most 3e-4
+    assert torch.allclose(saved["resnet_cbam.backbone.conv1.weight"], reference["conv1.weight"], atol=4e-4, rtol=0)
     state = json.loads((out / "trainer_state.json").read_text())
     first = next(entry for entry in state["log_history"] if "lr_stem" in entry)
     assert float(first["lr_stem"]) == 0  # the pretrained stem is not a new module: it waits for layer1

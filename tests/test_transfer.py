@@ -244,7 +244,8 @@ def test_the_study_runs_every_row_once_per_seed_and_writes_its_results(study):
     assert [e["stage"] for e in by_name["fine_tune"]["epochs"]] == [1, 2, 2]
     assert results["pretrain"]["split_sizes"] == {"train": 18, "validation": 6}
     staged = by_name["staged"]["command"]
-    assert " --seed 42 --recipe staged --stage_epochs 1,1,1 --cbam_init identity --stem cifar --depths" in staged
+    # the tutorial's rates, pinned: `staged` itself ends at 1e-4 since the 50-epoch study
+    assert " --seed 42 --recipe staged --stage_epochs 1,1,1 --stage_lrs 0.001,0.0001,1e-05 --cbam_init" in staged
     rows = {row["name"]: row for row in results["rows"]}
     assert list(rows) == names and all(row["seeds"] == [42, 43] for row in rows.values())
     seeds = [run for run in results["runs"] if run["name"] == "full-lr0.001"]

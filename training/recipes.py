@@ -92,11 +92,14 @@ def choose(name: str | None, random_weights: bool, stages_file: bool = False) ->
 
 NEW_MODULES = ("stem", "cbam", "head")  # randomly initialised, whatever the backbone weights (but an ImageNet stem)
 
+# staged: the tutorial's stages with its last stage at 1e-4, not its 1e-5. In the transfer study (3 seeds, paired)
+# that last rate added 1.4 +- 0.3 points at the stages' own 50 epochs and 2.9 +- 0.2 at 10 (docs/transfer-study.md):
+# 30 epochs at 1e-5 barely move the layers that stage unfreezes. seed-exact keeps the tutorial's 1e-5.
 register(Recipe(
-    "staged", "three stages: the new modules, + layer3-4, everything (Adam 1e-3, 1e-4, 1e-5; 5, 15, 30 epochs)",
+    "staged", "three stages: the new modules, + layer3-4, everything (Adam 1e-3, 1e-4, 1e-4; 5, 15, 30 epochs)",
     (Stage(5, every_group(1e-3, NEW_MODULES), "new modules"),
      Stage(15, every_group(1e-4, NEW_MODULES + ("layer3", "layer4")), "+ layer3, layer4"),
-     Stage(30, every_group(1e-5), "everything"))))
+     Stage(30, every_group(1e-4), "everything"))))
 register(Recipe(
     "seed-exact", "the tutorial exactly (the CIFAR stem at 32 px, the paper's CBAM)",
     (Stage(5, every_group(1e-3, ("cbam", "head")), "CBAM + head"),

@@ -29,6 +29,7 @@ from training.checkpoints import last_complete_checkpoint
 from training.inference import check_tta
 from training.plots import epoch_entries, plot_study
 from training.recipes import COSINE_WARMUP  # the default's warmup: the row measures it
+from training.recipes import get as recipe
 from training.script_args import check_at_least, comma_list, script_parser
 from training.study_report import REFERENCE_ROW, ROW_STYLES, results_table, row_style, summarise
 
@@ -63,7 +64,16 @@ KEPT_STEM = ("--stem", "imagenet")
 # this study measured the kept stem ahead; the rows that measured it name it
 CIFAR_STEM = ("--stem", "cifar")
 ONE_STAGE_LR = 1e-4  # the one-stage rate the 10-epoch study found best on the pretrained backbone
-SHORT_STAGE_LRS = "0.001,0.0001,0.0001"  # the staged rates with the last stage at 1e-4: 1e-5 was set for 30 epochs
+
+
+def stage_lrs(name: str) -> str:
+    """A staged recipe's rates as --stage_lrs takes them, e.g. 0.001,0.0001,1e-05."""
+    return ",".join(f"{max(stage.lrs.values()):g}" for stage in recipe(name).stages)
+
+
+# The tutorial's rates (1e-5 last), `staged`'s until the 50-epoch study: the rows that measured them keep them
+TUTORIAL_STAGE_LRS = stage_lrs("seed-exact")
+SHORT_STAGE_LRS = stage_lrs("staged")  # the last stage at 1e-4: `staged` since the 50-epoch study
 WEIGHTS_FILE = "resnet18-source.pth"  # the pretrained backbone in torchvision's format, in --output_dir
 # --toolbox: each option at the value its help suggests, added to the base row
 TOOLBOX = {
@@ -224,7 +234,8 @@ def study_rows(args: StudyArguments) -> list[StudyRow]:
     """The fine-tuning rows, each a recipe as a user would run it: the same data, epochs and seed for all. On the
     pretrained backbone CBAM starts as the identity (the project's default there) unless a row says otherwise."""
     epochs, total = ",".join(map(str, args.epochs)), str(args.total_epochs)
-    staged = ("--recipe", "staged", "--stage_epochs", epochs)
+    stages = ("--recipe", "staged", "--stage_epochs", epochs)
+    staged = (*stages, "--stage_lrs", TUTORIAL_STAGE_LRS)
     kept = (*KEPT_STEM, "--image_size", str(args.pretrain_image_size))
     rows = [StudyRow("scratch-fast", "from scratch, `--recipe fast` (the paper's CBAM)",
                      ("--recipe", "fast", "--num_train_epochs", total, *FAST_AUGMENT, *PAPER_CBAM), pretrained=False)]
@@ -237,15 +248,16 @@ def study_rows(args: StudyArguments) -> list[StudyRow]:
                  ("--stages_file", str(Path(args.output_dir) / "fine_tune_stages.json"), *IDENTITY_CBAM, *CIFAR_STEM)),
         StudyRow("seed-exact", "the tutorial exactly: its stages, its stem frozen until stage 3, the paper's CBAM",
                  ("--recipe", "seed-exact", "--stage_epochs", epochs, *PAPER_CBAM)),
-        StudyRow(REFERENCE_ROW, "the project's stages with a new CIFAR stem at 32 px (training from stage 1)",
+        StudyRow(REFERENCE_ROW, "the tutorial's stages and rates (1e-3, 1e-4, 1e-5) with a new CIFAR stem at 32 px "
+                 "(training from stage 1)",
                  (*staged, *IDENTITY_CBAM, *CIFAR_STEM)),
         StudyRow("staged-paper-cbam", "`staged` with the paper's CBAM init", (*staged, *PAPER_CBAM, *CIFAR_STEM)),
         StudyRow("staged-no-cbam", "`staged` without CBAM (`--cbam_placement none`)",
                  (*staged, "--cbam_placement", "none", *CIFAR_STEM)),
         StudyRow("staged-kept-stem", f"`staged` keeping the pretrained 7x7 stem, images upsampled to "
                  f"{args.pretrain_image_size} px", (*staged, *IDENTITY_CBAM, *kept)),
-        StudyRow("staged-lr1e-4-kept-stem", "`staged-kept-stem` with the last stage at 1e-4, not 1e-5",
-                 (*staged, "--stage_lrs", SHORT_STAGE_LRS, *IDENTITY_CBAM, *kept)),
+        StudyRow("staged-lr1e-4-kept-stem", "`staged-kept-stem` with the last stage at 1e-4, not 1e-5 (`--recipe "
+                 "staged` since the 50-epoch study)", (*stages, "--stage_lrs", SHORT_STAGE_LRS, *IDENTITY_CBAM, *kept)),
     ]
     rows += [StudyRow(f"full-lr{lr:g}-kept-stem", f"one stage at Adam {lr:g}, keeping the pretrained stem",
                       ("--recipe", "full", "--num_train_epochs", total, "--learning_rate", f"{lr:g}", *IDENTITY_CBAM,
