@@ -102,7 +102,7 @@ def test_a_model_without_cbam_is_not_said_to_train_cbam(dataset, tmp_path):
     stage_rows = [line for line in (out / "README.md").read_text().splitlines() if " at lr " in line]
     assert stage_rows == ["| 1 | 1 | stem, head at lr 0.001 | 3,908 |",
                           "| 2 | 1 | stem, layer3, layer4, head at lr 0.0001 | 4,596,036 |",
-                          "| 3 | 1 | stem, layer1, layer2, layer3, layer4, head at lr 1e-05 | 4,900,164 |"]
+                          "| 3 | 1 | stem, layer1, layer2, layer3, layer4, head at lr 0.0001 | 4,900,164 |"]
 
 
 def _flat(root):
