@@ -72,7 +72,7 @@ def range_test(run: Run, stage_index: int, start_lr: float, end_lr: float, steps
     groups = {g: [p for p in parameters if id(p) in trained] for g, parameters in model.parameter_groups().items()}
     optimizer = args.optimizer.build({g: parameters for g, parameters in groups.items() if parameters}, args.device,
                                      batchnorm_affine(model) if train_bn else ())
-    peak = max(stage.lrs.values())
+    peak = stage.rate
     mixed = mixed_precision(args.bf16, args.fp16)
     scaler = torch.amp.GradScaler(args.device.type, enabled=mixed == "fp16")
     model.train()
@@ -171,7 +171,7 @@ def lr_find_main(argv: list[str] | None = None) -> int:
     print(f"lowest smoothed loss {min(test.losses):.4f} at lr {test.minimum:.3g}")
     print(f"suggested lr: {test.suggestion:.3g} (a tenth of that, fastai's lr_min); steepest descent at "
           f"{test.steepest:.3g}")
-    print(f"the recipe gives this stage {max(schedule.stages[args.stage - 1].lrs.values()):g}; to try the "
+    print(f"the recipe gives this stage {schedule.stages[args.stage - 1].rate:g}; to try the "
           f"suggestion: --stage_lrs with it in place {args.stage}")
     path = plot_lr_find(test.lrs, test.losses, {"suggested": test.suggestion, "steepest": test.steepest}, args.plot,
                         title=f"lr range test, stage {test.stage} ({', '.join(test.groups)})")

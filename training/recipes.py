@@ -147,7 +147,7 @@ def one_stage_names() -> str:
 
 def one_stage_lrs() -> str:
     """The peak lr of each one-stage recipe, for --learning_rate's help."""
-    return ", ".join(f"{name}: {max(recipe.stages[0].lrs.values()):g}" for name, recipe in _REGISTRY.items()
+    return ", ".join(f"{name}: {recipe.stages[0].rate:g}" for name, recipe in _REGISTRY.items()
                      if recipe.one_stage)
 
 

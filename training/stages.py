@@ -37,6 +37,11 @@ class Stage:
     def groups(self) -> tuple[str, ...]:
         return tuple(g for g in GROUPS if g in self.lrs)
 
+    @property
+    def rate(self) -> float:
+        """The stage's rate, as --stage_lrs gives one per stage: its highest peak where its groups' rates differ."""
+        return max(self.lrs.values())
+
     def peak_lr(self, group: str, trained_batchnorm: bool = False) -> float:
         """The peak rate of `group` in this stage, 0 while frozen; of a frozen group's BatchNorm scale and shift
         that train (`trained_batchnorm`, with train_bn), the stage's lowest rate."""

@@ -68,7 +68,7 @@ ONE_STAGE_LR = 1e-4  # the one-stage rate the 10-epoch study found best on the p
 
 def stage_lrs(name: str) -> str:
     """A staged recipe's rates as --stage_lrs takes them, e.g. 0.001,0.0001,1e-05."""
-    return ",".join(f"{max(stage.lrs.values()):g}" for stage in recipe(name).stages)
+    return ",".join(f"{stage.rate:g}" for stage in recipe(name).stages)
 
 
 # The tutorial's rates (1e-5 last), `staged`'s until the 50-epoch study: the rows that measured them keep them
